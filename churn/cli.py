@@ -1,0 +1,360 @@
+"""``churn``: the command line of the real-time churn-scoring system.
+
+Every subcommand reads the one settings object (``churn config`` shows it):
+environment variables ``CHURN_<SECTION>__<FIELD>`` and an optional ``churn.toml``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from churn.config import get_settings
+
+app = typer.Typer(
+    help="Real-time churn scoring for telecom operators: CDRs on Kafka in, churn-risk alerts out.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+stack_app = typer.Typer(help="Run the local stack (Kafka, Redis, Prometheus) as processes of ours, no Docker.",
+                        no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics of the system.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Event contracts in schemas/: validate events, render their docs.",
+                          no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+# -- config -------------------------------------------------------------------------------
+@app.command()
+def config() -> None:
+    """Print the effective settings (defaults, churn.toml, CHURN_* environment) as JSON."""
+    console.print_json(json.dumps(get_settings().describe()))
+
+
+# -- stack --------------------------------------------------------------------------------
+@stack_app.command("up")
+def stack_up(
+    topics: bool = typer.Option(True, help="Also create the topics (idempotent)."),
+) -> None:
+    """Start Kafka (KRaft), Redis and Prometheus on loopback and wait until each is ready.
+
+    Harmless to repeat: services already running are left as they are. A port
+    taken by another process is an error that names the setting to change.
+    """
+    from churn import stack
+    from churn.transport import ensure_topics
+
+    s = get_settings()
+    try:
+        for name, what in stack.up(s):
+            console.print(f"{name:<11} {what}")
+    except stack.StackError as exc:
+        _fail(str(exc))
+    if topics:
+        for name, what in ensure_topics(s):
+            console.print(f"topic {name:<14} {what}")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop exactly the processes `stack up` started (by PID); data stays in the run directory."""
+    from churn import stack
+
+    for name, what in stack.down(get_settings()):
+        console.print(f"{name:<11} {what}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Say what runs where: state, PID, address and log of each service."""
+    from churn import stack
+
+    table = Table(title=f"local stack ({get_settings().run_dir})")
+    for col in ("service", "state", "pid", "address", "log"):
+        table.add_column(col)
+    rows = stack.status(get_settings())
+    for r in rows:
+        table.add_row(r.name, r.state, str(r.pid or "-"), r.address, r.log)
+    console.print(table)
+
+
+# -- topics -------------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the system's topics with their partition counts and configs (idempotent)."""
+    from churn.transport import ensure_topics
+
+    for name, what in ensure_topics(get_settings()):
+        console.print(f"{name:<14} {what}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Each topic: partitions and messages (end offsets)."""
+    from churn.watch import FlowWatcher, render
+
+    w = FlowWatcher(get_settings())
+    console.print(render(w.sample(), title="topics"))
+    w.close()
+
+
+# -- schemas ------------------------------------------------------------------------------
+@schemas_app.command("docs")
+def schemas_docs(check: bool = typer.Option(False, help="Fail if schemas/README.md is out of date.")) -> None:
+    """Render schemas/README.md (field tables, examples, kcat one-liners) from the schemas."""
+    from churn.schema_docs import README_PATH, render_readme
+
+    text = render_readme()
+    if check:
+        if README_PATH.read_text() != text:
+            _fail(f"{README_PATH} is out of date: run `churn schemas docs`")
+        console.print(f"{README_PATH} is up to date")
+        return
+    README_PATH.write_text(text)
+    console.print(f"wrote {README_PATH}")
+
+
+@schemas_app.command("validate")
+def schemas_validate(
+    contract: str = typer.Argument("cdr", help="cdr, churn_risk or churn_label"),
+    path: Path = typer.Argument(Path("-"), help="File of JSON events, one per line ('-': stdin)."),
+) -> None:
+    """Validate events line by line; print the reason for each invalid one. Exit 1 if any is invalid."""
+    from churn.contracts import CONTRACTS
+
+    if contract not in CONTRACTS:
+        _fail(f"unknown contract {contract!r}; known: {', '.join(CONTRACTS)}")
+    stream = sys.stdin if str(path) == "-" else path.open()
+    bad = total = 0
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        total += 1
+        _, violation = CONTRACTS[contract].parse(line.encode())
+        if violation is not None:
+            bad += 1
+            console.print(f"line {lineno}: {violation.reason}: {violation.detail}", highlight=False)
+    console.print(f"{total - bad} valid, {bad} invalid")
+    raise typer.Exit(1 if bad else 0)
+
+
+# -- simulate -----------------------------------------------------------------------------
+def _parse_utc(value: str) -> float:
+    """ISO date-time to epoch seconds; no zone means UTC."""
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"not an ISO date-time: {value!r} (e.g. 2026-11-01T00:00:00Z)")
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+@app.command()
+def simulate(
+    rate: Optional[float] = typer.Option(None, help="Live mode: events/s to produce, stamped with the current time."),
+    days: Optional[float] = typer.Option(None, help="Backfill: produce this many days of history first, as fast as possible."),
+    duration: Optional[float] = typer.Option(None, help="Live mode: stop after this many seconds (default: run until Ctrl-C)."),
+    end: Optional[str] = typer.Option(None, help="Backfill only: end of the history (ISO date-time, UTC); default now. Fix it for a repeatable stream."),
+    horizon_days: float = typer.Option(60.0, help="Live mode: simulated days over which churn and retention labels fall."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (default: simulator.seed in the settings). Same seed and window, same stream."),
+    customers: Optional[int] = typer.Option(None, help="Use only the first N customers of the table."),
+    bad_ratio: float = typer.Option(0.0, help="Share of CDR messages that are invalid (each kind of contract violation in turn)."),
+    duplicate_ratio: float = typer.Option(0.0, help="Share of CDRs sent twice (same event_id), as a retrying producer would."),
+    json_report: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
+) -> None:
+    """Produce CDRs and churn labels for the IBM Telco customers to Kafka.
+
+    Backfill (--days N): N days of history up to --end, as fast as the broker takes it.
+    Live (--rate N): N events/s with current event times, holding the rate or saying it can't;
+    simulated time runs faster than the clock so that churners drift visibly.
+    Both: history first, then live. Churners (Churn=Yes) use less, call customer care more,
+    drop more calls and call off-net more in the weeks before their churn label.
+    """
+    from churn.simulator import Simulator
+    from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
+
+    if rate is None and days is None:
+        _fail("say --rate N (live), --days N (backfill), or both")
+    s = get_settings()
+    now = time.time()
+    end_s = _parse_utc(end) if end else now
+    if rate is not None and end:
+        _fail("--end is for a pure backfill; live mode runs up to the current time")
+    start_s = end_s - (days or 0.0) * 86400.0
+    horizon_end = end_s + (horizon_days * 86400.0 if rate is not None else 0.0)
+    sim = Simulator(
+        seed=s.simulator.seed if seed is None else seed, start_s=start_s, end_s=horizon_end,
+        precursor_days=s.simulator.precursor_days, customers=customers, csv_path=s.simulator.customers_csv,
+        bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio, mode="live" if rate else "backfill",
+    )
+    _start_metrics(s.simulator.metrics_port)
+    report = ProduceReport(run_id=sim.run_id.decode())
+    sender = StepProducer(s, report)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        if days:
+            from tqdm import tqdm
+
+            with tqdm(total=int(days * 24), unit="h", desc="backfill", disable=not sys.stderr.isatty()) as bar:
+                run_backfill(s, sim, until_s=end_s, sender=sender, on_step=lambda step, r: bar.update(1))
+            err.print(f"backfill: {report.cdr_messages:,} CDRs in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s)")
+        if rate:
+            err.print(f"live: {rate:g} events/s to {s.topics.cdr.name} on {s.kafka.bootstrap_servers} (Ctrl-C stops)")
+            run_live(s, sim, rate, duration_s=duration, stop=stop, sender=sender, warn=lambda m: err.print(m))
+    except KeyboardInterrupt:
+        sender.flush()
+    summary = report.summary()
+    console.print_json(json.dumps(summary)) if json_report else console.print(summary)
+    if report.failed:
+        _fail(f"{report.failed} messages were not delivered: {report.first_error}")
+
+
+def _start_metrics(port: int) -> None:
+    if port <= 0:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        err.print(f"[yellow]metrics endpoint not started: port {port} in use ({exc}); "
+                  f"set CHURN_SIMULATOR__METRICS_PORT[/]")
+
+
+# -- watch and demo -----------------------------------------------------------------------
+def _watch(seconds: Optional[float], stop: threading.Event, interval: float = 1.0) -> None:
+    from churn.watch import FlowWatcher, render, render_line
+
+    watcher = FlowWatcher(get_settings())
+    deadline = None if seconds is None else time.monotonic() + seconds
+    interactive = console.is_terminal
+    try:
+        with Live(render(watcher.sample()), console=console, refresh_per_second=4, transient=False) \
+                if interactive else _NoLive() as live:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                stop.wait(interval)
+                flows = watcher.sample()
+                if interactive:
+                    live.update(render(flows))
+                else:
+                    console.print(render_line(flows), highlight=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.close()
+
+
+class _NoLive:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@app.command()
+def watch(seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: Ctrl-C).")) -> None:
+    """Live view of every topic: messages, rate per second, newest message."""
+    _watch(seconds, threading.Event())
+
+
+@app.command()
+def demo(
+    duration: float = typer.Option(30.0, help="Seconds of live traffic to show."),
+    rate: float = typer.Option(2000.0, help="Live events/s."),
+    history_days: float = typer.Option(1.0, help="Days of history to backfill first."),
+    bad_ratio: float = typer.Option(0.01, help="Share of invalid CDRs (they will be dead-lettered downstream)."),
+) -> None:
+    """The main job end to end on the local stack: stack up, topics, simulator, live view, summary.
+
+    Leaves the stack running for you to explore (`churn watch`, kcat); `churn stack down` stops it.
+    """
+    from churn import stack
+    from churn.simulator import Simulator
+    from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
+    from churn.transport import end_offsets, ensure_topics
+
+    s = get_settings()
+    console.rule("1. local stack")
+    try:
+        for name, what in stack.up(s):
+            console.print(f"{name:<11} {what}")
+    except stack.StackError as exc:
+        _fail(str(exc))
+    console.rule("2. topics")
+    for name, what in ensure_topics(s):
+        console.print(f"{name:<14} {what}")
+    before = {t.name: sum(end_offsets(s, t.name).values()) for t in (s.topics.cdr, s.topics.churn_labels)}
+
+    console.rule(f"3. simulator: {history_days:g} day(s) of history, then {rate:g} events/s for {duration:g} s")
+    now = time.time()
+    sim = Simulator(seed=s.simulator.seed, start_s=now - history_days * 86400, end_s=now + 60 * 86400,
+                    precursor_days=s.simulator.precursor_days, bad_ratio=bad_ratio, mode="live")
+    report = ProduceReport(run_id=sim.run_id.decode())
+    sender = StepProducer(s, report)
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            run_backfill(s, sim, until_s=now, sender=sender)
+            run_live(s, sim, rate, duration_s=duration, stop=done, sender=sender,
+                     warn=lambda m: err.print(m))
+        except BaseException as exc:  # reported below, never silently lost
+            failure.append(exc)
+        finally:
+            done.set()
+
+    _start_metrics(s.simulator.metrics_port)
+    worker = threading.Thread(target=produce, name="simulator", daemon=True)
+    worker.start()
+    _watch(None, done)
+    done.set()
+    worker.join()
+    if failure:
+        _fail(f"simulator failed: {failure[0]!r}")
+
+    console.rule("4. summary")
+    after = {t: sum(end_offsets(s, t).values()) for t in before}
+    landed_cdr = after[s.topics.cdr.name] - before[s.topics.cdr.name]
+    landed_labels = after[s.topics.churn_labels.name] - before[s.topics.churn_labels.name]
+    summary = report.summary()
+    console.print(summary)
+    ok = landed_cdr == report.cdr_messages and landed_labels == report.labels and not report.failed
+    console.print(
+        f"produced {report.cdr_messages:,} CDR messages ({report.good:,} valid, "
+        f"{sum(report.bad.values()):,} invalid) and {report.labels:,} labels; "
+        f"the broker holds {landed_cdr:,} new CDR and {landed_labels:,} new label messages: "
+        + ("[green]all accounted for[/]" if ok else "[red]MISMATCH[/]")
+    )
+    console.print("The stack is still running: try `churn watch`, `churn stack status`, or\n"
+                  f"  kcat -b {s.kafka.bootstrap_servers} -t {s.topics.cdr.name} -C -o -3 -e\n"
+                  "and `churn stack down` when done.")
+    if not ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

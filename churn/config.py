@@ -1,0 +1,159 @@
+"""One typed settings object for the whole system.
+
+Values come, highest priority first, from: keyword arguments, environment
+variables (``CHURN_`` prefix, ``__`` between section and field), an optional
+TOML file (``churn.toml`` in the working directory, or the path in
+``CHURN_CONFIG``), and the safe local defaults below. There are no credentials
+here: the local stack listens on loopback only.
+
+>>> s = Settings(kafka={"port": 29092})
+>>> s.kafka.bootstrap_servers
+'127.0.0.1:29092'
+>>> s.topics.cdr.name, s.topics.cdr.partitions
+('cdr', 12)
+
+Environment variables override the file and the defaults:
+
+>>> import os
+>>> os.environ["CHURN_REDIS__PORT"] = "26379"
+>>> Settings().redis.port
+26379
+>>> del os.environ["CHURN_REDIS__PORT"]
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+#: The repository root (the directory holding ``pyproject.toml``).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class KafkaSettings(BaseModel):
+    """The Kafka broker clients talk to, and how the local one is run."""
+
+    host: str = "127.0.0.1"
+    port: int = 19092
+    controller_port: int = 19093
+    heap: str = "512m"
+    #: If set, clients use this instead of host:port (a user's own cluster).
+    bootstrap_override: str | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.bootstrap_override or f"{self.host}:{self.port}"
+
+
+class RedisSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 16379
+
+
+class PrometheusSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 19090
+    scrape_interval_s: int = 5
+
+
+class TopicSpec(BaseModel):
+    name: str
+    partitions: int
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+class TopicsSettings(BaseModel):
+    """Every topic the system uses, with partition counts and topic configs.
+
+    ``cdr`` has 12 partitions so that up to 12 consumers (Spark tasks, Faust
+    workers) can share it; keys are customer ids, so one customer's events stay
+    in order on one partition.
+    """
+
+    replication_factor: int = 1
+    cdr: TopicSpec = TopicSpec(
+        name="cdr", partitions=12,
+        config={"retention.ms": str(7 * 24 * 3600 * 1000), "message.timestamp.type": "CreateTime"},
+    )
+    churn_alerts: TopicSpec = TopicSpec(name="churn-alerts", partitions=3)
+    churn_scores: TopicSpec = TopicSpec(
+        name="churn-scores", partitions=6,
+        config={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
+    )
+    churn_labels: TopicSpec = TopicSpec(name="churn-labels", partitions=3)
+    cdr_dlq: TopicSpec = TopicSpec(
+        name="cdr.dlq", partitions=3, config={"retention.ms": str(30 * 24 * 3600 * 1000)}
+    )
+
+    def all(self) -> list[TopicSpec]:
+        return [self.cdr, self.churn_alerts, self.churn_scores, self.churn_labels, self.cdr_dlq]
+
+
+class ContractSettings(BaseModel):
+    #: Events whose time is further than this ahead of the validator's clock are rejected.
+    max_future_skew_s: float = 300.0
+
+
+class SimulatorSettings(BaseModel):
+    seed: int = 42
+    #: Customers: the IBM Telco table shipped in the package unless a path is given.
+    customers_csv: Path | None = None
+    #: Days over which a churner's behaviour drifts before the churn label.
+    precursor_days: int = 28
+    #: Port of the simulator's Prometheus metrics endpoint (0 disables it).
+    metrics_port: int = 19101
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CHURN_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    run_dir: Path = PROJECT_ROOT / ".run"
+    cache_dir: Path = PROJECT_ROOT / ".cache"
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    topics: TopicsSettings = TopicsSettings()
+    contracts: ContractSettings = ContractSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    #: Seconds a service may take to become ready before `stack up` gives up.
+    startup_timeout_s: float = 60.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("CHURN_CONFIG", "churn.toml"))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file))
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.cache_dir / "jars"
+
+    def describe(self) -> dict[str, Any]:
+        """The effective settings as plain data (for `churn config`)."""
+        return self.model_dump(mode="json")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

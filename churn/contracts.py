@@ -1,0 +1,299 @@
+"""Event contracts: one JSON Schema per event type in ``schemas/``, every other form derived.
+
+The JSON Schema files are the single definition. From each this module derives
+a fast validator that names the reason an event is invalid, a Python
+``TypedDict``, a Spark ``StructType`` and the Markdown reference in
+``schemas/README.md``. Tests prove the derived validator agrees with the
+reference ``jsonschema`` implementation.
+
+>>> cdr = CONTRACTS["cdr"]
+>>> event = {"event_id": "e1", "customer_id": "7590-VHVEG",
+...          "event_time": "2026-11-23T10:15:00.000Z", "record_type": "voice",
+...          "direction": "outgoing", "duration_s": 61.0, "counterparty": "off_net",
+...          "dropped": False, "cell_id": "C0421", "roaming": False, "charge": 0.12}
+>>> cdr.validate(event, now=parse_time("2026-11-23T10:16:00Z")) is None
+True
+>>> cdr.validate({**event, "duration_s": -3}).reason
+'negative_value:duration_s'
+>>> cdr.validate({**event, "record_type": "fax"}).reason
+'unknown_value:record_type'
+>>> cdr.parse(b'{"event_id": ')[1].reason
+'malformed_json'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, TypedDict
+
+import orjson
+
+from churn.config import PROJECT_ROOT, get_settings
+
+SCHEMAS_DIR = PROJECT_ROOT / "schemas"
+
+# Violation codes, in the order the validator checks them.
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+UNKNOWN_VALUE = "unknown_value"
+NEGATIVE_VALUE = "negative_value"
+OUT_OF_RANGE = "out_of_range"
+BAD_FORMAT = "bad_format"
+FUTURE_EVENT_TIME = "future_event_time"
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """Why an event is invalid: a code, the field concerned, and words for a person."""
+
+    code: str
+    field: str | None
+    detail: str
+
+    @property
+    def reason(self) -> str:
+        """``code:field`` (or just ``code``): short, stable, good for metrics labels."""
+        return f"{self.code}:{self.field}" if self.field else self.code
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 text to epoch seconds; ``ValueError`` if it is not RFC 3339 with a zone.
+
+    >>> parse_time("1970-01-01T00:01:00.500Z")
+    60.5
+    >>> parse_time("2026-11-23T10:15:00+01:00") == parse_time("2026-11-23T09:15:00Z")
+    True
+    """
+    if not _RFC3339.match(value):
+        raise ValueError(f"not RFC 3339 date-time with a time zone: {value!r}")
+    return datetime.fromisoformat(value).timestamp()
+
+
+def format_time(epoch_s: float) -> str:
+    """Epoch seconds to RFC 3339 UTC with milliseconds, the form producers here write.
+
+    >>> format_time(60.5)
+    '1970-01-01T00:01:00.500Z'
+    """
+    ms = int(round(epoch_s * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
+    or (isinstance(v, float) and v.is_integer()),
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
+}
+
+Check = Callable[[Any, str], "Violation | None"]
+
+
+def _types_of(spec: dict) -> list[str]:
+    t = spec.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _compile_value_check(spec: dict) -> Check:
+    """One property's checks (type, enum, range, length, pattern, format, items) as a closure."""
+    types = _types_of(spec)
+    type_tests = [_JSON_TYPES[t] for t in types]
+    enum = spec.get("enum")
+    enum_set = set(enum) if enum is not None else None
+    minimum, maximum = spec.get("minimum"), spec.get("maximum")
+    min_len, max_len = spec.get("minLength"), spec.get("maxLength")
+    pattern = re.compile(spec["pattern"]) if "pattern" in spec else None
+    is_datetime = spec.get("format") == "date-time"
+    max_items = spec.get("maxItems")
+    item_check = _compile_object_check(spec["items"]) if "items" in spec else None
+    nullable = "null" in types
+
+    def check(value: Any, name: str) -> Violation | None:
+        if value is None and nullable:
+            return None
+        if type_tests and not any(test(value) for test in type_tests):
+            if isinstance(value, float) and not math.isfinite(value):
+                return Violation(WRONG_TYPE, name, f"{name} must be a finite number, got {value!r}")
+            expected = " or ".join(t for t in types if t != "null")
+            return Violation(
+                WRONG_TYPE, name, f"{name} must be {expected}, got {type(value).__name__} {value!r:.40}"
+            )
+        if enum_set is not None and value not in enum_set:
+            allowed = ", ".join(str(e) for e in enum if e is not None)
+            return Violation(UNKNOWN_VALUE, name, f"{name} must be one of {allowed}; got {value!r:.40}")
+        if minimum is not None and value < minimum:
+            code = NEGATIVE_VALUE if minimum == 0 else OUT_OF_RANGE
+            return Violation(code, name, f"{name} must be >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum:
+            return Violation(OUT_OF_RANGE, name, f"{name} must be <= {maximum}, got {value!r}")
+        if min_len is not None and len(value) < min_len:
+            return Violation(OUT_OF_RANGE, name, f"{name} must have at least {min_len} characters")
+        if max_len is not None and len(value) > max_len:
+            return Violation(OUT_OF_RANGE, name, f"{name} must have at most {max_len} characters")
+        if pattern is not None and not pattern.search(value):
+            return Violation(BAD_FORMAT, name, f"{name} must match {pattern.pattern}; got {value!r:.40}")
+        if is_datetime:
+            try:
+                parse_time(value)
+            except ValueError:
+                return Violation(
+                    BAD_FORMAT, name, f"{name} must be an RFC 3339 date-time with a time zone; got {value!r:.40}"
+                )
+        if max_items is not None and len(value) > max_items:
+            return Violation(OUT_OF_RANGE, name, f"{name} must have at most {max_items} items")
+        if item_check is not None:
+            for i, item in enumerate(value):
+                bad = item_check(item, f"{name}[{i}]")
+                if bad is not None:
+                    return bad
+        return None
+
+    return check
+
+
+def _compile_object_check(schema: dict) -> Check:
+    """An object's checks: required fields, then each property, then if/then rules."""
+    required = list(schema.get("required", []))
+    props = [(name, _compile_value_check(spec)) for name, spec in schema.get("properties", {}).items()]
+    conditionals: list[tuple[str, Any, list[str]]] = []
+    for rule in schema.get("allOf", []):
+        ((field, cond),) = rule["if"]["properties"].items()
+        conditionals.append((field, cond["const"], rule["then"]["required"]))
+
+    def check(value: Any, name: str) -> Violation | None:
+        if not isinstance(value, dict):
+            return Violation(NOT_AN_OBJECT, name or None, f"{name or 'event'} must be a JSON object")
+        prefix = f"{name}." if name else ""
+        for field in required:
+            if field not in value:
+                return Violation(MISSING_FIELD, prefix + field, f"required field {prefix + field} is missing")
+        for field, field_check in props:
+            if field in value:
+                bad = field_check(value[field], prefix + field)
+                if bad is not None:
+                    return bad
+        for field, const, then_required in conditionals:
+            if value.get(field) == const:
+                for needed in then_required:
+                    if value.get(needed) is None:
+                        return Violation(
+                            MISSING_FIELD, prefix + needed, f"{prefix + needed} is required when {field} is {const}"
+                        )
+        return None
+
+    return check
+
+
+class Contract:
+    """One event type: its JSON Schema and everything derived from it."""
+
+    def __init__(self, name: str, schema: dict, max_future_skew_s: float = 300.0):
+        self.name = name
+        self.schema = schema
+        self.title: str = schema["title"]
+        self.topic: str = schema["x-topic"]
+        self.key_field: str = schema["x-key"]
+        self.time_field: str = schema["x-event-time"]
+        self.max_future_skew_s = max_future_skew_s
+        self._check = _compile_object_check(schema)
+
+    @property
+    def fields(self) -> dict[str, dict]:
+        return self.schema["properties"]
+
+    @property
+    def required(self) -> list[str]:
+        return list(self.schema["required"])
+
+    def enum(self, field: str) -> list[str]:
+        """Allowed values of an enumerated field (without null)."""
+        return [v for v in self.fields[field]["enum"] if v is not None]
+
+    def validate(self, event: Any, now: float | None = None) -> Violation | None:
+        """The first reason ``event`` breaks the contract, or None if it is valid.
+
+        ``now`` (epoch seconds, default the clock) bounds how far in the future the
+        event time may be.
+        """
+        bad = self._check(event, "")
+        if bad is not None:
+            return bad
+        event_time = parse_time(event[self.time_field])
+        limit = (time.time() if now is None else now) + self.max_future_skew_s
+        if event_time > limit:
+            return Violation(
+                FUTURE_EVENT_TIME,
+                self.time_field,
+                f"{self.time_field} {event[self.time_field]} is more than "
+                f"{self.max_future_skew_s:g} s ahead of the receiver's clock",
+            )
+        return None
+
+    def parse(self, raw: bytes | str, now: float | None = None) -> tuple[dict | None, Violation | None]:
+        """Decode one message value and validate it: ``(event, None)`` or ``(None, violation)``."""
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return None, Violation(MALFORMED_JSON, None, f"value is not valid UTF-8 JSON: {exc}")
+        bad = self.validate(event, now)
+        return (None, bad) if bad is not None else (event, None)
+
+    @property
+    def typed_dict(self) -> type:
+        """A ``TypedDict`` of the event (all keys optional at the type level)."""
+        py = {"string": str, "number": float, "integer": int, "boolean": bool, "array": list, "object": dict}
+        annotations = {}
+        for name, spec in self.fields.items():
+            types = [py[t] for t in _types_of(spec) if t != "null"]
+            annotations[name] = types[0] if len(types) == 1 else Any
+        return TypedDict(self.title, annotations, total=False)  # type: ignore[operator]
+
+    def spark_schema(self):
+        """The event as a Spark ``StructType`` (date-times become timestamps)."""
+        from pyspark.sql import types as T
+
+        def to_spark(spec: dict):
+            kind = [t for t in _types_of(spec) if t != "null"][0]
+            if kind == "string":
+                return T.TimestampType() if spec.get("format") == "date-time" else T.StringType()
+            if kind == "array":
+                return T.ArrayType(to_spark(spec["items"]))
+            if kind == "object":
+                req = set(spec.get("required", []))
+                return T.StructType(
+                    [T.StructField(n, to_spark(s), n not in req) for n, s in spec["properties"].items()]
+                )
+            return {"number": T.DoubleType(), "integer": T.LongType(), "boolean": T.BooleanType()}[kind]
+
+        return to_spark(self.schema)
+
+
+def load_contracts(schemas_dir: Path = SCHEMAS_DIR, max_future_skew_s: float = 300.0) -> dict[str, Contract]:
+    """Every ``*.schema.json`` in ``schemas_dir``, by file stem (``cdr``, ``churn_risk``, ...)."""
+    contracts = {}
+    for path in sorted(schemas_dir.glob("*.schema.json")):
+        name = path.name.removesuffix(".schema.json")
+        contracts[name] = Contract(name, json.loads(path.read_text()), max_future_skew_s)
+    return contracts
+
+
+CONTRACTS = load_contracts(max_future_skew_s=get_settings().contracts.max_future_skew_s)
+CDR = CONTRACTS["cdr"]
+CHURN_RISK = CONTRACTS["churn_risk"]
+CHURN_LABEL = CONTRACTS["churn_label"]

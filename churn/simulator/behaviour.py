@@ -1,0 +1,161 @@
+"""How customers behave over time: daily and weekly rhythm, and the drift before churn.
+
+``intensity`` gives every customer's rate of voice, SMS and data events at a
+moment; ``sample_events`` draws the events of a time slice with all their
+attributes, vectorised with numpy.
+
+A churner's behaviour drifts over the ``precursor_days`` before the churn date
+(``ramp`` goes from 0 to 1): usage falls by up to 65 %, calls to customer care
+rise to a quarter of calls, dropped calls rise, and the off-net share of calls
+grows. After the churn date the customer is gone and produces nothing.
+
+>>> ramp(np.array([0.0, 14.0, 28.0, 29.0]) * DAY, label_s=28.0 * DAY, churner=True, precursor_s=28 * DAY).tolist()
+[0.0, 0.5, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from churn.simulator.population import DATA, N_CELLS, SMS, VOICE, Population
+
+DAY = 86400.0
+
+# Relative activity by hour of day (UTC) for voice, SMS and data; normalised to mean 1.
+_HOURLY = np.array(
+    [
+        [0.1, 0.05, 0.03, 0.03, 0.05, 0.15, 0.4, 0.9, 1.4, 1.6, 1.7, 1.7, 1.6, 1.5, 1.5, 1.5, 1.6, 1.7, 1.8, 1.7, 1.4, 1.0, 0.6, 0.3],
+        [0.3, 0.15, 0.08, 0.05, 0.05, 0.1, 0.3, 0.7, 1.1, 1.2, 1.3, 1.3, 1.4, 1.3, 1.3, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.7, 1.3, 0.8],
+        [0.6, 0.4, 0.25, 0.2, 0.2, 0.3, 0.5, 0.8, 1.0, 1.0, 1.0, 1.1, 1.2, 1.1, 1.0, 1.0, 1.1, 1.3, 1.5, 1.7, 1.9, 2.0, 1.7, 1.1],
+    ]
+)
+HOURLY = _HOURLY / _HOURLY.mean(axis=1, keepdims=True)
+# Relative activity by weekday (Monday first): fewer calls, more data at weekends.
+_WEEKLY = np.array(
+    [
+        [1.1, 1.1, 1.1, 1.1, 1.1, 0.8, 0.7],
+        [1.0, 1.0, 1.0, 1.0, 1.1, 1.0, 0.9],
+        [0.95, 0.95, 0.95, 0.95, 1.0, 1.1, 1.1],
+    ]
+)
+WEEKLY = _WEEKLY / _WEEKLY.mean(axis=1, keepdims=True)
+
+# How strongly a full ramp (1.0) changes behaviour.
+USAGE_DROP = 0.65
+CARE_SHARE_ADD = 0.25
+DROP_PROB_ADD = 0.12
+OFFNET_SHARE_ADD = 0.35
+
+DIRECTIONS = ("outgoing", "incoming")
+COUNTERPARTIES = ("on_net", "off_net", "customer_care", "international")
+ON_NET, OFF_NET, CARE, INTL = 0, 1, 2, 3
+
+
+def ramp(t_s, label_s, churner, precursor_s: float) -> np.ndarray:
+    """How far into its pre-churn drift a customer is at ``t_s``: 0 (none) to 1 (about to leave)."""
+    r = 1.0 - (label_s - t_s) / precursor_s
+    return np.where(churner, np.clip(r, 0.0, 1.0), 0.0)
+
+
+def rhythm(t_s: float) -> np.ndarray:
+    """Multipliers (3,) for voice, SMS, data at epoch time ``t_s`` (UTC)."""
+    hour = int(t_s // 3600) % 24
+    weekday = (int(t_s // DAY) + 3) % 7  # 1970-01-01 was a Thursday
+    return HOURLY[:, hour] * WEEKLY[:, weekday]
+
+
+def intensity(pop: Population, label_s: np.ndarray, t_s: float, precursor_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Events per second (n, 3) for every customer at ``t_s``, and each customer's ramp (n,)."""
+    r = ramp(t_s, label_s, pop.churner, precursor_s)
+    active = ~(pop.churner & (t_s >= label_s))
+    per_day = pop.daily_rate * rhythm(t_s)[None, :] * (1.0 - USAGE_DROP * r)[:, None]
+    return per_day * active[:, None] / DAY, r
+
+
+@dataclass
+class EventBatch:
+    """Columns of a batch of CDRs (one row per event), sorted by event time."""
+
+    customer: np.ndarray  # int index into the population
+    time_ms: np.ndarray  # int64 epoch milliseconds
+    record_type: np.ndarray  # int8: VOICE, SMS, DATA
+    direction: np.ndarray  # int8 index into DIRECTIONS
+    duration_s: np.ndarray  # float; NaN for SMS
+    data_bytes: np.ndarray  # int64; -1 unless data
+    counterparty: np.ndarray  # int8 index into COUNTERPARTIES; -1 for data
+    dropped: np.ndarray  # bool (voice only)
+    cell: np.ndarray  # int
+    roaming: np.ndarray  # bool
+    charge: np.ndarray  # float
+
+    def __len__(self) -> int:
+        return len(self.time_ms)
+
+
+def sample_events(
+    rng: np.random.Generator,
+    pop: Population,
+    customer: np.ndarray,
+    record_type: np.ndarray,
+    r: np.ndarray,
+    time_ms: np.ndarray,
+) -> EventBatch:
+    """Draw every attribute of the given (customer, record type, time) events."""
+    m = len(customer)
+    order = np.argsort(time_ms, kind="stable")
+    customer, record_type, time_ms = customer[order], record_type[order], time_ms[order]
+    r = r[customer]
+    is_voice, is_sms, is_data = record_type == VOICE, record_type == SMS, record_type == DATA
+
+    # who is on the other end (voice and SMS)
+    care = pop.care_share[customer] + CARE_SHARE_ADD * r
+    care = np.where(is_voice, care, care * 0.1)
+    intl = pop.intl_share[customer]
+    offnet = np.minimum(pop.offnet_share[customer] + OFFNET_SHARE_ADD * r, 0.95)
+    u = rng.random(m)
+    counterparty = np.full(m, ON_NET, dtype=np.int8)
+    counterparty[u < care + intl + (1 - care - intl) * offnet] = OFF_NET
+    counterparty[u < care + intl] = INTL
+    counterparty[u < care] = CARE
+    counterparty[is_data] = -1
+
+    direction = (rng.random(m) < np.where(is_voice, 0.45, 0.5)).astype(np.int8)  # 1 = incoming
+    direction[is_data | (counterparty == CARE)] = 0
+
+    dropped = is_voice & (rng.random(m) < pop.drop_prob[customer] + DROP_PROB_ADD * r)
+    call_s = pop.mean_call_s[customer] * rng.lognormal(-0.3, 0.8, m)
+    call_s = np.where(counterparty == CARE, call_s * 2.5, call_s)
+    call_s = np.where(dropped, call_s * 0.3, call_s)
+    session_s = rng.lognormal(5.0, 1.0, m)
+    duration_s = np.round(np.where(is_voice, call_s, np.where(is_data, session_s, np.nan)), 1)
+    duration_s = np.minimum(duration_s, 86400.0)
+
+    mb = pop.mean_session_mb[customer] * (1.0 - 0.5 * r) * rng.lognormal(-0.5, 1.0, m)
+    data_bytes = np.where(is_data, (mb * 1e6).astype(np.int64), -1)
+
+    roaming = rng.random(m) < pop.roaming_prob[customer]
+    moved = rng.random(m) < 0.2
+    cell = np.where(moved, rng.integers(0, N_CELLS, m), pop.home_cell[customer])
+
+    minutes = duration_s / 60.0
+    per_min = np.select([counterparty == OFF_NET, counterparty == INTL], [0.05, 0.6], 0.0)
+    voice_charge = minutes * (per_min + np.where(roaming, 0.3, 0.0))
+    sms_charge = np.select([counterparty == OFF_NET, counterparty == INTL], [0.05, 0.2], 0.0)
+    data_charge = np.where(roaming, data_bytes / 1e8 * 5.0, 0.0)
+    charge = np.round(np.select([is_voice, is_sms], [voice_charge, sms_charge], data_charge), 2)
+
+    return EventBatch(
+        customer=customer,
+        time_ms=time_ms,
+        record_type=record_type.astype(np.int8),
+        direction=direction,
+        duration_s=duration_s,
+        data_bytes=data_bytes,
+        counterparty=counterparty,
+        dropped=dropped,
+        cell=cell,
+        roaming=roaming,
+        charge=charge,
+    )

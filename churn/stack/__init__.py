@@ -1,0 +1,44 @@
+"""The local stack: ``up``, ``down`` and ``status`` over the services in ``services.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from churn.config import Settings
+from churn.stack.process import Service, StackError
+from churn.stack.services import services
+
+__all__ = ["StackError", "ServiceStatus", "up", "down", "status"]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str
+    pid: int | None
+    address: str
+    log: str
+
+
+def up(settings: Settings) -> list[tuple[str, str]]:
+    """Start every service not yet running; harmless to repeat. Returns (service, what happened)."""
+    done = []
+    for service in services(settings):
+        done.append((service.name, service.start(settings.startup_timeout_s)))
+    return done
+
+
+def down(settings: Settings) -> list[tuple[str, str]]:
+    """Stop exactly the processes ``up`` started (by PID), last started first."""
+    return [(service.name, service.stop()) for service in reversed(services(settings))]
+
+
+def _address(service: Service) -> str:
+    return ", ".join(f"{service.host}:{port}" for port in service.ports.values())
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    return [
+        ServiceStatus(s.name, s.state(), s.pid(), _address(s), str(s.log_file))
+        for s in services(settings)
+    ]

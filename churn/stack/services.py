@@ -1,0 +1,187 @@
+"""The local stack's services: Apache Kafka (KRaft), Redis and Prometheus, from real binaries.
+
+Kafka runs from the jars Maven put in ``<cache_dir>/jars/kafka`` (``jvm/kafka/pom.xml``);
+Redis and Prometheus are Debian's ``redis-server`` and ``prometheus``. Everything
+listens on loopback, on the ports in the settings, with data and logs under
+``<run_dir>/<service>/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import urllib.request
+import uuid
+from pathlib import Path
+
+from churn.config import PROJECT_ROOT, Settings
+from churn.stack.process import Service, StackError, tcp_open
+
+PROMETHEUS_TEMPLATE = PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.yml.tmpl"
+
+
+def _which(binary: str) -> str:
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if path is None:
+        raise StackError(f"{binary} not found: run `make setup` (installs it with apt-get)")
+    return path
+
+
+def kafka_service(s: Settings) -> Service:
+    run_dir, k = s.run_dir, s.kafka
+    home = run_dir / "kafka"
+    jars = s.jars_dir / "kafka"
+    props = home / "server.properties"
+
+    def classpath() -> str:
+        if not any(jars.glob("kafka_2.13-*.jar")):
+            raise StackError(f"Kafka jars missing in {jars}: run `make setup` (fetches them with Maven)")
+        return f"{jars}/*"
+
+    def java() -> str:
+        return _which("java")
+
+    def prepare() -> None:
+        data = home / "data"
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers={k.host}:{k.controller_port}",
+                    f"listeners=PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{k.host}:{k.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=3",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=12",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "log.retention.check.interval.ms=60000",
+                    "",
+                ]
+            )
+        )
+        (home / "log4j2.properties").write_text(
+            "\n".join(
+                [
+                    "status = error",
+                    "appender.file.type = File",
+                    "appender.file.name = FILE",
+                    f"appender.file.fileName = {home / 'server.log'}",
+                    "appender.file.layout.type = PatternLayout",
+                    "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+                    "rootLogger.level = INFO",
+                    "rootLogger.appenderRef.file.ref = FILE",
+                    "logger.kafka.name = org.apache.kafka",
+                    "logger.kafka.level = WARN",
+                    "",
+                ]
+            )
+        )
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+            import subprocess
+
+            result = subprocess.run(
+                [java(), "-cp", classpath(), f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+                 "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)],
+                capture_output=True, text=True,
+            )
+            if result.returncode != 0:
+                raise StackError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
+
+    def command() -> list[str]:
+        return [
+            java(), f"-Xms{k.heap}", f"-Xmx{k.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+            "-cp", classpath(), "kafka.Kafka", str(props),
+        ]
+
+    def is_ready() -> bool:
+        if not tcp_open(k.host, k.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            md = AdminClient({"bootstrap.servers": f"{k.host}:{k.port}", "log_level": 0}).list_topics(timeout=2)
+            return len(md.brokers) > 0
+        except Exception:
+            return False
+
+    return Service(
+        name="kafka", run_dir=run_dir, host=k.host,
+        ports={"CHURN_KAFKA__PORT": k.port, "CHURN_KAFKA__CONTROLLER_PORT": k.controller_port},
+        command=command, is_ready=is_ready, prepare=prepare,
+    )
+
+
+def redis_service(s: Settings) -> Service:
+    r = s.redis
+    home = s.run_dir / "redis"
+
+    def command() -> list[str]:
+        return [
+            _which("redis-server"), "--bind", r.host, "--port", str(r.port), "--dir", str(home),
+            "--daemonize", "no", "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+            "--logfile", "",
+        ]
+
+    def is_ready() -> bool:
+        import socket
+
+        try:
+            with socket.create_connection((r.host, r.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    return Service(name="redis", run_dir=s.run_dir, host=r.host, ports={"CHURN_REDIS__PORT": r.port},
+                   command=command, is_ready=is_ready)
+
+
+def prometheus_config(s: Settings) -> str:
+    """The stack's scrape config: ``monitoring/prometheus/prometheus.yml.tmpl`` with our ports."""
+    return PROMETHEUS_TEMPLATE.read_text().format(
+        scrape_interval_s=s.prometheus.scrape_interval_s,
+        prometheus=f"{s.prometheus.host}:{s.prometheus.port}",
+        simulator=f"127.0.0.1:{s.simulator.metrics_port}",
+    )
+
+
+def prometheus_service(s: Settings) -> Service:
+    p = s.prometheus
+    home = s.run_dir / "prometheus"
+
+    def prepare() -> None:
+        (home / "prometheus.yml").write_text(prometheus_config(s))
+
+    def command() -> list[str]:
+        return [
+            _which("prometheus"), f"--config.file={home / 'prometheus.yml'}",
+            f"--storage.tsdb.path={home / 'data'}", f"--web.listen-address={p.host}:{p.port}",
+            "--storage.tsdb.retention.time=7d", "--web.enable-lifecycle",
+        ]
+
+    def is_ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{p.host}:{p.port}/-/ready", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    return Service(name="prometheus", run_dir=s.run_dir, host=p.host, ports={"CHURN_PROMETHEUS__PORT": p.port},
+                   command=command, is_ready=is_ready, prepare=prepare)
+
+
+def services(s: Settings) -> list[Service]:
+    """In start order; stopped in reverse."""
+    return [kafka_service(s), redis_service(s), prometheus_service(s)]

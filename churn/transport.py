@@ -1,0 +1,101 @@
+"""A thin layer over confluent-kafka: clients configured from the settings, and the topics.
+
+Every stage gets its producer, consumer and admin client here, so client
+settings (idempotence, batching, compression) are decided in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+from churn.config import Settings
+
+#: Throughput-oriented, still safe: idempotent (no duplicates on retry), acks=all.
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 20,
+    "batch.size": 1_000_000,
+    "batch.num.messages": 100_000,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 1_000_000,
+    "queue.buffering.max.kbytes": 1_048_576,
+    "sticky.partitioning.linger.ms": 0,
+}
+
+
+def producer(settings: Settings, **overrides: Any) -> Producer:
+    return Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **PRODUCER_DEFAULTS, **overrides})
+
+
+def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    config = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        **overrides,
+    }
+    return Consumer(config)
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[tuple[str, str]]:
+    """Create every topic in the settings that is missing; grow partitions that are too few.
+
+    Idempotent: a second call reports each topic as ``exists``. Returns (topic, action).
+    """
+    client = admin(settings)
+    existing = client.list_topics(timeout=timeout_s).topics
+    rf = settings.topics.replication_factor
+    actions: list[tuple[str, str]] = []
+    to_create = []
+    for spec in settings.topics.all():
+        if spec.name not in existing:
+            to_create.append(NewTopic(spec.name, spec.partitions, rf, config=dict(spec.config)))
+            continue
+        have = len(existing[spec.name].partitions)
+        if have < spec.partitions:
+            for fut in client.create_partitions([NewPartitions(spec.name, spec.partitions)]).values():
+                fut.result(timeout_s)
+            actions.append((spec.name, f"grew from {have} to {spec.partitions} partitions"))
+        else:
+            note = "" if have == spec.partitions else f" ({have} partitions, more than the {spec.partitions} configured)"
+            actions.append((spec.name, "exists" + note))
+    if to_create:
+        for name, fut in client.create_topics(to_create, operation_timeout=timeout_s).items():
+            try:
+                fut.result(timeout_s)
+                actions.append((name, "created"))
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+                actions.append((name, "exists"))
+    order = [spec.name for spec in settings.topics.all()]
+    return sorted(actions, key=lambda a: order.index(a[0]))
+
+
+def topic_config(settings: Settings, topic: str) -> dict[str, str]:
+    """The broker's effective config of a topic (for checks and `churn topics`)."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    result = admin(settings).describe_configs([resource])[resource].result(10)
+    return {name: entry.value for name, entry in result.items()}
+
+
+def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """High watermark of every partition of ``topic``."""
+    from confluent_kafka import TopicPartition
+
+    c = consumer(settings, group_id="churn-offsets-probe")
+    try:
+        md = c.list_topics(topic, timeout=timeout_s)
+        parts = md.topics[topic].partitions
+        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in parts}
+    finally:
+        c.close()
