@@ -143,7 +143,7 @@ class Simulator:
         step = Step(values=values, keys=keys, good=batch)
         m = len(values)
         if m and self.duplicate_ratio:
-            dup = rng.integers(0, m, rng.binomial(m, self.duplicate_ratio))
+            dup = np.sort(rng.choice(m, size=rng.binomial(m, self.duplicate_ratio), replace=False))
             step.duplicates = len(dup)
             values += [values[i] for i in dup]
             keys += [keys[i] for i in dup]

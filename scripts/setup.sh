@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh Debian machine, idempotently:
+#   1. system packages (apt): redis-server, prometheus (with promtool), kcat, a JDK and Maven if missing
+#   2. Python: .venv with exactly requirements.lock, plus this project (editable)
+#   3. JVM jars: each jvm/*/pom.xml fetched by Maven into .cache/jars/<name>
+# Each part records a stamp (a hash of its inputs) and is skipped when nothing changed,
+# so a second run takes seconds and changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# 1. system packages -----------------------------------------------------------------------
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v kcat >/dev/null || need+=(kcat)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if ((${#need[@]})); then
+  say "apt-get install ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian starts packaged services; ours run on other ports, but do not leave theirs behind.
+  for svc in redis-server prometheus; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
+else
+  say "system packages present"
+fi
+
+# 2. Python --------------------------------------------------------------------------------
+stamp=.venv/.setup-stamp
+want=$(hash_of requirements.lock pyproject.toml)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/churn ]; then
+  say "python environment up to date"
+else
+  say "python environment: installing requirements.lock into .venv"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade "pip==25.3" wheel
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  .venv/bin/python -m pip check
+  echo "$want" > "$stamp"
+fi
+
+# 3. JVM jars ------------------------------------------------------------------------------
+for pom in jvm/*/pom.xml; do
+  name=$(basename "$(dirname "$pom")")
+  dest=.cache/jars/$name
+  want=$(hash_of "$pom")
+  if [ -f "$dest/.stamp" ] && [ "$(cat "$dest/.stamp")" = "$want" ]; then
+    say "jars $name up to date"
+    continue
+  fi
+  say "jars $name: fetching with Maven"
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$ROOT/$dest"
+  echo "$want" > "$dest/.stamp"
+done
+say "done"

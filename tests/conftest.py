@@ -1,0 +1,67 @@
+"""Shared fixtures. Tests that need the real stack get one of their own, on free ports
+and in a temporary run directory, so they never touch a stack a user is running."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from churn import stack
+from churn.config import PROJECT_ROOT, Settings
+from churn.transport import ensure_topics
+
+CHURN_BIN = str(Path(sys.executable).parent / "churn")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stack_env(run_dir: Path) -> dict[str, str]:
+    """Environment for a private stack: its own run directory and free ports."""
+    return {
+        "CHURN_RUN_DIR": str(run_dir),
+        "CHURN_KAFKA__PORT": str(free_port()),
+        "CHURN_KAFKA__CONTROLLER_PORT": str(free_port()),
+        "CHURN_REDIS__PORT": str(free_port()),
+        "CHURN_PROMETHEUS__PORT": str(free_port()),
+        "CHURN_SIMULATOR__METRICS_PORT": "0",
+    }
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_cli(args: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([CHURN_BIN, *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          cwd=PROJECT_ROOT, **kw)
+
+
+@pytest.fixture(scope="session")
+def live_env(tmp_path_factory) -> dict[str, str]:
+    return stack_env(tmp_path_factory.mktemp("stack"))
+
+
+@pytest.fixture(scope="session")
+def live_stack(live_env) -> Settings:
+    """A real Kafka broker, Redis and Prometheus for the whole session, with the topics created."""
+    settings = settings_from(live_env)
+    stack.up(settings)
+    ensure_topics(settings)
+    yield settings
+    stack.down(settings)
+    assert all(s.state == "stopped" for s in stack.status(settings))
