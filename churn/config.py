@@ -12,9 +12,15 @@ here: the local stack listens on loopback only.
 >>> s.topics.cdr.name, s.topics.cdr.partitions
 ('cdr', 12)
 
-Environment variables override the file and the defaults:
+Environment variables override the file and the defaults, one field at a time:
 
 >>> import os
+>>> os.environ["CHURN_TOPICS__CDR__PARTITIONS"] = "24"
+>>> t = Settings().topics.cdr
+>>> t.name, t.partitions
+('cdr', 24)
+>>> del os.environ["CHURN_TOPICS__CDR__PARTITIONS"]
+
 >>> os.environ["CHURN_REDIS__PORT"] = "26379"
 >>> Settings().redis.port
 26379
@@ -72,6 +78,36 @@ class TopicSpec(BaseModel):
     config: dict[str, str] = Field(default_factory=dict)
 
 
+# One class per topic so each field has its own default and can be overridden alone,
+# e.g. CHURN_TOPICS__CDR__PARTITIONS=24.
+class CdrTopic(TopicSpec):
+    name: str = "cdr"
+    partitions: int = 12
+    config: dict[str, str] = {"retention.ms": str(7 * 24 * 3600 * 1000), "message.timestamp.type": "CreateTime"}
+
+
+class ChurnAlertsTopic(TopicSpec):
+    name: str = "churn-alerts"
+    partitions: int = 3
+
+
+class ChurnScoresTopic(TopicSpec):
+    name: str = "churn-scores"
+    partitions: int = 6
+    config: dict[str, str] = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+
+
+class ChurnLabelsTopic(TopicSpec):
+    name: str = "churn-labels"
+    partitions: int = 3
+
+
+class CdrDlqTopic(TopicSpec):
+    name: str = "cdr.dlq"
+    partitions: int = 3
+    config: dict[str, str] = {"retention.ms": str(30 * 24 * 3600 * 1000)}
+
+
 class TopicsSettings(BaseModel):
     """Every topic the system uses, with partition counts and topic configs.
 
@@ -81,19 +117,11 @@ class TopicsSettings(BaseModel):
     """
 
     replication_factor: int = 1
-    cdr: TopicSpec = TopicSpec(
-        name="cdr", partitions=12,
-        config={"retention.ms": str(7 * 24 * 3600 * 1000), "message.timestamp.type": "CreateTime"},
-    )
-    churn_alerts: TopicSpec = TopicSpec(name="churn-alerts", partitions=3)
-    churn_scores: TopicSpec = TopicSpec(
-        name="churn-scores", partitions=6,
-        config={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"},
-    )
-    churn_labels: TopicSpec = TopicSpec(name="churn-labels", partitions=3)
-    cdr_dlq: TopicSpec = TopicSpec(
-        name="cdr.dlq", partitions=3, config={"retention.ms": str(30 * 24 * 3600 * 1000)}
-    )
+    cdr: CdrTopic = CdrTopic()
+    churn_alerts: ChurnAlertsTopic = ChurnAlertsTopic()
+    churn_scores: ChurnScoresTopic = ChurnScoresTopic()
+    churn_labels: ChurnLabelsTopic = ChurnLabelsTopic()
+    cdr_dlq: CdrDlqTopic = CdrDlqTopic()
 
     def all(self) -> list[TopicSpec]:
         return [self.cdr, self.churn_alerts, self.churn_scores, self.churn_labels, self.cdr_dlq]

@@ -84,7 +84,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[tuple[str
 def topic_config(settings: Settings, topic: str) -> dict[str, str]:
     """The broker's effective config of a topic (for checks and `churn topics`)."""
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
-    result = admin(settings).describe_configs([resource])[resource].result(10)
+    client = admin(settings)  # keep the client alive until the future resolves
+    result = client.describe_configs([resource])[resource].result(10)
     return {name: entry.value for name, entry in result.items()}
 
 

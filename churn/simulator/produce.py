@@ -153,12 +153,13 @@ def run_live(
     TARGET_RATE.set(rate)
     start = time.time()
     produced_before = report.cdr_messages
-    last_warn = window_t = start
+    last_warn = float("-inf")
+    window_t = start
     window_n = report.cdr_messages
     i = 0
     while not stop.is_set() and not sim.finished:
         t0, t1 = start + i * tick_s, start + (i + 1) * tick_s
-        if duration_s is not None and t1 > start + duration_s + 1e-9:
+        if duration_s is not None and (t1 > start + duration_s + 1e-9 or time.time() >= start + duration_s):
             break
         n = int(rate * tick_s * (i + 1)) - int(rate * tick_s * i)
         now = time.time()

@@ -1,0 +1,102 @@
+"""Benchmarks. Each figure is the median of several runs, written to bench/results.json
+(name, value, unit, runs, command, cores, date) and quoted in the README.
+
+    .venv/bin/python bench/run.py            # all benchmarks
+    .venv/bin/python bench/run.py produce    # those whose name contains 'produce'
+
+Benchmarks that need the broker start a private local stack (free ports, temporary
+run directory) and stop it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from conftest import settings_from, stack_env  # noqa: E402  (free ports, private run dir)
+
+from churn import stack  # noqa: E402
+from churn.config import Settings  # noqa: E402
+from churn.simulator import Simulator  # noqa: E402
+from churn.simulator.produce import run_backfill  # noqa: E402
+from churn.transport import ensure_topics  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+RUNS = 3
+DAY = 86400.0
+
+
+def _simulator(days: float = 7.0) -> Simulator:
+    end = time.time()
+    return Simulator(seed=1, start_s=end - days * DAY, end_s=end)
+
+
+def bench_simulator_generate() -> tuple[float, str, dict]:
+    """Generation and JSON encoding alone, no Kafka: the simulator's own ceiling."""
+    sim = _simulator()
+    t = time.perf_counter()
+    n = sum(len(step.values) for step in sim.backfill_steps())
+    return n / (time.perf_counter() - t), "events/s", {"events": n}
+
+
+def bench_simulator_produce(s: Settings) -> tuple[float, str, dict]:
+    """Backfill to the local broker with the full CDR payload: generate, encode, produce, flush (acks=all)."""
+    s = s.model_copy(deep=True)
+    s.topics.cdr.name = f"bench-cdr-{uuid.uuid4().hex[:6]}"
+    s.topics.churn_labels.name = f"bench-labels-{uuid.uuid4().hex[:6]}"
+    ensure_topics(s)
+    report = run_backfill(s, _simulator())
+    assert report.failed == 0, report.first_error
+    return report.rate, "events/s", {"events": report.cdr_messages}
+
+
+def main(selector: str = "") -> None:
+    benches = {"simulator_generate_rate": (bench_simulator_generate, False),
+               "simulator_produce_rate": (bench_simulator_produce, True)}
+    chosen = {n: b for n, b in benches.items() if selector in n}
+    settings = None
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    try:
+        for name, (fn, needs_stack) in chosen.items():
+            if needs_stack and settings is None:
+                settings = settings_from(stack_env(Path(tempfile.mkdtemp(prefix="churn-bench-"))))
+                stack.up(settings)
+                ensure_topics(settings)
+            values, extra = [], {}
+            for i in range(RUNS):
+                value, unit, extra = fn(settings) if needs_stack else fn()
+                values.append(value)
+                print(f"{name} run {i + 1}: {value:,.0f} {unit}", flush=True)
+            results[name] = {
+                "name": name,
+                "value": round(statistics.median(values), 1),
+                "unit": unit,
+                "statistic": f"median of {RUNS}",
+                "runs": [round(v, 1) for v in values],
+                "detail": {k: v for k, v in extra.items() if v is not None},
+                "description": (fn.__doc__ or "").strip(),
+                "command": "make bench  # " + shlex.join(["python", "bench/run.py", selector or name]),
+                "cores": os.cpu_count(),
+                "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            }
+            print(f"{name}: median {results[name]['value']:,} {unit}")
+    finally:
+        if settings is not None:
+            stack.down(settings)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "")
