@@ -172,7 +172,7 @@ def _parse_utc(value: str) -> float:
 
 @app.command()
 def simulate(
-    rate: Optional[float] = typer.Option(None, help="Live mode: events/s to produce, stamped with the current time."),
+    rate: Optional[float] = typer.Option(None, help="Live mode: valid CDRs/s to produce, stamped with the current time (bad and duplicate messages come on top)."),
     days: Optional[float] = typer.Option(None, help="Backfill: produce this many days of history first, as fast as possible."),
     duration: Optional[float] = typer.Option(None, help="Live mode: stop after this many seconds (default: run until Ctrl-C)."),
     end: Optional[str] = typer.Option(None, help="Backfill only: end of the history (ISO date-time, UTC); default now. Fix it for a repeatable stream."),
@@ -207,8 +207,9 @@ def simulate(
         seed=s.simulator.seed if seed is None else seed, start_s=start_s, end_s=horizon_end,
         precursor_days=s.simulator.precursor_days, customers=customers, csv_path=s.simulator.customers_csv,
         bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio, mode="live" if rate else "backfill",
+        labels_from_s=end_s if rate is not None else None,
     )
-    _start_metrics(s.simulator.metrics_port)
+    _start_metrics(s.simulator.metrics_host, s.simulator.metrics_port)
     report = ProduceReport(run_id=sim.run_id.decode())
     sender = StepProducer(s, report)
     stop = threading.Event()
@@ -219,7 +220,9 @@ def simulate(
 
             with tqdm(total=int(days * 24), unit="h", desc="backfill", disable=not sys.stderr.isatty()) as bar:
                 run_backfill(s, sim, until_s=end_s, sender=sender, on_step=lambda step, r: bar.update(1))
-            err.print(f"backfill: {report.cdr_messages:,} CDRs in {report.elapsed_s:.1f} s ({report.rate:,.0f}/s)")
+            phase = report.phases[-1]
+            err.print(f"backfill: {phase['cdr_messages']:,} CDRs in {phase['elapsed_s']:.1f} s "
+                      f"({phase['rate_per_s']:,.0f}/s)")
         if rate:
             err.print(f"live: {rate:g} events/s to {s.topics.cdr.name} on {s.kafka.bootstrap_servers} (Ctrl-C stops)")
             run_live(s, sim, rate, duration_s=duration, stop=stop, sender=sender, warn=lambda m: err.print(m))
@@ -231,13 +234,13 @@ def simulate(
         _fail(f"{report.failed} messages were not delivered: {report.first_error}")
 
 
-def _start_metrics(port: int) -> None:
+def _start_metrics(host: str, port: int) -> None:
     if port <= 0:
         return
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
     except OSError as exc:
         err.print(f"[yellow]metrics endpoint not started: port {port} in use ({exc}); "
                   f"set CHURN_SIMULATOR__METRICS_PORT[/]")
@@ -311,7 +314,8 @@ def demo(
     console.rule(f"3. simulator: {history_days:g} day(s) of history, then {rate:g} events/s for {duration:g} s")
     now = time.time()
     sim = Simulator(seed=s.simulator.seed, start_s=now - history_days * 86400, end_s=now + 60 * 86400,
-                    precursor_days=s.simulator.precursor_days, bad_ratio=bad_ratio, mode="live")
+                    precursor_days=s.simulator.precursor_days, bad_ratio=bad_ratio, mode="live",
+                    labels_from_s=now)
     report = ProduceReport(run_id=sim.run_id.decode())
     sender = StepProducer(s, report)
     done = threading.Event()
@@ -327,7 +331,7 @@ def demo(
         finally:
             done.set()
 
-    _start_metrics(s.simulator.metrics_port)
+    _start_metrics(s.simulator.metrics_host, s.simulator.metrics_port)
     worker = threading.Thread(target=produce, name="simulator", daemon=True)
     worker.start()
     _watch(None, done)

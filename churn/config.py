@@ -138,7 +138,8 @@ class SimulatorSettings(BaseModel):
     customers_csv: Path | None = None
     #: Days over which a churner's behaviour drifts before the churn label.
     precursor_days: int = 28
-    #: Port of the simulator's Prometheus metrics endpoint (0 disables it).
+    #: Address of the simulator's Prometheus metrics endpoint (port 0 disables it).
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 19101
 
 

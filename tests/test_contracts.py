@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from churn.contracts import CDR, CHURN_LABEL, CHURN_RISK, CONTRACTS, format_time, parse_time
-from churn.schema_docs import README_PATH, render_readme
+from churn.schema_docs import README_PATH, kcat_one_liner, render_readme
 
 NOW = parse_time("2026-11-23T12:00:00Z")
 VOICE = {
@@ -190,3 +190,9 @@ def test_simulator_templates_spell_exactly_the_cdr_fields():
 
 def test_schema_docs_are_up_to_date():
     assert README_PATH.read_text() == render_readme(), "run `churn schemas docs`"
+
+
+def test_readme_kcat_example_is_the_documented_one():
+    from churn.config import PROJECT_ROOT
+
+    assert kcat_one_liner(CDR, "127.0.0.1:19092") in (PROJECT_ROOT / "README.md").read_text()

@@ -44,6 +44,7 @@ class ProduceReport:
     target_rate: float | None = None
     fell_behind: bool = False
     first_error: str | None = None
+    phases: list[dict] = field(default_factory=list)  # one entry per backfill or live phase
 
     @property
     def cdr_messages(self) -> int:
@@ -67,7 +68,14 @@ class ProduceReport:
             "rate_per_s": round(self.rate, 1),
             "target_rate_per_s": self.target_rate,
             "fell_behind": self.fell_behind,
+            "phases": self.phases,
         }
+
+    def _phase(self, mode: str, messages_before: int, elapsed_s: float) -> None:
+        n = self.cdr_messages - messages_before
+        self.elapsed_s += elapsed_s
+        self.phases.append({"mode": mode, "cdr_messages": n, "elapsed_s": round(elapsed_s, 3),
+                            "rate_per_s": round(n / elapsed_s, 1) if elapsed_s > 0 else 0.0})
 
 
 class StepProducer:
@@ -123,13 +131,13 @@ def run_backfill(
     """Produce simulated history up to ``until_s`` (default: the simulator's end) as fast as possible."""
     report = sender.report if sender else ProduceReport(run_id=sim.run_id.decode())
     sender = sender or StepProducer(settings, report)
-    started = time.perf_counter()
+    started, before = time.perf_counter(), report.cdr_messages
     for step in sim.backfill_steps(until_s=until_s):
         sender.send(step)
         if on_step:
             on_step(step, report)
     sender.flush()
-    report.elapsed_s += time.perf_counter() - started
+    report._phase("backfill", before, time.perf_counter() - started)
     return report
 
 
@@ -184,5 +192,5 @@ def run_live(
         if on_tick:
             on_tick(report)
     sender.flush()
-    report.elapsed_s += time.time() - start
+    report._phase("live", produced_before, time.time() - start)
     return report

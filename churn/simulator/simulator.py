@@ -65,6 +65,7 @@ class Simulator:
         duplicate_ratio: float = 0.0,
         mode: str = "backfill",
         clock: Callable[[], float] = time.time,
+        labels_from_s: float | None = None,
     ):
         if not 0.0 <= bad_ratio < 1.0:
             raise ValueError("bad_ratio must be in [0, 1)")
@@ -76,8 +77,10 @@ class Simulator:
         self.bad_ratio, self.duplicate_ratio = bad_ratio, duplicate_ratio
         self.clock = clock
         self.pop: Population = load_population(seed, csv_path, customers)
-        # Labels fall late enough that a churner's whole drift lies inside the window, if it fits.
-        label_lo = self.start_s + min(self.precursor_s, 0.5 * (self.end_s - self.start_s))
+        # Labels fall in [labels_from_s, end_s). By default late enough that a churner's whole
+        # drift lies inside the window, if it fits; live runs pass their start, so labels flow at once.
+        label_lo = labels_from_s if labels_from_s is not None else (
+            self.start_s + min(self.precursor_s, 0.5 * (self.end_s - self.start_s)))
         self.label_s = sample_label_times(self.pop, seed, label_lo, self.end_s)
         self.run_id = hashlib.blake2b(
             f"{seed}:{mode}:{self.start_s:.3f}:{self.end_s:.3f}:{customers}".encode(), digest_size=5
