@@ -18,20 +18,27 @@ from churn.transport import ensure_topics
 CHURN_BIN = str(Path(sys.executable).parent / "churn")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def stack_env(run_dir: Path) -> dict[str, str]:
     """Environment for a private stack: its own run directory and free ports."""
+    kafka, controller, redis, prometheus = free_ports(4)
     return {
         "CHURN_RUN_DIR": str(run_dir),
-        "CHURN_KAFKA__PORT": str(free_port()),
-        "CHURN_KAFKA__CONTROLLER_PORT": str(free_port()),
-        "CHURN_REDIS__PORT": str(free_port()),
-        "CHURN_PROMETHEUS__PORT": str(free_port()),
+        "CHURN_KAFKA__PORT": str(kafka),
+        "CHURN_KAFKA__CONTROLLER_PORT": str(controller),
+        "CHURN_REDIS__PORT": str(redis),
+        "CHURN_PROMETHEUS__PORT": str(prometheus),
         "CHURN_SIMULATOR__METRICS_PORT": "0",
     }
 

@@ -191,6 +191,8 @@ def run_live(
                 last_warn = now
         if on_tick:
             on_tick(report)
+    if sim.finished:
+        warn("the simulation reached its horizon: every customer has a label and churners are gone")
     sender.flush()
     report._phase("live", produced_before, time.time() - start)
     return report
