@@ -63,10 +63,14 @@ def stack_up(
     Harmless to repeat: services already running are left as they are. A port
     taken by another process is an error that names the setting to change.
     """
+    _bring_up(get_settings(), topics)
+
+
+def _bring_up(s, topics: bool = True) -> None:
+    """Start the stack (and create the topics), saying what was done."""
     from churn import stack
     from churn.transport import ensure_topics
 
-    s = get_settings()
     try:
         for name, what in stack.up(s):
             console.print(f"{name:<11} {what}")
@@ -294,24 +298,16 @@ def demo(
 
     Leaves the stack running for you to explore (`churn watch`, kcat); `churn stack down` stops it.
     """
-    from churn import stack
     from churn.simulator import Simulator
     from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
-    from churn.transport import end_offsets, ensure_topics
+    from churn.transport import end_offsets
 
     s = get_settings()
-    console.rule("1. local stack")
-    try:
-        for name, what in stack.up(s):
-            console.print(f"{name:<11} {what}")
-    except stack.StackError as exc:
-        _fail(str(exc))
-    console.rule("2. topics")
-    for name, what in ensure_topics(s):
-        console.print(f"{name:<14} {what}")
+    console.rule("1. local stack and topics")
+    _bring_up(s)
     before = {t.name: sum(end_offsets(s, t.name).values()) for t in (s.topics.cdr, s.topics.churn_labels)}
 
-    console.rule(f"3. simulator: {history_days:g} day(s) of history, then {rate:g} events/s for {duration:g} s")
+    console.rule(f"2. simulator: {history_days:g} day(s) of history, then {rate:g} events/s for {duration:g} s")
     now = time.time()
     sim = Simulator(seed=s.simulator.seed, start_s=now - history_days * 86400, end_s=now + 60 * 86400,
                     precursor_days=s.simulator.precursor_days, bad_ratio=bad_ratio, mode="live",
@@ -340,7 +336,7 @@ def demo(
     if failure:
         _fail(f"simulator failed: {failure[0]!r}")
 
-    console.rule("4. summary")
+    console.rule("3. summary")
     after = {t: sum(end_offsets(s, t).values()) for t in before}
     landed_cdr = after[s.topics.cdr.name] - before[s.topics.cdr.name]
     landed_labels = after[s.topics.churn_labels.name] - before[s.topics.churn_labels.name]
