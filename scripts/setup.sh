@@ -60,6 +60,10 @@ for pom in jvm/*/pom.xml; do
   rm -rf "$dest"
   mkdir -p "$dest"
   mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$ROOT/$dest"
+  if [ "$name" = spark ]; then
+    # keep only what pyspark does not ship already (two versions of a jar on one classpath break Spark)
+    .venv/bin/python scripts/drop_shipped_jars.py "$dest"
+  fi
   echo "$want" > "$dest/.stamp"
 done
 say "done"
