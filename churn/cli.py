@@ -250,6 +250,42 @@ def _start_metrics(host: str, port: int) -> None:
                   f"set CHURN_SIMULATOR__METRICS_PORT[/]")
 
 
+# -- stream ------------------------------------------------------------------------------
+@app.command()
+def stream(
+    available_now: bool = typer.Option(False, "--available-now",
+                                       help="Process what is in Kafka now, then exit (catch-up / batch mode)."),
+    master: Optional[str] = typer.Option(None, help="Spark master (default: spark.master in the settings, local[2])."),
+) -> None:
+    """Run the Spark streaming job: Kafka `cdr` -> Bronze, Silver, quarantine Delta tables and `cdr.dlq`.
+
+    Checkpoints and tables live under streaming.checkpoint_dir and streaming.lake_dir; restarting
+    resumes exactly where it stopped. SIGTERM or Ctrl-C stops the queries cleanly.
+    """
+    from streaming.job import StreamingJob
+
+    s = get_settings()
+    if master:
+        s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
+    job = StreamingJob(s, available_now=available_now)
+    stopping = threading.Event()
+
+    def _stop(*_):
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    job.start()
+    err.print(f"streaming from {s.topics.cdr.name} on {s.kafka.bootstrap_servers} into {s.streaming.lake_dir}")
+    while not stopping.is_set() and any(q.isActive for q in job.queries):
+        stopping.wait(0.5)
+    failed = [q for q in job.queries if not q.isActive and q.exception() is not None]
+    job.stop()
+    for q in failed:
+        _fail(f"query {q.name} failed: {q.exception()}")
+    err.print("stopped")
+
+
 # -- watch and demo -----------------------------------------------------------------------
 def _watch(seconds: Optional[float], stop: threading.Event, interval: float = 1.0) -> None:
     from churn.watch import FlowWatcher, render, render_line

@@ -143,6 +143,34 @@ class SimulatorSettings(BaseModel):
     metrics_port: int = 19101
 
 
+class SparkSettings(BaseModel):
+    #: Any Spark master: local[N] by default, or spark://..., yarn, k8s://...
+    master: str = "local[2]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 4
+    #: Extra Spark confs, e.g. {"spark.executor.memory": "4g"}.
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class StreamingSettings(BaseModel):
+    """The Spark streaming job: Kafka -> Bronze/Silver Delta, quarantine, features to Feast."""
+
+    #: Where the Delta tables live (a local path or any Hadoop-compatible URI).
+    lake_dir: Path = PROJECT_ROOT / ".run" / "lake"
+    #: Streaming checkpoints (one folder per query; keep them with the tables).
+    checkpoint_dir: Path = PROJECT_ROOT / ".run" / "checkpoints"
+    trigger_s: float = 1.0
+    #: Most Kafka records per micro-batch (bounds batch duration when catching up).
+    max_offsets_per_trigger: int = 200_000
+    #: Events older than (newest event time seen before this batch - allowed lateness) are quarantined as late.
+    allowed_lateness_s: float = 3600.0
+    #: Duplicates of an event_id are recognised if they arrive within this processing-time window.
+    dedup_window_s: float = 3600.0
+    starting_offsets: str = "earliest"
+    #: Port of the streaming job's Prometheus metrics endpoint (0 disables it).
+    metrics_port: int = 19102
+
+
 class Settings(BaseSettings):
     """Everything configurable, in one place."""
 
@@ -158,6 +186,8 @@ class Settings(BaseSettings):
     topics: TopicsSettings = TopicsSettings()
     contracts: ContractSettings = ContractSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    spark: SparkSettings = SparkSettings()
+    streaming: StreamingSettings = StreamingSettings()
     #: Seconds a service may take to become ready before `stack up` gives up.
     startup_timeout_s: float = 60.0
 

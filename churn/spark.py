@@ -1,0 +1,51 @@
+"""The Spark session, configured from the settings: any master, Delta Lake, the Kafka source.
+
+Jars come from ``<cache_dir>/jars/spark`` (fetched by Maven from ``jvm/spark/pom.xml``)
+and are given to Spark as local paths: nothing is resolved at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from churn.config import Settings
+
+
+def spark_jars(settings: Settings) -> list[str]:
+    folder = settings.jars_dir / "spark"
+    jars = sorted(str(p) for p in folder.glob("*.jar"))
+    if not any("delta-spark" in j for j in jars):
+        raise RuntimeError(f"Delta/Kafka jars missing in {folder}: run `make setup`")
+    return jars
+
+
+def spark_session(settings: Settings, app_name: str = "churn"):
+    """A SparkSession with Delta Lake and the Kafka source, for ``settings.spark.master``."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", str(Path(os.sys.executable)))
+    sp = settings.spark
+    builder = (
+        SparkSession.builder.master(sp.master)
+        .appName(app_name)
+        .config("spark.jars", ",".join(spark_jars(settings)))
+        .config("spark.driver.memory", sp.driver_memory)
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.shuffle.partitions", str(sp.shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.streaming.stateStore.providerClass",
+                "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+        .config("spark.databricks.delta.autoCompact.enabled", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    for key, value in sp.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

@@ -1,0 +1,1 @@
+"""Spark Structured Streaming: Kafka -> Bronze/Silver Delta, quarantine and dead letters, features to Feast."""

@@ -1,0 +1,243 @@
+"""The streaming job: Kafka ``cdr`` -> Bronze, Silver and quarantine Delta tables, and ``cdr.dlq``.
+
+Two queries, each with its own stable checkpoint:
+
+* **bronze**: every Kafka record as it arrived (key, value, headers, topic,
+  partition, offset, Kafka timestamp, ingest time), appended by Delta's streaming
+  sink, which is exactly once across restarts.
+* **silver**: records parsed and validated by the contract's validator
+  (``streaming.parse``), de-duplicated on ``event_id`` in Spark's state store
+  (state kept for ``dedup_window_s`` of processing time, so it stays bounded and
+  no row is ever dropped by Spark as late), then in ``foreachBatch``: events
+  older than the event-time watermark (newest event time of earlier batches
+  minus ``allowed_lateness_s``) are marked ``late_event``; valid on-time events
+  go to Silver, the rest to the quarantine table and to ``cdr.dlq`` with their
+  reason and original bytes; one accounting row per batch goes to ``batches``.
+  Every Delta write carries ``txnAppId``/``txnVersion`` (the batch id), so a
+  batch replayed after a crash changes nothing it already wrote.
+
+Invariant (tests check it): Bronze rows = Silver rows + quarantined rows + duplicates dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from churn.config import Settings
+from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
+
+LATE_EVENT = "late_event:event_time"
+
+
+@dataclass(frozen=True)
+class LakePaths:
+    root: Path
+
+    @property
+    def bronze(self) -> str:
+        return str(self.root / "bronze")
+
+    @property
+    def silver(self) -> str:
+        return str(self.root / "silver")
+
+    @property
+    def quarantine(self) -> str:
+        return str(self.root / "quarantine")
+
+    @property
+    def batches(self) -> str:
+        return str(self.root / "batches")
+
+
+def _app_id(checkpoint: Path, query: str) -> str:
+    """A writer id tied to the checkpoint: a new checkpoint (a fresh start) gets a new id,
+    so Delta's idempotent-write log never mistakes its batch 0 for an old one."""
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    path = checkpoint / f"{query}.writer-id"
+    if not path.exists():
+        path.write_text(f"churn-{query}-{uuid.uuid4().hex[:12]}")
+    return path.read_text().strip()
+
+
+class StreamingJob:
+    def __init__(self, settings: Settings, spark=None, available_now: bool = False):
+        from churn.spark import spark_session
+
+        self.settings = settings
+        self.available_now = available_now
+        self.spark = spark or spark_session(settings, "churn-stream")
+        st = settings.streaming
+        self.lake = LakePaths(Path(st.lake_dir))
+        self.checkpoints = Path(st.checkpoint_dir)
+        self.silver_writer = _app_id(self.checkpoints, "silver")
+        self._max_event_time: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self.queries = []
+
+    # -- sources ---------------------------------------------------------------------------
+    def _kafka(self):
+        s = self.settings
+        return (
+            self.spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", s.kafka.bootstrap_servers)
+            .option("subscribe", s.topics.cdr.name)
+            .option("startingOffsets", s.streaming.starting_offsets)
+            .option("maxOffsetsPerTrigger", str(s.streaming.max_offsets_per_trigger))
+            .option("includeHeaders", "true")
+            .load()
+        )
+
+    def _trigger(self) -> dict:
+        if self.available_now:
+            return {"availableNow": True}
+        return {"processingTime": f"{self.settings.streaming.trigger_s} seconds"}
+
+    # -- bronze ----------------------------------------------------------------------------
+    def start_bronze(self):
+        from pyspark.sql import functions as F
+
+        rows = self._kafka().select(
+            "key", "value", "headers", "topic", "partition", "offset",
+            F.col("timestamp").alias("kafka_timestamp"), F.col("timestampType").alias("kafka_timestamp_type"),
+            F.current_timestamp().alias("ingest_time"),
+        ).withColumn("ingest_date", F.to_date("ingest_time"))
+        query = (
+            rows.writeStream.format("delta").queryName("bronze").outputMode("append")
+            .option("checkpointLocation", str(self.checkpoints / "bronze"))
+            .partitionBy("ingest_date").trigger(**self._trigger()).start(self.lake.bronze)
+        )
+        self.queries.append(query)
+        return query
+
+    # -- silver ----------------------------------------------------------------------------
+    def start_silver(self):
+        from pyspark.sql import functions as F
+
+        self._load_progress()
+        st = self.settings.streaming
+        parsed = self._kafka().select("key", "value", "partition", "offset", "timestamp").mapInArrow(
+            validate_arrow, SPARK_DDL
+        )
+        deduped = (
+            parsed.withColumn(
+                "dedup_key",
+                F.when(F.col("reason").isNull(), F.col("event_id")).otherwise(
+                    F.concat(F.lit("invalid:"), F.col("kafka_partition"), F.lit(":"), F.col("kafka_offset"))),
+            )
+            .withColumn("ingest_time", F.current_timestamp())
+            .withWatermark("ingest_time", f"{int(st.dedup_window_s)} seconds")
+            .dropDuplicatesWithinWatermark(["dedup_key"])
+        )
+        query = (
+            deduped.writeStream.queryName("silver").foreachBatch(self._silver_batch)
+            .option("checkpointLocation", str(self.checkpoints / "silver"))
+            .trigger(**self._trigger()).start()
+        )
+        self.queries.append(query)
+        return query
+
+    def _load_progress(self) -> None:
+        """The newest event time of every batch already accounted for (for the watermark)."""
+        from delta.tables import DeltaTable
+
+        if DeltaTable.isDeltaTable(self.spark, self.lake.batches):
+            for row in self.spark.read.format("delta").load(self.lake.batches).select(
+                    "batch_id", "max_event_time").collect():
+                if row.max_event_time is not None:
+                    self._max_event_time[row.batch_id] = row.max_event_time.timestamp()
+
+    def watermark_before(self, batch_id: int) -> float | None:
+        """Event-time watermark for ``batch_id``: from earlier batches only, so a replay decides the same."""
+        with self._lock:
+            earlier = [t for b, t in self._max_event_time.items() if b < batch_id]
+        if not earlier:
+            return None
+        return max(earlier) - self.settings.streaming.allowed_lateness_s
+
+    def _write(self, df, path: str, sink: str, batch_id: int, partition_by: str) -> None:
+        (df.write.format("delta").mode("append")
+         .option("txnAppId", f"{self.silver_writer}-{sink}").option("txnVersion", batch_id)
+         .partitionBy(partition_by).save(path))
+
+    def _silver_batch(self, df, batch_id: int) -> None:
+        from pyspark.sql import functions as F
+
+        df = df.persist()
+        try:
+            wm = self.watermark_before(batch_id)
+            late = F.col("reason").isNull() & (
+                F.col("event_time") < F.lit(wm).cast("timestamp") if wm is not None else F.lit(False))
+            rows = df.withColumn("reason", F.when(late, F.lit(LATE_EVENT)).otherwise(F.col("reason"))).withColumn(
+                "reason_detail",
+                F.when(late, F.concat(F.lit("event_time older than the watermark "), F.lit(wm).cast("timestamp")
+                                      .cast("string"))).otherwise(F.col("reason_detail")),
+            ).withColumn("batch_id", F.lit(batch_id).cast("long"))
+
+            contract = [name for name, _, _ in CONTRACT_COLUMNS]
+            silver = rows.filter(F.col("reason").isNull()).select(
+                *contract, "kafka_partition", "kafka_offset", "kafka_timestamp", "ingest_time", "batch_id",
+                F.to_date("event_time").alias("event_date"))
+            quarantine = rows.filter(F.col("reason").isNotNull()).select(
+                "kafka_key", "value", "kafka_partition", "kafka_offset", "kafka_timestamp", "reason",
+                "reason_detail", "event_id", "event_time", "ingest_time", "batch_id",
+                F.to_date("ingest_time").alias("quarantine_date"))
+
+            counts = {r["reason"]: r["count"] for r in rows.groupBy("reason").count().collect()}
+            max_t = silver.agg(F.max("event_time")).first()[0]
+            self._write(silver, self.lake.silver, "silver", batch_id, "event_date")
+            self._write(quarantine, self.lake.quarantine, "quarantine", batch_id, "quarantine_date")
+            if any(reason is not None for reason in counts):
+                self._dead_letter(quarantine)
+            accounting = self.spark.createDataFrame(
+                [(batch_id, sum(counts.values()), counts.get(None, 0), sum(n for r, n in counts.items() if r),
+                  json.dumps({r: n for r, n in counts.items() if r}), max_t,
+                  None if wm is None else datetime.fromtimestamp(wm, timezone.utc))],
+                "batch_id long, rows long, silver_rows long, quarantined_rows long, quarantined_by_reason string, "
+                "max_event_time timestamp, watermark timestamp",
+            ).withColumn("recorded_at", F.current_timestamp()).withColumn("day", F.to_date("recorded_at"))
+            self._write(accounting, self.lake.batches, "batches", batch_id, "day")
+            if max_t is not None:
+                with self._lock:
+                    self._max_event_time[batch_id] = max_t.timestamp()
+        finally:
+            df.unpersist()
+
+    def _dead_letter(self, quarantine) -> None:
+        """Quarantined records to ``cdr.dlq``: original key and bytes, the reason in headers.
+
+        At least once: a replayed batch may send its dead letters again; the headers
+        ``source_partition``/``source_offset`` identify each original record.
+        """
+        from pyspark.sql import functions as F
+
+        s = self.settings
+        headers = F.array(
+            F.struct(F.lit("reason").alias("key"), F.col("reason").cast("binary").alias("value")),
+            F.struct(F.lit("reason_detail").alias("key"), F.col("reason_detail").cast("binary").alias("value")),
+            F.struct(F.lit("source_topic").alias("key"), F.lit(s.topics.cdr.name).cast("binary").alias("value")),
+            F.struct(F.lit("source_partition").alias("key"),
+                     F.col("kafka_partition").cast("string").cast("binary").alias("value")),
+            F.struct(F.lit("source_offset").alias("key"),
+                     F.col("kafka_offset").cast("string").cast("binary").alias("value")),
+        )
+        (quarantine.select(F.col("kafka_key").alias("key"), "value", headers.alias("headers"))
+         .write.format("kafka").option("kafka.bootstrap.servers", s.kafka.bootstrap_servers)
+         .option("topic", s.topics.cdr_dlq.name).save())
+
+    # -- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.start_bronze()
+        self.start_silver()
+
+    def stop(self) -> None:
+        for q in self.queries:
+            q.stop()
+
+    def await_any(self, timeout_s: float | None = None) -> None:
+        self.spark.streams.awaitAnyTermination(timeout_s)
