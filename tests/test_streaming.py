@@ -1,0 +1,145 @@
+"""The Spark streaming job against the real broker and real Delta tables, killed and restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+
+import orjson
+import pytest
+from conftest import CHURN_BIN, settings_from
+from deltalake import DeltaTable
+
+from churn.contracts import format_time
+from churn.simulator import Simulator
+from churn.simulator.bad_events import BAD_KINDS
+from churn.simulator.produce import ProduceReport, StepProducer, run_backfill
+from churn.transport import consumer, ensure_topics
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def stream_env(live_stack, live_env, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    env = {**live_env,
+           "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake"),
+           "CHURN_STREAMING__CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+           "CHURN_STREAMING__TRIGGER_S": "1",
+           "CHURN_STREAMING__MAX_OFFSETS_PER_TRIGGER": "20000",
+           "CHURN_TOPICS__CDR__NAME": f"cdr-{tag}",
+           "CHURN_TOPICS__CDR_DLQ__NAME": f"dlq-{tag}",
+           "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}"}
+    s = settings_from(env)
+    ensure_topics(s)
+    return env, s
+
+
+def start_stream(env: dict, *args: str, log=None) -> subprocess.Popen:
+    return subprocess.Popen([CHURN_BIN, "stream", *args], env={**os.environ, **env}, start_new_session=True,
+                            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def rows(path) -> int:
+    try:
+        return DeltaTable(str(path)).to_pyarrow_table().num_rows
+    except Exception:
+        return 0
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+
+
+def table(path, columns=None):
+    return DeltaTable(str(path)).to_pyarrow_table(columns=columns)
+
+
+def test_exactly_once_across_two_sigkills_with_bad_and_duplicate_events(stream_env, tmp_path):
+    env, s = stream_env
+    lake = tmp_path / "lake"
+    end = time.time() - 3 * DAY
+    report = ProduceReport(run_id="test")
+    sender = StepProducer(s, report)
+    sim = Simulator(seed=21, start_s=end - 1.5 * DAY, end_s=end, customers=300, bad_ratio=0.03,
+                    duplicate_ratio=0.03)
+    parts = [end - DAY, end - 0.5 * DAY, end]
+    log = open(tmp_path / "stream.log", "ab")
+
+    run_backfill(s, sim, until_s=parts[0], sender=sender)
+    for kill in range(2):
+        proc = start_stream(env, log=log)
+        before = rows(lake / "batches")
+        # let it commit at least one batch, then kill -9 while more data arrives
+        wait_for(lambda: rows(lake / "batches") > before, 240, "a silver batch")
+        run_backfill(s, sim, until_s=parts[kill + 1], sender=sender)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # restart and drain everything that is in Kafka
+    final = start_stream(env, "--available-now", log=log)
+    assert final.wait(timeout=400) == 0, (tmp_path / "stream.log").read_text()[-5000:]
+    assert report.failed == 0
+
+    produced = report.cdr_messages
+    bronze = table(lake / "bronze", ["partition", "offset"])
+    assert bronze.num_rows == produced  # every record exactly once
+    assert len(set(zip(bronze.column("partition").to_pylist(), bronze.column("offset").to_pylist()))) == produced
+
+    silver_ids = table(lake / "silver", ["event_id"]).column("event_id").to_pylist()
+    assert len(silver_ids) == len(set(silver_ids)) == report.good  # each valid event exactly once
+    quarantine = table(lake / "quarantine", ["reason", "kafka_partition", "kafka_offset"])
+    reasons = Counter(quarantine.column("reason").to_pylist())
+    assert reasons == Counter({BAD_KINDS[k]: n for k, n in report.bad.items()})
+    # the accounting invariant: Bronze = Silver + quarantined + duplicates dropped
+    assert bronze.num_rows == len(silver_ids) + quarantine.num_rows + report.duplicates
+
+    # every quarantined record is on the dead-letter topic with its reason (at least once)
+    c = consumer(s, group_id=f"dlq-{uuid.uuid4().hex[:6]}")
+    c.subscribe([s.topics.cdr_dlq.name])
+    seen = {}
+    deadline = time.time() + 60
+    while len(seen) < quarantine.num_rows and time.time() < deadline:
+        for m in c.consume(1000, timeout=0.5):
+            h = dict(m.headers())
+            seen[(int(h["source_partition"]), int(h["source_offset"]))] = h["reason"].decode()
+    c.close()
+    expected = dict(zip(zip(quarantine.column("kafka_partition").to_pylist(),
+                            quarantine.column("kafka_offset").to_pylist()), quarantine.column("reason").to_pylist()))
+    assert seen == expected
+
+
+def test_out_of_order_within_the_watermark_is_kept_and_later_is_quarantined_as_late(stream_env, tmp_path):
+    env, s = stream_env
+    lake = tmp_path / "lake"
+    base = time.time() - 2 * DAY
+    sim = Simulator(seed=22, start_s=base - 0.25 * DAY, end_s=base, customers=100)
+    report = run_backfill(s, sim)
+    assert start_stream(env, "--available-now").wait(timeout=300) == 0
+    newest = max(t.timestamp() for t in table(lake / "silver", ["event_time"]).column("event_time").to_pylist())
+
+    from confluent_kafka import Producer
+
+    template = {"customer_id": "7590-VHVEG", "record_type": "sms", "direction": "outgoing",
+                "counterparty": "on_net", "cell_id": "C0001", "roaming": False, "charge": 0.0}
+    on_time = {**template, "event_id": "ooo-within", "event_time": format_time(newest - 1800)}  # 30 min out of order
+    late = {**template, "event_id": "ooo-late", "event_time": format_time(newest - 2 * DAY)}  # beyond 1 h lateness
+    p = Producer({"bootstrap.servers": s.kafka.bootstrap_servers})
+    for e in (on_time, late):
+        p.produce(s.topics.cdr.name, orjson.dumps(e), e["customer_id"].encode())
+    p.flush(10)
+    env2 = {**env, "CHURN_STREAMING__ALLOWED_LATENESS_S": "3600"}
+    assert start_stream(env2, "--available-now").wait(timeout=300) == 0
+
+    silver_ids = set(table(lake / "silver", ["event_id"]).column("event_id").to_pylist())
+    assert "ooo-within" in silver_ids and "ooo-late" not in silver_ids
+    q = table(lake / "quarantine", ["event_id", "reason"]).to_pylist()
+    assert {"event_id": "ooo-late", "reason": "late_event:event_time"} in q
+    assert len(silver_ids) == report.good + 1
