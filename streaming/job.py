@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -188,15 +189,18 @@ class StreamingJob:
                 "reason_detail", "event_id", "event_time", "ingest_time", "batch_id",
                 F.to_date("ingest_time").alias("quarantine_date"))
 
-            counts = {r["reason"]: r["count"] for r in rows.groupBy("reason").count().collect()}
-            max_t = silver.agg(F.max("event_time")).first()[0]
+            total, good, max_t = rows.agg(
+                F.count(F.lit(1)), F.count(F.when(F.col("reason").isNull(), 1)),
+                F.max(F.when(F.col("reason").isNull(), F.col("event_time")))).first()
+            if total == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
+                return
+            bad = Counter(r.reason for r in quarantine.select("reason").collect())
             self._write(silver, self.lake.silver, "silver", batch_id, "event_date")
-            self._write(quarantine, self.lake.quarantine, "quarantine", batch_id, "quarantine_date")
-            if any(reason is not None for reason in counts):
+            if bad:
+                self._write(quarantine, self.lake.quarantine, "quarantine", batch_id, "quarantine_date")
                 self._dead_letter(quarantine)
             accounting = self.spark.createDataFrame(
-                [(batch_id, sum(counts.values()), counts.get(None, 0), sum(n for r, n in counts.items() if r),
-                  json.dumps({r: n for r, n in counts.items() if r}), max_t,
+                [(batch_id, total, good, total - good, json.dumps(dict(bad)), max_t,
                   None if wm is None else datetime.fromtimestamp(wm, timezone.utc))],
                 "batch_id long, rows long, silver_rows long, quarantined_rows long, quarantined_by_reason string, "
                 "max_event_time timestamp, watermark timestamp",
