@@ -36,6 +36,9 @@ schemas_app = typer.Typer(help="Event contracts in schemas/: validate events, re
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
+features_app = typer.Typer(help="The Feast feature store (Redis online store, Delta/file offline store).",
+                           no_args_is_help=True)
+app.add_typer(features_app, name="features")
 
 console = Console()
 err = Console(stderr=True)
@@ -250,6 +253,16 @@ def _start_metrics(host: str, port: int) -> None:
                   f"set CHURN_SIMULATOR__METRICS_PORT[/]")
 
 
+# -- features ----------------------------------------------------------------------------
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register feature_repo/ with Feast, write feature_store.yaml, load the customer profiles into Redis."""
+    from churn.feature_store import apply
+
+    for name in apply(get_settings()):
+        console.print(f"applied {name}")
+
+
 # -- stream ------------------------------------------------------------------------------
 @app.command()
 def stream(
@@ -262,8 +275,11 @@ def stream(
     Checkpoints and tables live under streaming.checkpoint_dir and streaming.lake_dir; restarting
     resumes exactly where it stopped. SIGTERM or Ctrl-C stops the queries cleanly.
     """
+    import logging
+
     from streaming.job import StreamingJob
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     s = get_settings()
     if master:
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})

@@ -147,7 +147,8 @@ class SparkSettings(BaseModel):
     #: Any Spark master: local[N] by default, or spark://..., yarn, k8s://...
     master: str = "local[2]"
     driver_memory: str = "2g"
-    shuffle_partitions: int = 4
+    #: Partitions of shuffles, state stores and Delta log replay: about the number of cores.
+    shuffle_partitions: int = 2
     #: Extra Spark confs, e.g. {"spark.executor.memory": "4g"}.
     conf: dict[str, str] = Field(default_factory=dict)
 
@@ -160,6 +161,8 @@ class StreamingSettings(BaseModel):
     #: Streaming checkpoints (one folder per query; keep them with the tables).
     checkpoint_dir: Path = PROJECT_ROOT / ".run" / "checkpoints"
     trigger_s: float = 1.0
+    #: Bronze is not on the freshness path: a slower trigger leaves the cores to Silver.
+    bronze_trigger_s: float = 5.0
     #: Most Kafka records per micro-batch (bounds batch duration when catching up).
     max_offsets_per_trigger: int = 200_000
     #: Events older than (newest event time seen before this batch - allowed lateness) are quarantined as late.

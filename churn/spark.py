@@ -42,6 +42,9 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         .config("spark.sql.streaming.stateStore.providerClass",
                 "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
         .config("spark.databricks.delta.autoCompact.enabled", "false")
+        # Delta replays its log with 50 tasks by default: far too many for small tables on few cores
+        .config("spark.databricks.delta.snapshotPartitions", str(sp.shuffle_partitions))
+        .config("spark.default.parallelism", str(sp.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
     )
     for key, value in sp.conf.items():

@@ -10,7 +10,7 @@ Two queries, each with its own stable checkpoint:
   (state kept for ``dedup_window_s`` of processing time, so it stays bounded and
   no row is ever dropped by Spark as late), then in ``foreachBatch``: events
   older than the event-time watermark (newest event time of earlier batches
-  minus ``allowed_lateness_s``) are marked ``late_event``; valid on-time events
+  minus ``allowed_lateness_s``, per Kafka partition) are marked ``late_event``; valid on-time events
   go to Silver, the rest to the quarantine table and to ``cdr.dlq`` with their
   reason and original bytes; one accounting row per batch goes to ``batches``.
   Every Delta write carries ``txnAppId``/``txnVersion`` (the batch id), so a
@@ -22,7 +22,9 @@ Invariant (tests check it): Bronze rows = Silver rows + quarantined rows + dupli
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from collections import Counter
 import uuid
 from dataclasses import dataclass
@@ -33,6 +35,24 @@ from churn.config import Settings
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
 
 LATE_EVENT = "late_event:event_time"
+log = logging.getLogger("churn.stream")
+
+
+class _PhaseClock:
+    """Seconds spent in each phase of a batch, for the log line."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.phases: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((phase, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{name} {sec:.2f}" for name, sec in self.phases)
+        return f"{self.last - self.start:.2f} s [{parts}]"
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,14 @@ class LakePaths:
     @property
     def batches(self) -> str:
         return str(self.root / "batches")
+
+    @property
+    def feature_state(self) -> str:
+        return str(self.root / "feature_state")
+
+    @property
+    def feature_history(self) -> str:
+        return str(self.root / "feature_history")
 
 
 def _app_id(checkpoint: Path, query: str) -> str:
@@ -77,8 +105,10 @@ class StreamingJob:
         self.lake = LakePaths(Path(st.lake_dir))
         self.checkpoints = Path(st.checkpoint_dir)
         self.silver_writer = _app_id(self.checkpoints, "silver")
-        self._max_event_time: dict[int, float] = {}
+        self._max_event_time: dict[int, dict[int, float]] = {}
         self._lock = threading.Lock()
+        self._feature_store = None
+        self.last_pushed_ref_time = 0.0
         self.queries = []
 
     # -- sources ---------------------------------------------------------------------------
@@ -94,10 +124,10 @@ class StreamingJob:
             .load()
         )
 
-    def _trigger(self) -> dict:
+    def _trigger(self, seconds: float) -> dict:
         if self.available_now:
             return {"availableNow": True}
-        return {"processingTime": f"{self.settings.streaming.trigger_s} seconds"}
+        return {"processingTime": f"{seconds} seconds"}
 
     # -- bronze ----------------------------------------------------------------------------
     def start_bronze(self):
@@ -111,7 +141,8 @@ class StreamingJob:
         query = (
             rows.writeStream.format("delta").queryName("bronze").outputMode("append")
             .option("checkpointLocation", str(self.checkpoints / "bronze"))
-            .partitionBy("ingest_date").trigger(**self._trigger()).start(self.lake.bronze)
+            .partitionBy("ingest_date").trigger(**self._trigger(self.settings.streaming.bronze_trigger_s))
+            .start(self.lake.bronze)
         )
         self.queries.append(query)
         return query
@@ -138,46 +169,56 @@ class StreamingJob:
         query = (
             deduped.writeStream.queryName("silver").foreachBatch(self._silver_batch)
             .option("checkpointLocation", str(self.checkpoints / "silver"))
-            .trigger(**self._trigger()).start()
+            .trigger(**self._trigger(st.trigger_s)).start()
         )
         self.queries.append(query)
         return query
 
     def _load_progress(self) -> None:
-        """The newest event time of every batch already accounted for (for the watermark)."""
+        """Newest event time per Kafka partition of every batch already accounted for."""
         from delta.tables import DeltaTable
 
         if DeltaTable.isDeltaTable(self.spark, self.lake.batches):
             for row in self.spark.read.format("delta").load(self.lake.batches).select(
-                    "batch_id", "max_event_time").collect():
-                if row.max_event_time is not None:
-                    self._max_event_time[row.batch_id] = row.max_event_time.timestamp()
+                    "batch_id", "max_event_time_by_partition").collect():
+                self._max_event_time[row.batch_id] = {
+                    int(p): t for p, t in json.loads(row.max_event_time_by_partition or "{}").items()}
 
-    def watermark_before(self, batch_id: int) -> float | None:
-        """Event-time watermark for ``batch_id``: from earlier batches only, so a replay decides the same."""
+    def watermark_before(self, batch_id: int) -> dict[int, float]:
+        """Event-time watermark per Kafka partition for ``batch_id``, from earlier batches only
+        (so a replay decides the same): the newest event time its partition delivered, minus
+        the allowed lateness. Per partition, because producers order events per key (and so per
+        partition) but partitions run at their own pace: one global maximum would call a slower
+        partition's on-time events late."""
         with self._lock:
-            earlier = [t for b, t in self._max_event_time.items() if b < batch_id]
-        if not earlier:
-            return None
-        return max(earlier) - self.settings.streaming.allowed_lateness_s
+            earlier = [m for b, m in self._max_event_time.items() if b < batch_id]
+        newest: dict[int, float] = {}
+        for by_partition in earlier:
+            for p, t in by_partition.items():
+                newest[p] = max(newest.get(p, t), t)
+        lateness = self.settings.streaming.allowed_lateness_s
+        return {p: t - lateness for p, t in newest.items()}
 
-    def _write(self, df, path: str, sink: str, batch_id: int, partition_by: str) -> None:
-        (df.write.format("delta").mode("append")
-         .option("txnAppId", f"{self.silver_writer}-{sink}").option("txnVersion", batch_id)
-         .partitionBy(partition_by).save(path))
+    def _write(self, df, path: str, sink: str, batch_id: int, partition_by: str | None = None) -> None:
+        writer = (df.write.format("delta").mode("append")
+                  .option("txnAppId", f"{self.silver_writer}-{sink}").option("txnVersion", batch_id))
+        (writer.partitionBy(partition_by) if partition_by else writer).save(path)
 
     def _silver_batch(self, df, batch_id: int) -> None:
         from pyspark.sql import functions as F
 
+        clock = _PhaseClock()
         df = df.persist()
         try:
             wm = self.watermark_before(batch_id)
-            late = F.col("reason").isNull() & (
-                F.col("event_time") < F.lit(wm).cast("timestamp") if wm is not None else F.lit(False))
+            wm_col = F.create_map(*[x for p, t in sorted(wm.items()) for x in (F.lit(p), F.lit(t))]) \
+                if wm else F.create_map().cast("map<int,double>")
+            partition_wm = F.element_at(wm_col, F.col("kafka_partition")).cast("timestamp")
+            late = F.col("reason").isNull() & F.coalesce(F.col("event_time") < partition_wm, F.lit(False))
             rows = df.withColumn("reason", F.when(late, F.lit(LATE_EVENT)).otherwise(F.col("reason"))).withColumn(
                 "reason_detail",
-                F.when(late, F.concat(F.lit("event_time older than the watermark "), F.lit(wm).cast("timestamp")
-                                      .cast("string"))).otherwise(F.col("reason_detail")),
+                F.when(late, F.concat(F.lit("event_time older than its partition's watermark "),
+                                      partition_wm.cast("string"))).otherwise(F.col("reason_detail")),
             ).withColumn("batch_id", F.lit(batch_id).cast("long"))
 
             contract = [name for name, _, _ in CONTRACT_COLUMNS]
@@ -189,28 +230,91 @@ class StreamingJob:
                 "reason_detail", "event_id", "event_time", "ingest_time", "batch_id",
                 F.to_date("ingest_time").alias("quarantine_date"))
 
-            total, good, max_t = rows.agg(
-                F.count(F.lit(1)), F.count(F.when(F.col("reason").isNull(), 1)),
-                F.max(F.when(F.col("reason").isNull(), F.col("event_time")))).first()
+            per_partition = rows.groupBy("kafka_partition").agg(
+                F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("reason").isNull(), 1)).alias("good"),
+                F.max(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("max_t")).collect()
+            total, good = sum(r.n for r in per_partition), sum(r.good for r in per_partition)
             if total == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
                 return
+            max_by_partition = {r.kafka_partition: r.max_t.timestamp() for r in per_partition if r.max_t}
+            clock.mark("validate+dedup")
             bad = Counter(r.reason for r in quarantine.select("reason").collect())
             self._write(silver, self.lake.silver, "silver", batch_id, "event_date")
+            clock.mark("silver")
+            if good:
+                self._update_features(silver, batch_id, clock)
             if bad:
                 self._write(quarantine, self.lake.quarantine, "quarantine", batch_id, "quarantine_date")
                 self._dead_letter(quarantine)
+                clock.mark("quarantine+dlq")
+            max_t = max(max_by_partition.values(), default=None)
             accounting = self.spark.createDataFrame(
-                [(batch_id, total, good, total - good, json.dumps(dict(bad)), max_t,
-                  None if wm is None else datetime.fromtimestamp(wm, timezone.utc))],
+                [(batch_id, total, good, total - good, json.dumps(dict(bad)),
+                  None if max_t is None else datetime.fromtimestamp(max_t, timezone.utc),
+                  json.dumps(max_by_partition), json.dumps(wm))],
                 "batch_id long, rows long, silver_rows long, quarantined_rows long, quarantined_by_reason string, "
-                "max_event_time timestamp, watermark timestamp",
+                "max_event_time timestamp, max_event_time_by_partition string, watermark_by_partition string",
             ).withColumn("recorded_at", F.current_timestamp()).withColumn("day", F.to_date("recorded_at"))
             self._write(accounting, self.lake.batches, "batches", batch_id, "day")
-            if max_t is not None:
-                with self._lock:
-                    self._max_event_time[batch_id] = max_t.timestamp()
+            with self._lock:
+                self._max_event_time[batch_id] = max_by_partition
+            clock.mark("accounting")
+            log.info("batch %d: %d rows, %d to silver, %d quarantined in %s", batch_id, total, good,
+                     total - good, clock)
         finally:
             df.unpersist()
+
+    def _update_features(self, silver, batch_id: int, clock: "_PhaseClock") -> None:
+        """Merge the batch's decayed sums into each customer's state; push the new state to Feast.
+
+        The MERGE is idempotent per batch (txnAppId/txnVersion), the push is an upsert and the
+        offline history append is idempotent per batch, so a replayed batch changes nothing.
+        """
+        from delta.tables import DeltaTable
+        from feast.data_source import PushMode
+        from pyspark.sql import functions as F
+
+        from churn.features import merge_sql, partial_sums
+
+        session = silver.sparkSession  # the query's own session: its confs touch no other query
+        partial = partial_sums(silver).persist()
+        try:
+            if DeltaTable.isDeltaTable(session, self.lake.feature_state):
+                session.conf.set("spark.databricks.delta.write.txnAppId", f"{self.silver_writer}-features")
+                session.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
+                try:
+                    (DeltaTable.forPath(session, self.lake.feature_state).alias("s")
+                     .merge(partial.alias("b"), "s.customer_id = b.customer_id")
+                     .whenMatchedUpdate(set=merge_sql("s", "b")).whenNotMatchedInsertAll().execute())
+                finally:
+                    session.conf.unset("spark.databricks.delta.write.txnAppId")
+                    session.conf.unset("spark.databricks.delta.write.txnVersion")
+            else:
+                self._write(partial, self.lake.feature_state, "features", batch_id)
+            clock.mark("features.merge")
+            updated = (session.read.format("delta").load(self.lake.feature_state)
+                       .join(partial.select("customer_id"), "customer_id")
+                       .withColumn("feature_time", F.col("ref_time").cast("timestamp")))
+            self._write(updated.withColumn("batch_id", F.lit(batch_id).cast("long")),
+                        self.lake.feature_history, "feature_history", batch_id)
+            clock.mark("features.history")
+            rows = updated.toPandas()
+            rows["active_days"] = rows["active_days"].map(lambda days: [int(d) for d in days])
+            self.feature_store.push("customer_activity_push", rows, to=PushMode.ONLINE)
+            self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
+            clock.mark("features.push")
+        finally:
+            partial.unpersist()
+
+    @property
+    def feature_store(self):
+        if self._feature_store is None:
+            from churn import feature_store
+
+            if not feature_store.registry_path(self.settings).exists():
+                feature_store.apply(self.settings)
+            self._feature_store = feature_store.store(self.settings)
+        return self._feature_store
 
     def _dead_letter(self, quarantine) -> None:
         """Quarantined records to ``cdr.dlq``: original key and bytes, the reason in headers.

@@ -45,10 +45,12 @@ def start_stream(env: dict, *args: str, log=None) -> subprocess.Popen:
 
 
 def rows(path) -> int:
+    """Rows of a Delta table from its log's file statistics (cheap enough to poll)."""
     try:
-        return DeltaTable(str(path)).to_pyarrow_table().num_rows
+        actions = DeltaTable(str(path)).get_add_actions(flatten=True)
     except Exception:
         return 0
+    return sum(actions.column("num_records").to_pylist())
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -143,3 +145,69 @@ def test_out_of_order_within_the_watermark_is_kept_and_later_is_quarantined_as_l
     q = table(lake / "quarantine", ["event_id", "reason"]).to_pylist()
     assert {"event_id": "ooo-late", "reason": "late_event:event_time"} in q
     assert len(silver_ids) == report.good + 1
+
+
+def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(stream_env, tmp_path):
+    from confluent_kafka import Producer
+
+    from churn import feature_store
+    from churn.features import SUM_FEATURES, partial_sums
+    from churn.spark import spark_session
+
+    env, s = stream_env
+    env = {**env, "CHURN_STREAMING__MAX_OFFSETS_PER_TRIGGER": "3000"}  # several batches: merges are exercised
+    lake = tmp_path / "lake"
+    end = time.time() - DAY
+    sim = Simulator(seed=23, start_s=end - 0.5 * DAY, end_s=end, customers=200)
+    report = ProduceReport(run_id="t")
+    sender = StepProducer(s, report)
+    run_backfill(s, sim, until_s=end - 0.25 * DAY, sender=sender)
+    log = open(tmp_path / "stream.log", "ab")
+    proc = start_stream(env, log=log)
+    try:
+        wait_for(lambda: rows(lake / "batches") >= 1, 300, "the first batch")
+        run_backfill(s, sim, sender=sender)
+        t0 = time.time()
+        wait_for(lambda: rows(lake / "silver") == report.good, 300, "all events in Silver")
+        print(f"caught up with {report.good} events in {time.time() - t0:.1f} s")
+
+        # a fresh event for one customer: how long until Feast serves the new value?
+        fs = feature_store.store(s)
+        customer = sim.pop.customer_id[0]
+        before = feature_store.online_activity(fs, [customer])[customer]
+        event_time = round(end + 60.0, 3)
+        event = {"event_id": f"fresh-{uuid.uuid4().hex[:6]}", "customer_id": customer, "record_type": "sms",
+                 "event_time": format_time(event_time), "direction": "outgoing", "counterparty": "on_net",
+                 "cell_id": "C0001", "roaming": False, "charge": 0.0}
+        p = Producer({"bootstrap.servers": s.kafka.bootstrap_servers})
+        p.produce(s.topics.cdr.name, orjson.dumps(event), customer.encode())
+        p.flush(10)
+        sent = time.time()
+        wait_for(lambda: abs((feature_store.online_activity(fs, [customer])[customer]["ref_time"] or 0)
+                             - event_time) < 0.002, 60, "the fresh value in Feast")
+        freshness = time.time() - sent
+        print(f"fresh event served by Feast after {freshness:.1f} s")
+        after = feature_store.online_activity(fs, [customer])[customer]
+        assert after["sms_1d"] > before["sms_1d"] * 0.9  # the new SMS counts, older ones decayed by 60 s
+        assert freshness < 20, f"feature took {freshness:.1f} s to reach Feast"
+    finally:
+        proc.send_signal(signal.SIGTERM)  # graceful stop
+        assert proc.wait(timeout=120) == 0, (tmp_path / "stream.log").read_text()[-3000:]
+
+    # the nightly path's computation over Silver equals what the stream pushed, customer by customer
+    spark = spark_session(s, "test-batch-features")
+    try:
+        batch = {r.customer_id: r.asDict() for r in partial_sums(
+            spark.read.format("delta").load(str(lake / "silver"))).collect()}
+    finally:
+        spark.stop()
+    online = feature_store.online_activity(fs, list(batch))
+    assert len(batch) >= 150
+    for customer, expected in batch.items():
+        got = online[customer]
+        assert got["ref_time"] == pytest.approx(expected["ref_time"], abs=1e-6)
+        assert got["active_days"] == list(expected["active_days"])
+        for name in SUM_FEATURES:
+            assert got[name] == pytest.approx(expected[name], rel=1e-9, abs=1e-9), (customer, name)
+    history = table(lake / "feature_history", ["customer_id", "batch_id"])
+    assert history.num_rows >= len(batch)  # every push is also in the offline history

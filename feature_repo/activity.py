@@ -1,0 +1,36 @@
+"""``customer_activity``: decayed behaviour sums pushed by the stream every micro-batch.
+
+The values are the sums of ``churn.features`` at the customer's newest event time
+(``ref_time``); readers decay them to their own time with ``churn.features.decay_to``.
+The push source's batch source is the Delta table of every pushed row (the offline history).
+"""
+
+from datetime import timedelta
+
+from feast import FeatureView, Field, FileSource, PushSource
+from feast.data_format import DeltaFormat
+from feast.types import Array, Float64, Int64
+
+from churn.config import get_settings
+from churn.features import SUM_FEATURES
+from feature_repo.entities import customer
+
+activity_history = FileSource(
+    name="customer_activity_history",
+    path=str(get_settings().streaming.lake_dir / "feature_history"),
+    file_format=DeltaFormat(),
+    timestamp_field="feature_time",
+)
+
+activity_push = PushSource(name="customer_activity_push", batch_source=activity_history)
+
+customer_activity = FeatureView(
+    name="customer_activity",
+    entities=[customer],
+    ttl=timedelta(days=90),
+    schema=[Field(name="ref_time", dtype=Float64), Field(name="active_days", dtype=Array(Int64))]
+    + [Field(name=name, dtype=Float64) for name in SUM_FEATURES],
+    source=activity_push,
+    online=True,
+    description="Decayed sums of calls, minutes, drops, care calls, off-net, data, roaming, charges (1/7/30 days).",
+)

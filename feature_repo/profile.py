@@ -1,0 +1,47 @@
+"""``customer_profile``: plan and account facts from the customer table (IBM Telco columns).
+
+The churn label is deliberately *not* here: a label stored as a feature leaks into training.
+"""
+
+from datetime import timedelta
+
+from feast import FeatureView, Field, FileSource
+from feast.types import Float64, Int64, String
+
+from churn.config import get_settings
+from feature_repo.entities import customer
+
+PROFILE_FIELDS = [
+    Field(name="tenure_months", dtype=Int64),
+    Field(name="monthly_charges", dtype=Float64),
+    Field(name="total_charges", dtype=Float64),
+    Field(name="senior_citizen", dtype=Int64),
+    Field(name="has_partner", dtype=Int64),
+    Field(name="has_dependents", dtype=Int64),
+    Field(name="phone_service", dtype=Int64),
+    Field(name="multiple_lines", dtype=Int64),
+    Field(name="internet_service", dtype=String),
+    Field(name="online_security", dtype=Int64),
+    Field(name="tech_support", dtype=Int64),
+    Field(name="streaming_tv", dtype=Int64),
+    Field(name="streaming_movies", dtype=Int64),
+    Field(name="contract", dtype=String),
+    Field(name="paperless_billing", dtype=Int64),
+    Field(name="payment_method", dtype=String),
+]
+
+profile_source = FileSource(
+    name="customer_profile_source",
+    path=str(get_settings().streaming.lake_dir / "profile.parquet"),
+    timestamp_field="profile_time",
+)
+
+customer_profile = FeatureView(
+    name="customer_profile",
+    entities=[customer],
+    ttl=timedelta(days=3650),
+    schema=PROFILE_FIELDS,
+    source=profile_source,
+    online=True,
+    description="Plan and account facts of each customer.",
+)
