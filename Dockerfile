@@ -3,14 +3,23 @@
 # stages land, the streaming job, the scoring worker and the nightly batch job.
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless kcat \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless maven kcat \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY requirements.lock pyproject.toml README.md ./
 RUN pip install --no-cache-dir -r requirements.lock
 COPY churn ./churn
+COPY streaming ./streaming
+COPY feature_repo ./feature_repo
+COPY jvm ./jvm
+COPY scripts ./scripts
 COPY schemas ./schemas
 COPY monitoring ./monitoring
-RUN pip install --no-cache-dir --no-deps -e .
+RUN pip install --no-cache-dir --no-deps -e . \
+ && for pom in jvm/*/pom.xml; do \
+      name=$(basename "$(dirname "$pom")"); \
+      mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=/app/.cache/jars/$name; \
+    done \
+ && python scripts/drop_shipped_jars.py /app/.cache/jars/spark
 ENTRYPOINT ["churn"]
 CMD ["--help"]

@@ -284,6 +284,7 @@ def stream(
     if master:
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
     job = StreamingJob(s, available_now=available_now)
+    _start_metrics(s.streaming.metrics_host, s.streaming.metrics_port)
     stopping = threading.Event()
 
     def _stop(*_):

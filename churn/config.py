@@ -170,7 +170,8 @@ class StreamingSettings(BaseModel):
     #: Duplicates of an event_id are recognised if they arrive within this processing-time window.
     dedup_window_s: float = 3600.0
     starting_offsets: str = "earliest"
-    #: Port of the streaming job's Prometheus metrics endpoint (0 disables it).
+    #: Address of the streaming job's Prometheus metrics endpoint (port 0 disables it).
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 19102
 
 

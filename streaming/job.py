@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from churn.config import Settings
+from streaming import metrics
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
 
 LATE_EVENT = "late_event:event_time"
@@ -259,6 +260,7 @@ class StreamingJob:
             with self._lock:
                 self._max_event_time[batch_id] = max_by_partition
             clock.mark("accounting")
+            metrics.record_batch(good, dict(bad))
             log.info("batch %d: %d rows, %d to silver, %d quarantined in %s", batch_id, total, good,
                      total - good, clock)
         finally:
@@ -302,6 +304,7 @@ class StreamingJob:
             rows["active_days"] = rows["active_days"].map(lambda days: [int(d) for d in days])
             self.feature_store.push("customer_activity_push", rows, to=PushMode.ONLINE)
             self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
+            metrics.record_push(self.last_pushed_ref_time)
             clock.mark("features.push")
         finally:
             partial.unpersist()
@@ -340,6 +343,7 @@ class StreamingJob:
 
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:
+        self.spark.streams.addListener(metrics.MetricsListener())
         self.start_bronze()
         self.start_silver()
 

@@ -190,6 +190,20 @@ def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(str
         after = feature_store.online_activity(fs, [customer])[customer]
         assert after["sms_1d"] > before["sms_1d"] * 0.9  # the new SMS counts, older ones decayed by 60 s
         assert freshness < 20, f"feature took {freshness:.1f} s to reach Feast"
+
+        # the job's Prometheus endpoint reports what it did (once the batch's accounting is written)
+        import urllib.request
+
+        def metrics() -> dict[str, float]:
+            text = urllib.request.urlopen(
+                f"http://127.0.0.1:{env['CHURN_STREAMING__METRICS_PORT']}/metrics", timeout=5).read().decode()
+            return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                    if line and not line.startswith("#")}
+
+        wait_for(lambda: metrics().get("churn_stream_silver_rows_total") == report.good + 1, 60, "the metrics")
+        m = metrics()
+        assert m['churn_stream_batch_duration_seconds_count{query="silver"}'] >= 2
+        assert 0 <= m["churn_stream_feature_freshness_seconds"] < 24 * 3600 + 600
     finally:
         proc.send_signal(signal.SIGTERM)  # graceful stop
         assert proc.wait(timeout=120) == 0, (tmp_path / "stream.log").read_text()[-3000:]

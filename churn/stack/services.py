@@ -154,6 +154,7 @@ def prometheus_config(s: Settings) -> str:
         scrape_interval_s=s.prometheus.scrape_interval_s,
         prometheus=f"{s.prometheus.host}:{s.prometheus.port}",
         simulator=f"127.0.0.1:{s.simulator.metrics_port}",
+        streaming=f"127.0.0.1:{s.streaming.metrics_port}",
     )
 
 
