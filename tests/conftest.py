@@ -44,6 +44,19 @@ def stack_env(run_dir: Path) -> dict[str, str]:
     }
 
 
+def recent_evening(hour: int = 18) -> float:
+    """The latest ``hour``:00 UTC at least an hour ago: simulated windows ending there are busy
+    whatever the time of day the tests run (nights are quiet in the simulator)."""
+    import time
+
+    now = time.time()
+    day = 86400.0
+    t = (now // day) * day + hour * 3600.0
+    while t > now - 3600.0:
+        t -= day
+    return t
+
+
 def settings_from(env: dict[str, str]) -> Settings:
     saved = dict(os.environ)
     os.environ.update(env)
@@ -71,5 +84,8 @@ def live_stack(live_env) -> Settings:
     stack.up(settings)
     ensure_topics(settings)
     yield settings
+    import gc
+
+    gc.collect()  # destroy the tests' Kafka clients before their broker goes away (no reconnect noise)
     stack.down(settings)
     assert all(s.state == "stopped" for s in stack.status(settings))

@@ -9,7 +9,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from conftest import run_cli
+from conftest import recent_evening, run_cli
 
 from churn.config import Settings
 from churn.contracts import CDR, CONTRACTS, parse_time
@@ -57,7 +57,7 @@ def kcat_consume(s: Settings, topic: str) -> list[tuple[bytes, bytes]]:
 
 def test_round_trip_through_the_broker_with_confluent_kafka_and_kcat(live_stack):
     s = private_topics(live_stack)
-    end = time.time()
+    end = recent_evening()
     sim = Simulator(seed=11, start_s=end - 0.25 * DAY, end_s=end, customers=400,
                     bad_ratio=0.05, duplicate_ratio=0.02)
     sent: list[tuple[bytes, bytes]] = []
