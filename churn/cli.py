@@ -343,24 +343,34 @@ def watch(seconds: Optional[float] = typer.Option(None, help="Stop after this ma
 @app.command()
 def demo(
     duration: float = typer.Option(30.0, help="Seconds of live traffic to show."),
-    rate: float = typer.Option(2000.0, help="Live events/s."),
-    history_days: float = typer.Option(1.0, help="Days of history to backfill first."),
+    rate: float = typer.Option(500.0, help="Live events/s."),
+    history_days: float = typer.Option(0.25, help="Days of history to backfill first."),
     bad_ratio: float = typer.Option(0.01, help="Share of invalid CDRs (they will be dead-lettered downstream)."),
+    stream_timeout_s: float = typer.Option(300.0, help="How long the summary waits for the streaming job to catch up."),
 ) -> None:
-    """The main job end to end on the local stack: stack up, topics, simulator, live view, summary.
+    """The main job end to end on the local stack: stack up, topics, streaming job, simulator, live view, summary.
 
-    Leaves the stack running for you to explore (`churn watch`, kcat); `churn stack down` stops it.
+    Leaves the stack and the streaming job running for you to explore (`churn watch`, kcat);
+    `churn stack down` stops them.
     """
     from churn.simulator import Simulator
     from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
     from churn.transport import end_offsets
+
+    from churn import stack
 
     s = get_settings()
     console.rule("1. local stack and topics")
     _bring_up(s)
     before = {t.name: sum(end_offsets(s, t.name).values()) for t in (s.topics.cdr, s.topics.churn_labels)}
 
-    console.rule(f"2. simulator: {history_days:g} day(s) of history, then {rate:g} events/s for {duration:g} s")
+    console.rule("2. streaming job: Kafka -> Bronze/Silver/quarantine Delta, cdr.dlq, features -> Feast")
+    try:
+        console.print(f"stream      {stack.start_stream(s)}  (log: {s.run_dir / 'stream' / 'stream.log'})")
+    except stack.StackError as exc:
+        _fail(str(exc))
+
+    console.rule(f"3. simulator: {history_days:g} day(s) of history, then {rate:g} events/s for {duration:g} s")
     now = time.time()
     sim = Simulator(seed=s.simulator.seed, start_s=now - history_days * 86400, end_s=now + 60 * 86400,
                     precursor_days=s.simulator.precursor_days, bad_ratio=bad_ratio, mode="live",
@@ -389,7 +399,7 @@ def demo(
     if failure:
         _fail(f"simulator failed: {failure[0]!r}")
 
-    console.rule("3. summary")
+    console.rule("4. summary")
     after = {t: sum(end_offsets(s, t).values()) for t in before}
     landed_cdr = after[s.topics.cdr.name] - before[s.topics.cdr.name]
     landed_labels = after[s.topics.churn_labels.name] - before[s.topics.churn_labels.name]
@@ -402,11 +412,46 @@ def demo(
         f"the broker holds {landed_cdr:,} new CDR and {landed_labels:,} new label messages: "
         + ("[green]all accounted for[/]" if ok else "[red]MISMATCH[/]")
     )
-    console.print("The stack is still running: try `churn watch`, `churn stack status`, or\n"
-                  f"  kcat -b {s.kafka.bootstrap_servers} -t {s.topics.cdr.name} -C -o -3 -e\n"
+    ok = _stream_summary(s, stream_timeout_s) and ok
+    console.print("The stack and the streaming job are still running: try `churn watch`, `churn stack status`,\n"
+                  f"  kcat -b {s.kafka.bootstrap_servers} -t {s.topics.cdr_dlq.name} -C -o -3 -e -f '%h %s\\n'\n"
                   "and `churn stack down` when done.")
     if not ok:
         raise typer.Exit(1)
+
+
+def _stream_summary(s, timeout_s: float) -> bool:
+    """Wait until the stream has processed everything on the topic, then account for it."""
+    from deltalake import DeltaTable
+
+    from churn.transport import end_offsets
+    from streaming.job import committed_offsets
+
+    topic = s.topics.cdr.name
+    target = end_offsets(s, topic)
+    checkpoint = s.streaming.checkpoint_dir / "silver"
+    deadline = time.monotonic() + timeout_s
+    with console.status("waiting for the streaming job to process everything on the topic"):
+        while committed_offsets(checkpoint, topic) != target or \
+                committed_offsets(s.streaming.checkpoint_dir / "bronze", topic) != target:
+            if time.monotonic() > deadline:
+                done = sum(committed_offsets(checkpoint, topic).values())
+                err.print(f"[yellow]the stream has processed {done:,} of {sum(target.values()):,} records "
+                          f"after {timeout_s:g} s; it keeps going in the background (`churn stack status`)[/]")
+                return True
+            time.sleep(1)
+
+    def count(table: str) -> int:
+        actions = DeltaTable(str(s.streaming.lake_dir / table)).get_add_actions(flatten=True)
+        return sum(actions.column("num_records").to_pylist())
+
+    lake = s.streaming.lake_dir
+    bronze, silver = count("bronze"), count("silver")
+    quarantined = count("quarantine") if (lake / "quarantine").exists() else 0
+    customers = count("feature_state")
+    console.print(f"lake {lake}: Bronze {bronze:,} = Silver {silver:,} + quarantined {quarantined:,} "
+                  f"+ duplicates dropped {bronze - silver - quarantined:,}; features of {customers:,} customers in Feast")
+    return bronze - silver - quarantined >= 0
 
 
 if __name__ == "__main__":  # pragma: no cover

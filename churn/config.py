@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -156,10 +156,10 @@ class SparkSettings(BaseModel):
 class StreamingSettings(BaseModel):
     """The Spark streaming job: Kafka -> Bronze/Silver Delta, quarantine, features to Feast."""
 
-    #: Where the Delta tables live (a local path or any Hadoop-compatible URI).
-    lake_dir: Path = PROJECT_ROOT / ".run" / "lake"
-    #: Streaming checkpoints (one folder per query; keep them with the tables).
-    checkpoint_dir: Path = PROJECT_ROOT / ".run" / "checkpoints"
+    #: Where the Delta tables live (default: <run_dir>/lake).
+    lake_dir: Path | None = None
+    #: Streaming checkpoints, one folder per query; keep them with the tables (default: <run_dir>/checkpoints).
+    checkpoint_dir: Path | None = None
     trigger_s: float = 1.0
     #: Bronze is not on the freshness path: a slower trigger leaves the cores to Silver.
     bronze_trigger_s: float = 5.0
@@ -194,6 +194,14 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     #: Seconds a service may take to become ready before `stack up` gives up.
     startup_timeout_s: float = 60.0
+
+    @model_validator(mode="after")
+    def _paths_under_run_dir(self) -> "Settings":
+        if self.streaming.lake_dir is None:
+            self.streaming.lake_dir = self.run_dir / "lake"
+        if self.streaming.checkpoint_dir is None:
+            self.streaming.checkpoint_dir = self.run_dir / "checkpoints"
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 from churn.config import Settings
@@ -90,13 +90,23 @@ def topic_config(settings: Settings, topic: str) -> dict[str, str]:
 
 
 def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-    """High watermark of every partition of ``topic``."""
+    """High watermark of every partition of ``topic`` (retried while a new topic elects leaders)."""
+    import time
+
     from confluent_kafka import TopicPartition
 
     c = consumer(settings, group_id="churn-offsets-probe")
+    deadline = time.monotonic() + timeout_s
     try:
-        md = c.list_topics(topic, timeout=timeout_s)
-        parts = md.topics[topic].partitions
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in parts}
+        while True:
+            try:
+                parts = c.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+                return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in parts}
+            except KafkaException as exc:
+                retriable = exc.args[0].code() in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                                                   KafkaError.UNKNOWN_TOPIC_OR_PART)
+                if not retriable or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         c.close()

@@ -95,6 +95,16 @@ def _app_id(checkpoint: Path, query: str) -> str:
     return path.read_text().strip()
 
 
+def committed_offsets(checkpoint: Path, topic: str) -> dict[int, int]:
+    """Kafka offsets up to which a query's batches are committed (read from its checkpoint)."""
+    commits = sorted((int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")), reverse=True)
+    if not commits:
+        return {}
+    lines = (checkpoint / "offsets" / str(commits[0])).read_text().splitlines()
+    source = json.loads(lines[-1])
+    return {int(p): o for p, o in source.get(topic, {}).items()}
+
+
 class StreamingJob:
     def __init__(self, settings: Settings, spark=None, available_now: bool = False):
         from churn.spark import spark_session

@@ -56,7 +56,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path):
     for var in ("CHURN_KAFKA__PORT", "CHURN_REDIS__PORT", "CHURN_PROMETHEUS__PORT"):
         assert port_is_free("127.0.0.1", int(env[var]))
     again = run_cli(["stack", "down"], env)
-    assert again.returncode == 0 and again.stdout.count("not running") == 3
+    assert again.returncode == 0 and again.stdout.count("not running") == 4  # the stack and the stream job
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path):

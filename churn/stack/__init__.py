@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from churn.config import Settings
 from churn.stack.process import Service, StackError
-from churn.stack.services import services
+from churn.stack.services import jobs, services, stream_service
 
-__all__ = ["StackError", "ServiceStatus", "up", "down", "status"]
+__all__ = ["StackError", "ServiceStatus", "up", "down", "status", "start_stream"]
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,15 @@ def up(settings: Settings) -> list[tuple[str, str]]:
     return done
 
 
+def start_stream(settings: Settings) -> str:
+    """Run the streaming job in the background (idempotent); `down` stops it."""
+    return stream_service(settings).start(max(settings.startup_timeout_s, 120.0))
+
+
 def down(settings: Settings) -> list[tuple[str, str]]:
-    """Stop exactly the processes ``up`` started (by PID), last started first."""
-    return [(service.name, service.stop()) for service in reversed(services(settings))]
+    """Stop exactly the processes ``up`` (and ``start_stream``) started, by PID, last started first."""
+    everything = services(settings) + jobs(settings)
+    return [(service.name, service.stop()) for service in reversed(everything)]
 
 
 def _address(service: Service) -> str:
@@ -40,5 +46,5 @@ def _address(service: Service) -> str:
 def status(settings: Settings) -> list[ServiceStatus]:
     return [
         ServiceStatus(s.name, s.state(), s.pid(), _address(s), str(s.log_file))
-        for s in services(settings)
+        for s in services(settings) + jobs(settings)
     ]

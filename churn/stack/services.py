@@ -183,6 +183,35 @@ def prometheus_service(s: Settings) -> Service:
                    command=command, is_ready=is_ready, prepare=prepare)
 
 
+def stream_service(s: Settings) -> Service:
+    """The streaming job (`churn stream`) as a background process of the stack (used by the demo)."""
+    import os
+    import sys
+
+    st = s.streaming
+
+    def command() -> list[str]:
+        return [str(Path(sys.executable).parent / "churn"), "stream"]
+
+    def is_ready() -> bool:  # its metrics endpoint answers once the queries are started
+        try:
+            with urllib.request.urlopen(f"http://{st.metrics_host}:{st.metrics_port}/metrics", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    config = Path(os.environ.get("CHURN_CONFIG", "churn.toml")).resolve()
+    env = {"CHURN_CONFIG": str(config)} if config.exists() else {}
+    return Service(name="stream", run_dir=s.run_dir, host=st.metrics_host,
+                   ports={"CHURN_STREAMING__METRICS_PORT": st.metrics_port},
+                   command=command, is_ready=is_ready, env=env, stop_timeout_s=60.0)
+
+
 def services(s: Settings) -> list[Service]:
-    """In start order; stopped in reverse."""
+    """The infrastructure, in start order; stopped in reverse."""
     return [kafka_service(s), redis_service(s), prometheus_service(s)]
+
+
+def jobs(s: Settings) -> list[Service]:
+    """Jobs that run on the stack when started (by `churn demo`); stopped before the stack."""
+    return [stream_service(s)]
