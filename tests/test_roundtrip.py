@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import uuid
@@ -9,7 +10,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from conftest import recent_evening, run_cli
+from conftest import recent_evening, run_cli, settings_from
 
 from churn.config import Settings
 from churn.contracts import CDR, CONTRACTS, parse_time
@@ -183,9 +184,22 @@ def test_simulate_cli_backfill_reports_and_delivers(live_stack, live_env):
     assert usage.returncode == 1 and "--rate" in usage.stderr
 
 
-def test_demo_runs_the_main_job_end_to_end(live_stack, live_env):
-    out = run_cli(["demo", "--duration", "3", "--rate", "1000", "--history-days", "0.05"], live_env, timeout=300)
+def test_demo_runs_the_main_job_end_to_end(live_stack, live_env, tmp_path):
+    from churn.stack.services import stream_service
+
+    env = {**live_env, "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake"),
+           "CHURN_STREAMING__CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
+    try:
+        out = run_cli(["demo", "--duration", "3", "--rate", "1000", "--history-days", "0.05"], env, timeout=600)
+    finally:
+        stream_service(settings_from(env)).stop()  # the demo leaves the streaming job running
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "all accounted for" in out.stdout
     assert "already running" in out.stdout  # the stack was up: demo reused it
     assert "cdr=" in out.stdout  # the live view printed flows (non-interactive form)
+    # the stream processed everything and the lake accounts for every record
+    text = " ".join(out.stdout.split())  # undo the console's line wrapping
+    found = re.search(r"Bronze ([\d,]+) = Silver ([\d,]+) \+ quarantined ([\d,]+) \+ duplicates dropped ([\d,]+)", text)
+    assert found, text[-2000:]
+    bronze, silver, quarantined, duplicates = (int(n.replace(",", "")) for n in found.groups())
+    assert bronze == silver + quarantined + duplicates and silver > 0 and quarantined > 0

@@ -11,7 +11,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from conftest import CHURN_BIN, recent_evening, settings_from
+from conftest import CHURN_BIN, free_ports, recent_evening, settings_from
 from deltalake import DeltaTable
 
 from churn.contracts import format_time
@@ -33,7 +33,8 @@ def stream_env(live_stack, live_env, tmp_path):
            "CHURN_STREAMING__MAX_OFFSETS_PER_TRIGGER": "20000",
            "CHURN_TOPICS__CDR__NAME": f"cdr-{tag}",
            "CHURN_TOPICS__CDR_DLQ__NAME": f"dlq-{tag}",
-           "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}"}
+           "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}",
+           "CHURN_STREAMING__METRICS_PORT": str(free_ports(1)[0])}
     s = settings_from(env)
     ensure_topics(s)
     return env, s

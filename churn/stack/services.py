@@ -87,7 +87,9 @@ def kafka_service(s: Settings) -> Service:
             )
         )
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+            cluster_id = "-"
+            while cluster_id[0] == "-":  # an id starting with '-' would be read as an option
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
             import subprocess
 
             result = subprocess.run(
