@@ -175,6 +175,11 @@ class StreamingSettings(BaseModel):
     metrics_port: int = 19102
 
 
+class FeastSettings(BaseModel):
+    #: Feast project: namespaces the registry entries and the online store's keys.
+    project: str = "churn"
+
+
 class Settings(BaseSettings):
     """Everything configurable, in one place."""
 
@@ -192,6 +197,7 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = SimulatorSettings()
     spark: SparkSettings = SparkSettings()
     streaming: StreamingSettings = StreamingSettings()
+    feast: FeastSettings = FeastSettings()
     #: Seconds a service may take to become ready before `stack up` gives up.
     startup_timeout_s: float = 60.0
 

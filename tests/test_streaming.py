@@ -34,7 +34,10 @@ def stream_env(live_stack, live_env, tmp_path):
            "CHURN_TOPICS__CDR__NAME": f"cdr-{tag}",
            "CHURN_TOPICS__CDR_DLQ__NAME": f"dlq-{tag}",
            "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}",
-           "CHURN_STREAMING__METRICS_PORT": str(free_ports(1)[0])}
+           "CHURN_STREAMING__METRICS_PORT": str(free_ports(1)[0]),
+           # a Feast project of its own: Feast keeps the newest value per key, so values pushed by
+           # other tests' streams (with other event times) must not share keys with this one
+           "CHURN_FEAST__PROJECT": f"t{tag}"}
     s = settings_from(env)
     ensure_topics(s)
     return env, s
