@@ -63,8 +63,8 @@ def bench_simulator_produce(s: Settings) -> tuple[float, str, dict]:
 
 
 def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
-    """Streaming job catching up on 150,000 CDRs already in Kafka (Bronze, Silver, quarantine,
-    features merged and pushed to Feast): events/s end to end, and micro-batch durations."""
+    """Streaming job catching up on ~130,000 CDRs (1.2 simulated days) already in Kafka (Bronze,
+    Silver, quarantine, features merged and pushed to Feast): events/s end to end, batch durations."""
     from streaming.job import StreamingJob
 
     s = s.model_copy(deep=True)
