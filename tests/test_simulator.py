@@ -12,7 +12,7 @@ from churn.contracts import CDR, CHURN_LABEL, parse_time
 from churn.simulator import Simulator
 from churn.simulator.bad_events import BAD_KINDS
 from churn.simulator.behaviour import CARE, OFF_NET
-from churn.simulator.population import DATA, SMS, VOICE
+from churn.simulator.population import DATA, VOICE
 
 END = parse_time("2026-11-01T00:00:00Z")
 DAY = 86400.0
