@@ -422,10 +422,8 @@ def demo(
 
 def _stream_summary(s, timeout_s: float) -> bool:
     """Wait until the stream has processed everything on the topic, then account for it."""
-    from deltalake import DeltaTable
-
     from churn.transport import end_offsets
-    from streaming.job import committed_offsets
+    from streaming.job import committed_offsets, table_rows
 
     topic = s.topics.cdr.name
     target = end_offsets(s, topic)
@@ -441,14 +439,9 @@ def _stream_summary(s, timeout_s: float) -> bool:
                 return True
             time.sleep(1)
 
-    def count(table: str) -> int:
-        actions = DeltaTable(str(s.streaming.lake_dir / table)).get_add_actions(flatten=True)
-        return sum(actions.column("num_records").to_pylist())
-
     lake = s.streaming.lake_dir
-    bronze, silver = count("bronze"), count("silver")
-    quarantined = count("quarantine") if (lake / "quarantine").exists() else 0
-    customers = count("feature_state")
+    bronze, silver, quarantined = (table_rows(lake / t) for t in ("bronze", "silver", "quarantine"))
+    customers = table_rows(lake / "feature_state")
     console.print(f"lake {lake}: Bronze {bronze:,} = Silver {silver:,} + quarantined {quarantined:,} "
                   f"+ duplicates dropped {bronze - silver - quarantined:,}; features of {customers:,} customers in Feast")
     return bronze - silver - quarantined >= 0

@@ -25,8 +25,8 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -103,6 +103,17 @@ def committed_offsets(checkpoint: Path, topic: str) -> dict[int, int]:
     lines = (checkpoint / "offsets" / str(commits[0])).read_text().splitlines()
     source = json.loads(lines[-1])
     return {int(p): o for p, o in source.get(topic, {}).items()}
+
+
+def table_rows(path: Path | str) -> int:
+    """Rows of a Delta table from its log's file statistics (no data read; 0 if there is no table)."""
+    from deltalake import DeltaTable
+
+    try:
+        actions = DeltaTable(str(path)).get_add_actions(flatten=True)
+    except Exception:  # not (yet) a Delta table
+        return 0
+    return sum(actions.column("num_records").to_pylist())
 
 
 class StreamingJob:

@@ -19,6 +19,7 @@ from churn.simulator import Simulator
 from churn.simulator.bad_events import BAD_KINDS
 from churn.simulator.produce import ProduceReport, StepProducer, run_backfill
 from churn.transport import consumer, ensure_topics
+from streaming.job import table_rows
 
 DAY = 86400.0
 
@@ -48,13 +49,7 @@ def start_stream(env: dict, *args: str, log=None) -> subprocess.Popen:
                             stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
-def rows(path) -> int:
-    """Rows of a Delta table from its log's file statistics (cheap enough to poll)."""
-    try:
-        actions = DeltaTable(str(path)).get_add_actions(flatten=True)
-    except Exception:
-        return 0
-    return sum(actions.column("num_records").to_pylist())
+rows = table_rows  # cheap enough to poll
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
