@@ -92,8 +92,10 @@ class ChurnAlertsTopic(TopicSpec):
 
 
 class ChurnScoresTopic(TopicSpec):
+    """Latest score per customer; also the scorer's state changelog, so partitioned exactly like ``cdr``."""
+
     name: str = "churn-scores"
-    partitions: int = 6
+    partitions: int = 12
     config: dict[str, str] = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
 
 
@@ -175,6 +177,34 @@ class StreamingSettings(BaseModel):
     metrics_port: int = 19102
 
 
+class ScoringSettings(BaseModel):
+    """The scoring worker (``churn score``): batching, bands, alerting, the model registry."""
+
+    app_id: str = "churn-scorer"
+    #: Where models and the champion pointer live (default ``<run_dir>/models``).
+    registry_dir: Path | None = None
+    #: Events per scoring batch, and the longest a batch waits to fill.
+    batch_max: int = 1000
+    batch_within_s: float = 0.005
+    #: How often each partition's transaction commits (outputs become visible to read_committed readers).
+    commit_interval_s: float = 0.1
+    #: Consumer-group session timeout: how soon a dead worker's partitions move.
+    session_timeout_s: float = 10.0
+    #: Lower bounds of the bands medium, high, critical (low below the first).
+    band_thresholds: tuple[float, float, float] = (0.3, 0.5, 0.7)
+    #: A customer leaves a band only when the risk falls this far below its lower bound.
+    hysteresis: float = 0.05
+    #: After an alert, a repeat for the same band waits this long (a higher band alerts at once).
+    cooldown_s: float = 6 * 3600.0
+    #: Online-store lookups: attempts and first backoff before scoring degraded.
+    lookup_attempts: int = 3
+    lookup_backoff_s: float = 0.05
+    reasons: int = 3
+    model_check_interval_s: float = 1.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 19103
+
+
 class FeastSettings(BaseModel):
     #: Feast project: namespaces the registry entries and the online store's keys.
     project: str = "churn"
@@ -198,6 +228,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     streaming: StreamingSettings = StreamingSettings()
     feast: FeastSettings = FeastSettings()
+    scoring: ScoringSettings = ScoringSettings()
     #: Seconds a service may take to become ready before `stack up` gives up.
     startup_timeout_s: float = 60.0
 
@@ -207,6 +238,12 @@ class Settings(BaseSettings):
             self.streaming.lake_dir = self.run_dir / "lake"
         if self.streaming.checkpoint_dir is None:
             self.streaming.checkpoint_dir = self.run_dir / "checkpoints"
+        if self.scoring.registry_dir is None:
+            self.scoring.registry_dir = self.run_dir / "models"
+        if self.topics.churn_scores.partitions != self.topics.cdr.partitions:
+            raise ValueError(
+                "topics.churn_scores.partitions must equal topics.cdr.partitions: the scores topic is the "
+                "scoring worker's state changelog, partition for partition with the CDR topic")
         return self
 
     @classmethod

@@ -297,3 +297,4 @@ CONTRACTS = load_contracts(max_future_skew_s=get_settings().contracts.max_future
 CDR = CONTRACTS["cdr"]
 CHURN_RISK = CONTRACTS["churn_risk"]
 CHURN_LABEL = CONTRACTS["churn_label"]
+CHURN_SCORE = CONTRACTS["churn_score"]

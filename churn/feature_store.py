@@ -124,3 +124,16 @@ def online_activity(fs, customer_ids: list[str]) -> dict[str, dict]:
         entity_rows=[{"customer_id": c} for c in customer_ids],
     ).to_dict()
     return {c: {n: data[n][i] for n in names} for i, c in enumerate(data["customer_id"])}
+
+
+#: What the scorer reads per customer: the packed activity state (see ``feature_repo/activity.py``).
+ACTIVITY_ONLINE = ["ref_time", "active_days", "sums"]
+
+
+def unpack_activity(ref_time, active_days, sums) -> dict | None:
+    """A customer's activity state (``churn.features`` names) from its packed online values."""
+    from churn.features import SUM_FEATURES
+
+    if ref_time is None or sums is None:
+        return None
+    return {"ref_time": ref_time, "active_days": list(active_days or []), **dict(zip(SUM_FEATURES, sums))}

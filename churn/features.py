@@ -17,8 +17,9 @@ Reading a value at a later time ``now`` only decays it: ``value(now) =
 value(T) * exp(-(now - T) / tau)`` (``decay_to``); ratios of two sums with the
 same horizon (off-net share, dropped-call rate) do not change with decay.
 
-The measures are Spark SQL expressions over Silver's columns, so both paths run
-the very same expressions.
+Each measure is declared once (``Measure``) and rendered as Spark SQL for the
+stream and the nightly job, and as numpy for in-process use (the bootstrap
+model, tests); a test proves the two renderings agree.
 
 >>> round(decayed_weight(0.0, DAY, DAY), 4)
 0.3679
@@ -33,25 +34,71 @@ True
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import exp
+
+import numpy as np
 
 DAY = 86400.0
 HORIZONS: dict[str, float] = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
 
-#: measure -> (filter, weight) as Spark SQL over Silver columns.
-MEASURES: dict[str, tuple[str, str]] = {
-    "events": ("true", "1.0"),
-    "calls": ("record_type = 'voice'", "1.0"),
-    "call_minutes": ("record_type = 'voice'", "duration_s / 60.0"),
-    "dropped_calls": ("record_type = 'voice' AND dropped", "1.0"),
-    "care_calls": ("record_type = 'voice' AND counterparty = 'customer_care'", "1.0"),
-    "peer_events": ("record_type IN ('voice', 'sms')", "1.0"),
-    "offnet_events": ("record_type IN ('voice', 'sms') AND counterparty = 'off_net'", "1.0"),
-    "intl_events": ("counterparty = 'international'", "1.0"),
-    "sms": ("record_type = 'sms'", "1.0"),
-    "data_mb": ("record_type = 'data'", "data_bytes / 1e6"),
-    "roaming_events": ("roaming", "1.0"),
-    "charge": ("true", "charge"),
+@dataclass(frozen=True)
+class Measure:
+    """What one measure counts: events passing a filter, each weighted.
+
+    The filter is a conjunction of record types, a counterparty and a boolean
+    flag column; the weight is a column times a scale (or 1). Both the Spark
+    expressions (``spark_filter``/``spark_weight``) and the numpy evaluation
+    (``numpy_weights``) are derived from this one definition.
+    """
+
+    record_types: tuple[str, ...] = ()
+    counterparty: str | None = None
+    flag: str | None = None
+    weight_column: str | None = None
+    scale: float = 1.0
+
+    def spark_filter(self) -> str:
+        parts = []
+        if self.record_types:
+            parts.append("record_type IN (" + ", ".join(f"'{t}'" for t in self.record_types) + ")")
+        if self.counterparty:
+            parts.append(f"counterparty = '{self.counterparty}'")
+        if self.flag:
+            parts.append(self.flag)
+        return " AND ".join(parts) or "true"
+
+    def spark_weight(self) -> str:
+        return "1.0" if self.weight_column is None else f"{self.weight_column} * {self.scale!r}"
+
+    def numpy_weights(self, cols) -> np.ndarray:
+        """Each event's weight (0 where the filter fails); ``cols`` maps Silver column -> array."""
+        n = len(cols["record_type"])
+        keep = np.ones(n, dtype=bool)
+        if self.record_types:
+            keep &= np.isin(cols["record_type"], self.record_types)
+        if self.counterparty:
+            keep &= cols["counterparty"] == self.counterparty
+        if self.flag:
+            keep &= cols[self.flag].astype(bool)
+        w = np.ones(n) if self.weight_column is None else np.asarray(cols[self.weight_column], dtype=float) * self.scale
+        return np.where(keep, np.nan_to_num(w), 0.0)
+
+
+#: The measures, each summed over three horizons.
+MEASURES: dict[str, Measure] = {
+    "events": Measure(),
+    "calls": Measure(("voice",)),
+    "call_minutes": Measure(("voice",), weight_column="duration_s", scale=1 / 60),
+    "dropped_calls": Measure(("voice",), flag="dropped"),
+    "care_calls": Measure(("voice",), counterparty="customer_care"),
+    "peer_events": Measure(("voice", "sms")),
+    "offnet_events": Measure(("voice", "sms"), counterparty="off_net"),
+    "intl_events": Measure(counterparty="international"),
+    "sms": Measure(("sms",)),
+    "data_mb": Measure(("data",), weight_column="data_bytes", scale=1e-6),
+    "roaming_events": Measure(flag="roaming"),
+    "charge": Measure(weight_column="charge"),
 }
 
 #: Days counted by ``active_days_30d`` (distinct UTC days with any event).
@@ -121,9 +168,9 @@ def partial_sums(df):
     with_t = df.withColumn("_t", F.col("event_time").cast("double"))
     with_ref = with_t.withColumn("_ref", F.max("_t").over(Window.partitionBy("customer_id")))
     aggs = [F.max("_ref").alias("ref_time")]
-    for measure, (cond, weight) in MEASURES.items():
+    for measure, spec in MEASURES.items():
         for h, tau in HORIZONS.items():
-            w = F.when(F.expr(cond), F.expr(weight)).otherwise(F.lit(0.0))
+            w = F.when(F.expr(spec.spark_filter()), F.expr(spec.spark_weight())).otherwise(F.lit(0.0))
             aggs.append(F.sum(F.coalesce(w, F.lit(0.0)) * F.exp(-(F.col("_ref") - F.col("_t")) / F.lit(tau)))
                         .cast("double").alias(f"{measure}_{h}"))
     day = F.floor(F.col("_t") / F.lit(DAY)).cast("int")
@@ -143,3 +190,40 @@ def merge_sql(old: str = "s", new: str = "b") -> dict[str, str]:
     sets["active_days"] = (f"array_sort(filter(array_union({old}.active_days, {new}.active_days), "
                            f"d -> d > floor({ref} / {DAY}) - {ACTIVE_DAYS_WINDOW}))")
     return sets
+
+
+# -- numpy: the same definitions, in process -------------------------------------------------
+def partial_sums_numpy(cols, at_s=None) -> dict[str, dict]:
+    """Per customer, the same state as ``partial_sums`` (Spark), computed with numpy.
+
+    ``cols`` maps Silver column names to equal-length arrays (``customer_id``,
+    ``event_time`` as epoch seconds, the CDR fields). With ``at_s`` (customer ->
+    time), only each customer's events at or before that time count and the
+    state is read at it (``decay_to``-ready): a point-in-time view.
+    """
+    customer = np.asarray(cols["customer_id"], dtype=object)
+    t = np.asarray(cols["event_time"], dtype=float)
+    if at_s is not None:
+        cutoff = np.array([at_s.get(c, -np.inf) for c in customer], dtype=float)
+        keep = t <= cutoff
+        cols = {k: np.asarray(v)[keep] for k, v in cols.items()}
+        customer, t = customer[keep], t[keep]
+    ids, inverse = np.unique(customer.astype(str), return_inverse=True)
+    ref = np.full(len(ids), -np.inf)
+    np.maximum.at(ref, inverse, t)
+    age = ref[inverse] - t
+    out = {c: {"ref_time": float(ref[i])} for i, c in enumerate(ids)}
+    for measure, spec in MEASURES.items():
+        w = spec.numpy_weights(cols)
+        for h, tau in HORIZONS.items():
+            sums = np.bincount(inverse, weights=w * np.exp(-age / tau), minlength=len(ids))
+            for i, c in enumerate(ids):
+                out[c][f"{measure}_{h}"] = float(sums[i])
+    day = np.floor(t / DAY).astype(np.int64)
+    recent = day > np.floor(ref[inverse] / DAY) - ACTIVE_DAYS_WINDOW
+    pairs = np.unique(np.stack([inverse[recent], day[recent]]), axis=1) if recent.any() else np.zeros((2, 0), int)
+    for c in out.values():
+        c["active_days"] = []
+    for i, d in pairs.T:
+        out[ids[i]]["active_days"].append(int(d))
+    return out

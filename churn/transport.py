@@ -24,6 +24,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.messages": 1_000_000,
     "queue.buffering.max.kbytes": 1_048_576,
     "sticky.partitioning.linger.ms": 0,
+    # Java's partitioner (murmur2), not librdkafka's default (crc32): a customer's events land on
+    # the same partition whichever client produced them, as long as it uses the Java default.
+    "partitioner": "murmur2_random",
 }
 
 

@@ -221,9 +221,12 @@ class StreamingJob:
         lateness = self.settings.streaming.allowed_lateness_s
         return {p: t - lateness for p, t in newest.items()}
 
-    def _write(self, df, path: str, sink: str, batch_id: int, partition_by: str | None = None) -> None:
+    def _write(self, df, path: str, sink: str, batch_id: int, partition_by: str | None = None,
+               merge_schema: bool = False) -> None:
         writer = (df.write.format("delta").mode("append")
                   .option("txnAppId", f"{self.silver_writer}-{sink}").option("txnVersion", batch_id))
+        if merge_schema:  # tables whose columns grow with the feature definitions
+            writer = writer.option("mergeSchema", "true")
         (writer.partitionBy(partition_by) if partition_by else writer).save(path)
 
     def _silver_batch(self, df, batch_id: int) -> None:
@@ -297,7 +300,7 @@ class StreamingJob:
         from feast.data_source import PushMode
         from pyspark.sql import functions as F
 
-        from churn.features import merge_sql, partial_sums
+        from churn.features import SUM_FEATURES, merge_sql, partial_sums
 
         session = silver.sparkSession  # the query's own session: its confs touch no other query
         partial = partial_sums(silver).persist()
@@ -317,12 +320,14 @@ class StreamingJob:
             clock.mark("features.merge")
             updated = (session.read.format("delta").load(self.lake.feature_state)
                        .join(partial.select("customer_id"), "customer_id")
-                       .withColumn("feature_time", F.col("ref_time").cast("timestamp")))
+                       .withColumn("feature_time", F.col("ref_time").cast("timestamp"))
+                       .withColumn("sums", F.array(*[F.col(n) for n in SUM_FEATURES])))
             self._write(updated.withColumn("batch_id", F.lit(batch_id).cast("long")),
-                        self.lake.feature_history, "feature_history", batch_id)
+                        self.lake.feature_history, "feature_history", batch_id, merge_schema=True)
             clock.mark("features.history")
             rows = updated.toPandas()
             rows["active_days"] = rows["active_days"].map(lambda days: [int(d) for d in days])
+            rows["sums"] = rows["sums"].map(lambda sums: [float(v) for v in sums])
             self.feature_store.push("customer_activity_push", rows, to=PushMode.ONLINE)
             self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
             metrics.record_push(self.last_pushed_ref_time)

@@ -93,6 +93,25 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.time_ms)
 
+    def silver_columns(self, customer_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The events as Silver's columns (what the stream stores after parsing), as arrays.
+
+        ``event_time`` is epoch seconds; fields a record type does not have are NaN/None.
+        """
+        record_type = np.array(("voice", "sms", "data"), dtype=object)[self.record_type]
+        return {
+            "customer_id": np.asarray(customer_ids, dtype=object)[self.customer],
+            "event_time": self.time_ms / 1000.0,
+            "record_type": record_type,
+            "direction": np.array(DIRECTIONS, dtype=object)[self.direction],
+            "duration_s": self.duration_s,
+            "data_bytes": np.where(self.data_bytes >= 0, self.data_bytes, np.nan),
+            "counterparty": np.array((*COUNTERPARTIES, None), dtype=object)[self.counterparty],
+            "dropped": self.dropped,
+            "roaming": self.roaming,
+            "charge": self.charge,
+        }
+
 
 def sample_events(
     rng: np.random.Generator,

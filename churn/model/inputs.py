@@ -1,0 +1,142 @@
+"""The model's inputs: one feature vector per (customer, time), built the same way for training and scoring.
+
+A vector joins the customer's profile (plan and account facts) with their
+activity (the decayed sums of ``churn.features``) read at the scoring time:
+sums decayed to that time, ratios, active days, short-versus-long trends and
+days since the last event. Missing activity (a customer with no CDR yet, or an
+online store that could not be read) is NaN, which the tree model handles.
+
+Every feature has a plain-words reading for alert reasons (``describe``).
+
+>>> profile = {"tenure_months": 2, "monthly_charges": 80.0, "contract": "Month-to-month"}
+>>> x = vector(profile, None, at_s=0.0)
+>>> len(x) == len(MODEL_FEATURES), x[MODEL_FEATURES.index("tenure_months")]
+(True, 2.0)
+>>> x[MODEL_FEATURES.index("contract_month_to_month")], math.isnan(x[MODEL_FEATURES.index("care_calls_7d")])
+(1.0, True)
+>>> describe("care_calls_7d", 4.2)
+'4 calls to customer care in the last 7 days'
+>>> describe("events_trend_7d_30d", 0.55)
+'activity in the last 7 days is 45% below its 30-day level'
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from churn.features import HORIZONS, RATIOS, SUM_FEATURES, decay_to
+
+PROFILE_NUMERIC = [
+    "tenure_months", "monthly_charges", "total_charges", "senior_citizen", "has_partner", "has_dependents",
+    "phone_service", "multiple_lines", "online_security", "tech_support", "streaming_tv", "streaming_movies",
+    "paperless_billing",
+]
+#: Categorical profile columns and their values (one indicator each).
+PROFILE_CATEGORIES = {
+    "contract": ["Month-to-month", "One year", "Two year"],
+    "internet_service": ["DSL", "Fiber optic", "No"],
+    "payment_method": ["Electronic check", "Mailed check", "Bank transfer (automatic)", "Credit card (automatic)"],
+}
+#: Every profile column the scorer reads from the online store.
+PROFILE_COLUMNS = PROFILE_NUMERIC + list(PROFILE_CATEGORIES)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_").replace("__", "_")
+
+
+CATEGORY_FEATURES = {f"{col}_{_slug(v)}": (col, v) for col, values in PROFILE_CATEGORIES.items() for v in values}
+TREND_MEASURES = ["events", "call_minutes", "data_mb"]
+TREND_FEATURES = [f"{m}_trend_7d_30d" for m in TREND_MEASURES]
+ACTIVITY_FEATURES = [*SUM_FEATURES, *RATIOS, "active_days_30d", *TREND_FEATURES, "days_since_last_event"]
+MODEL_FEATURES = [*PROFILE_NUMERIC, *CATEGORY_FEATURES, *ACTIVITY_FEATURES]
+
+_NAN = float("nan")
+
+
+def activity_at(state: Mapping | None, at_s: float) -> dict[str, float]:
+    """Activity features of a customer's state (``churn.features`` sums at ``ref_time``) read at ``at_s``."""
+    if not state or state.get("ref_time") is None:
+        return {name: _NAN for name in ACTIVITY_FEATURES}
+    out = {k: (_NAN if v is None else float(v)) for k, v in decay_to(state, at_s).items()}
+    for m in TREND_MEASURES:
+        short, long = out[f"{m}_7d"], out[f"{m}_30d"]
+        out[f"{m}_trend_7d_30d"] = (short / HORIZONS["7d"]) / (long / HORIZONS["30d"]) if long > 0 else _NAN
+    out["days_since_last_event"] = max(at_s - float(state["ref_time"]), 0.0) / 86400.0
+    return out
+
+
+def vector(profile: Mapping | None, state: Mapping | None, at_s: float) -> list[float]:
+    """The model's input for one customer at ``at_s`` (epoch seconds), in ``MODEL_FEATURES`` order."""
+    profile = profile or {}
+    x = [_NAN if profile.get(c) is None else float(profile[c]) for c in PROFILE_NUMERIC]
+    for col, value in CATEGORY_FEATURES.values():
+        got = profile.get(col)
+        x.append(_NAN if got is None else float(got == value))
+    activity = activity_at(state, at_s)
+    x.extend(activity[name] for name in ACTIVITY_FEATURES)
+    return x
+
+
+def matrix(profiles: Sequence[Mapping | None], states: Sequence[Mapping | None], at_s: Sequence[float]) -> np.ndarray:
+    """Vectors of many (profile, state, time) rows as one float32 matrix."""
+    return np.array([vector(p, s, t) for p, s, t in zip(profiles, states, at_s)], dtype=np.float32).reshape(
+        len(at_s), len(MODEL_FEATURES))
+
+
+# -- plain words for reasons -----------------------------------------------------------------
+_HORIZON_WORDS = {"1d": "last day", "7d": "last 7 days", "30d": "last 30 days"}
+_COUNT_WORDS = {
+    "events": "calls, texts and data sessions", "calls": "calls", "dropped_calls": "dropped calls",
+    "care_calls": "calls to customer care", "peer_events": "calls and texts",
+    "offnet_events": "calls and texts to other networks", "intl_events": "international calls and texts",
+    "sms": "texts", "roaming_events": "events while roaming",
+}
+_AMOUNT_WORDS = {"call_minutes": "{:.0f} minutes of calls", "data_mb": "{:.0f} MB of data",
+                 "charge": "{:.2f} in usage charges"}
+_RATIO_WORDS = {"dropped_rate": "of calls dropped", "offnet_share": "of calls and texts went to other networks",
+                "care_share": "of calls went to customer care"}
+_PROFILE_WORDS = {
+    "tenure_months": "customer for {:.0f} months", "monthly_charges": "monthly bill of {:.2f}",
+    "total_charges": "{:.0f} billed in total", "senior_citizen": "senior citizen: {}", "has_partner": "has a partner: {}",
+    "has_dependents": "has dependents: {}", "phone_service": "phone service: {}", "multiple_lines": "multiple lines: {}",
+    "online_security": "online security add-on: {}", "tech_support": "tech support add-on: {}",
+    "streaming_tv": "streaming TV: {}", "streaming_movies": "streaming movies: {}",
+    "paperless_billing": "paperless billing: {}",
+}
+
+
+def describe(feature: str, value: float) -> str:
+    """The feature's value in plain words (for the reasons of an alert)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"no recent activity data ({feature})"
+    if feature in CATEGORY_FEATURES:
+        col, cat = CATEGORY_FEATURES[feature]
+        words = col.replace("_", " ")
+        return f"{words} is {cat}" if value >= 0.5 else f"{words} is not {cat}"
+    if feature in _PROFILE_WORDS:
+        template = _PROFILE_WORDS[feature]
+        return template.format("yes" if value >= 0.5 else "no") if template.endswith(": {}") else template.format(value)
+    if feature in TREND_FEATURES:
+        what = "activity" if feature.startswith("events") else feature.split("_trend")[0].replace("_", " ")
+        what = {"call minutes": "call time", "data mb": "data use"}.get(what, what)
+        change = "below" if value < 1 else "above"
+        return f"{what} in the last 7 days is {abs(1 - value):.0%} {change} its 30-day level"
+    if feature == "days_since_last_event":
+        return f"{value:.1f} days since the last call, text or data session"
+    if feature == "active_days_30d":
+        return f"active on {value:.0f} of the last 30 days"
+    if "_" not in feature:
+        return f"{feature} = {value:.3g}"
+    base, horizon = feature.rsplit("_", 1)
+    when = _HORIZON_WORDS.get(horizon, horizon)
+    if base in _RATIO_WORDS:
+        return f"{value:.0%} {_RATIO_WORDS[base]} in the {when}"
+    if base in _COUNT_WORDS:
+        return f"{value:.0f} {_COUNT_WORDS[base]} in the {when}"
+    if base in _AMOUNT_WORDS:
+        return _AMOUNT_WORDS[base].format(value) + f" in the {when}"
+    return f"{feature} = {value:.3g}"
