@@ -39,6 +39,9 @@ app.add_typer(schemas_app, name="schemas")
 features_app = typer.Typer(help="The Feast feature store (Redis online store, Delta/file offline store).",
                            no_args_is_help=True)
 app.add_typer(features_app, name="features")
+model_app = typer.Typer(help="The model registry: the champion the scorer uses, challengers, model cards.",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 console = Console()
 err = Console(stderr=True)
@@ -301,6 +304,114 @@ def stream(
     for q in failed:
         _fail(f"query {q.name} failed: {q.exception()}")
     err.print("stopped")
+
+
+# -- models and scoring ---------------------------------------------------------------
+@model_app.command("bootstrap")
+def model_bootstrap(
+    customers: int = typer.Option(3000, help="Simulated customers to learn from."),
+    days: float = typer.Option(60.0, help="Days of simulated history."),
+    if_missing: bool = typer.Option(False, "--if-missing", help="Do nothing if there is a champion already."),
+) -> None:
+    """Train the first champion from the customer table and a simulated history, and promote it."""
+    from churn.model.bootstrap import train_bootstrap
+    from churn.model.registry import ModelRegistry
+
+    s = get_settings()
+    registry = ModelRegistry(s.scoring.registry_dir)
+    if if_missing and registry.champion_version():
+        console.print(f"champion {registry.champion_version()} already in {registry.root}")
+        return
+    with console.status(f"simulating {days:g} days of {customers} customers and training"):
+        version = train_bootstrap(s, customers=customers, days=days)
+    card = registry.card(version)
+    console.print(f"champion {version}: validation ROC AUC {card['validation']['roc_auc']}, "
+                  f"PR AUC {card['validation']['pr_auc']} on {card['validation']['rows']} later rows")
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """Every model version with its validation metrics; the champion is marked."""
+    from churn.model.registry import ModelRegistry
+
+    registry = ModelRegistry(get_settings().scoring.registry_dir)
+    champion = registry.champion_version()
+    table = Table("version", "champion", "kind", "ROC AUC", "PR AUC")
+    for v in registry.versions():
+        card = registry.card(v)
+        val = card.get("validation", {})
+        table.add_row(v, "*" if v == champion else "", str(card.get("kind", "")), str(val.get("roc_auc", "")),
+                      str(val.get("pr_auc", "")))
+    console.print(table)
+
+
+@model_app.command("promote")
+def model_promote(version: str, reason: str = typer.Option("promoted by hand", help="Recorded in history.jsonl.")) -> None:
+    """Make VERSION the champion (running scorers switch to it within a second, no restart)."""
+    from churn.model.registry import ModelRegistry
+
+    try:
+        ModelRegistry(get_settings().scoring.registry_dir).promote(version, reason=reason)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    console.print(f"champion is now {version}")
+
+
+@app.command()
+def score(loglevel: str = typer.Option("warn", help="Faust/worker log level: debug, info, warn, error.")) -> None:
+    """Run a scoring worker: CDRs from `cdr`, features from Feast, scores to `churn-scores`, alerts to `churn-alerts`.
+
+    Start several with the same settings to share the partitions. Exactly once: scores, alerts and
+    consumed offsets commit in one Kafka transaction per partition. SIGTERM stops it after committing.
+    """
+    from streaming.scoring.app import run
+
+    s = get_settings()
+    from churn.model.registry import ModelRegistry
+
+    if ModelRegistry(s.scoring.registry_dir).champion_version() is None:
+        _fail(f"no champion model in {s.scoring.registry_dir}: run `churn model bootstrap` first")
+    run(s, loglevel=loglevel)
+
+
+@app.command()
+def alerts(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new alerts (Ctrl-C to stop)."),
+    last: int = typer.Option(10, help="Start with the last N alerts of each partition."),
+    seconds: Optional[float] = typer.Option(None, help="With --follow: stop after this many seconds."),
+) -> None:
+    """Print churn-risk alerts from `churn-alerts` (committed ones only), newest last."""
+    from confluent_kafka import OFFSET_END, TopicPartition
+
+    from churn.transport import consumer, end_offsets
+
+    s = get_settings()
+    topic = s.topics.churn_alerts.name
+    c = consumer(s, group_id=f"churn-alerts-cli-{time.time_ns()}", **{"isolation.level": "read_committed"})
+    ends = end_offsets(s, topic)
+    c.assign([TopicPartition(topic, p, max(end - last, 0) if last else OFFSET_END) for p, end in ends.items()])
+    deadline = None if seconds is None else time.monotonic() + seconds
+    idle_since = time.monotonic()
+    try:
+        while True:
+            msg = c.poll(0.5)
+            if msg is None:
+                if not follow and time.monotonic() - idle_since > 2:
+                    break
+                if deadline and time.monotonic() > deadline:
+                    break
+                continue
+            if msg.error():
+                continue
+            idle_since = time.monotonic()
+            a = json.loads(msg.value())
+            why = "; ".join(r["text"] for r in a.get("reasons", []))
+            console.print(f"{a['emitted_at']}  [bold]{a['band']:>8}[/] {a['risk']:.2f}  {a['customer_id']}  "
+                          f"(was {a.get('previous_band') or '-'}; {why})", highlight=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.close()
 
 
 # -- watch and demo -----------------------------------------------------------------------

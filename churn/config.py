@@ -95,7 +95,7 @@ class ChurnScoresTopic(TopicSpec):
     """Latest score per customer; also the scorer's state changelog, so partitioned exactly like ``cdr``."""
 
     name: str = "churn-scores"
-    partitions: int = 12
+    partitions: int | None = None  # None: as many as ``cdr``
     config: dict[str, str] = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
 
 
@@ -185,7 +185,7 @@ class ScoringSettings(BaseModel):
     registry_dir: Path | None = None
     #: Events per scoring batch, and the longest a batch waits to fill.
     batch_max: int = 1000
-    batch_within_s: float = 0.005
+    batch_within_s: float = 0.02
     #: How often each partition's transaction commits (outputs become visible to read_committed readers).
     commit_interval_s: float = 0.1
     #: Consumer-group session timeout: how soon a dead worker's partitions move.
@@ -194,6 +194,8 @@ class ScoringSettings(BaseModel):
     band_thresholds: tuple[float, float, float] = (0.3, 0.5, 0.7)
     #: A customer leaves a band only when the risk falls this far below its lower bound.
     hysteresis: float = 0.05
+    #: The lowest band that raises alerts (lower bands are scored, not alerted).
+    alert_min_band: str = "high"
     #: After an alert, a repeat for the same band waits this long (a higher band alerts at once).
     cooldown_s: float = 6 * 3600.0
     #: Online-store lookups: attempts and first backoff before scoring degraded.
@@ -240,6 +242,8 @@ class Settings(BaseSettings):
             self.streaming.checkpoint_dir = self.run_dir / "checkpoints"
         if self.scoring.registry_dir is None:
             self.scoring.registry_dir = self.run_dir / "models"
+        if self.topics.churn_scores.partitions is None:
+            self.topics.churn_scores.partitions = self.topics.cdr.partitions
         if self.topics.churn_scores.partitions != self.topics.cdr.partitions:
             raise ValueError(
                 "topics.churn_scores.partitions must equal topics.cdr.partitions: the scores topic is the "

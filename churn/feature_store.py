@@ -104,14 +104,27 @@ def apply(settings: Settings) -> list[str]:
 
 
 def is_applied(settings: Settings) -> bool:
-    """True if this project's definitions are in the registry."""
+    """True if the registry holds this project's definitions as they are in ``feature_repo/`` now."""
     if not registry_path(settings).exists():
         return False
+    from feature_repo.activity import customer_activity
+    from feature_repo.profile import customer_profile
+
     try:
-        store(settings).get_data_source("customer_activity_push")
+        fs = store(settings)
+        for view in (customer_activity, customer_profile):
+            registered = fs.get_feature_view(view.name)
+            if {f.name for f in registered.features} != {f.name for f in view.features}:
+                return False
     except Exception:
         return False
     return True
+
+
+def ensure_applied(settings: Settings) -> None:
+    """Apply ``feature_repo/`` unless the registry already holds exactly these definitions."""
+    if not is_applied(settings):
+        apply(settings)
 
 
 def online_activity(fs, customer_ids: list[str]) -> dict[str, dict]:

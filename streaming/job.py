@@ -340,8 +340,7 @@ class StreamingJob:
         if self._feature_store is None:
             from churn import feature_store
 
-            if not feature_store.is_applied(self.settings):
-                feature_store.apply(self.settings)
+            feature_store.ensure_applied(self.settings)
             self._feature_store = feature_store.store(self.settings)
         return self._feature_store
 

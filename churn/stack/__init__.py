@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from churn.config import Settings
 from churn.stack.process import Service, StackError
-from churn.stack.services import jobs, services, stream_service
+from churn.stack.services import jobs, score_service, services, stream_service
 
-__all__ = ["StackError", "ServiceStatus", "up", "down", "status", "start_stream"]
+__all__ = ["StackError", "ServiceStatus", "up", "down", "status", "start_stream", "start_scorer"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,11 @@ def up(settings: Settings) -> list[tuple[str, str]]:
 def start_stream(settings: Settings) -> str:
     """Run the streaming job in the background (idempotent); `down` stops it."""
     return stream_service(settings).start(max(settings.startup_timeout_s, 120.0))
+
+
+def start_scorer(settings: Settings) -> str:
+    """Run a scoring worker in the background (idempotent); `down` stops it."""
+    return score_service(settings).start(max(settings.startup_timeout_s, 60.0))
 
 
 def down(settings: Settings) -> list[tuple[str, str]]:

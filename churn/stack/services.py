@@ -157,6 +157,7 @@ def prometheus_config(s: Settings) -> str:
         prometheus=f"{s.prometheus.host}:{s.prometheus.port}",
         simulator=f"127.0.0.1:{s.simulator.metrics_port}",
         streaming=f"127.0.0.1:{s.streaming.metrics_port}",
+        scoring=f"{s.scoring.metrics_host}:{s.scoring.metrics_port}",
     )
 
 
@@ -185,28 +186,40 @@ def prometheus_service(s: Settings) -> Service:
                    command=command, is_ready=is_ready, prepare=prepare)
 
 
-def stream_service(s: Settings) -> Service:
-    """The streaming job (`churn stream`) as a background process of the stack (used by the demo)."""
+def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: str, port: int,
+                 stop_timeout_s: float) -> Service:
+    """A ``churn`` subcommand run in the background as part of the stack (ready when its metrics answer)."""
     import os
     import sys
 
-    st = s.streaming
-
     def command() -> list[str]:
-        return [str(Path(sys.executable).parent / "churn"), "stream"]
+        return [str(Path(sys.executable).parent / "churn"), *args]
 
-    def is_ready() -> bool:  # its metrics endpoint answers once the queries are started
+    def is_ready() -> bool:
         try:
-            with urllib.request.urlopen(f"http://{st.metrics_host}:{st.metrics_port}/metrics", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
 
     config = Path(os.environ.get("CHURN_CONFIG", "churn.toml")).resolve()
     env = {"CHURN_CONFIG": str(config)} if config.exists() else {}
-    return Service(name="stream", run_dir=s.run_dir, host=st.metrics_host,
-                   ports={"CHURN_STREAMING__METRICS_PORT": st.metrics_port},
-                   command=command, is_ready=is_ready, env=env, stop_timeout_s=60.0)
+    return Service(name=name, run_dir=s.run_dir, host=host, ports={port_env: port},
+                   command=command, is_ready=is_ready, env=env, stop_timeout_s=stop_timeout_s)
+
+
+def stream_service(s: Settings) -> Service:
+    """The streaming job (`churn stream`) in the background (used by the demo)."""
+    st = s.streaming
+    return _job_service(s, "stream", ["stream"], st.metrics_host, "CHURN_STREAMING__METRICS_PORT",
+                        st.metrics_port, stop_timeout_s=60.0)
+
+
+def score_service(s: Settings) -> Service:
+    """A scoring worker (`churn score`) in the background (used by the demo)."""
+    sc = s.scoring
+    return _job_service(s, "score", ["score"], sc.metrics_host, "CHURN_SCORING__METRICS_PORT",
+                        sc.metrics_port, stop_timeout_s=30.0)
 
 
 def services(s: Settings) -> list[Service]:
@@ -216,4 +229,4 @@ def services(s: Settings) -> list[Service]:
 
 def jobs(s: Settings) -> list[Service]:
     """Jobs that run on the stack when started (by `churn demo`); stopped before the stack."""
-    return [stream_service(s)]
+    return [stream_service(s), score_service(s)]

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the scoring worker, on ``<scoring.metrics_host>:<scoring.metrics_port>/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+EVENTS = Counter("churn_score_events", "CDRs scored")
+INVALID = Counter("churn_score_invalid_events", "CDRs skipped as invalid (the stream dead-letters them)", ["reason"])
+SKIPPED = Counter("churn_score_skipped_events", "CDRs skipped as already scored (redelivered after a rebalance)")
+ALERTS = Counter("churn_alerts", "Churn-risk alerts emitted", ["band"])
+DEGRADED = Counter("churn_score_degraded_events", "CDRs scored with cached features (online store unreachable)")
+STORE_UP = Gauge("churn_score_online_store_up", "1 if the last online-store read succeeded")
+E2E = Histogram("churn_score_e2e_latency_seconds", "CDR produce time to score emit time", buckets=_LATENCY_BUCKETS)
+ALERT_E2E = Histogram("churn_alert_e2e_latency_seconds", "CDR produce time to alert emit time", buckets=_LATENCY_BUCKETS)
+BATCH = Histogram("churn_score_batch_seconds", "Scoring one batch (lookup, model, rules, produce)", buckets=_LATENCY_BUCKETS)
+LOOKUP = Histogram("churn_score_lookup_seconds", "One batch feature lookup from the online store", buckets=_LATENCY_BUCKETS)
+MODEL = Histogram("churn_score_model_seconds", "One batch model call (champion and challenger)", buckets=_LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("churn_score_batch_events", "Events per scoring batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
+RISK = Histogram("churn_score_risk", "Champion risk of scored events", buckets=tuple(i / 20 for i in range(1, 21)))
+MODEL_INFO = Gauge("churn_score_model_info", "1 for the champion version in use", ["version"])
+FRESHNESS = Histogram("churn_score_feature_freshness_seconds", "Age of the newest streaming feature used per score",
+                      buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 900, 3600, 86400))
+TRANSACTIONS = Counter("churn_score_transactions", "Kafka transactions committed (scores, alerts and offsets)")
+LAG = Gauge("churn_score_consumer_lag", "CDRs not yet scored on each owned partition", ["partition"])
+PARTITIONS = Gauge("churn_score_owned_partitions", "cdr partitions this worker owns")
+LABELS = Counter("churn_score_labels", "Churn labels seen by the online evaluation", ["churned"])
+ONLINE_AUC = Gauge("churn_score_online_auc", "Rolling ROC AUC on arriving labels (predict, then learn)", ["model"])
+AGENT_ERRORS = Counter("churn_score_agent_errors", "Exceptions caught in an agent (the batch is retried)", ["agent"])
