@@ -71,6 +71,9 @@ class ScoringWorker:
         self.txn: PartitionTransactions | None = None
         self.state: dict = {}
         self.scored = 0
+        # Set while this worker's partitions are taken over (producers fenced, state restored); Faust
+        # resumes fetching before its assignment signal returns, so batches wait for this instead.
+        self._owned_ready: asyncio.Event | None = None
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -100,6 +103,7 @@ class ScoringWorker:
         @app.agent(cdr, name="score")
         async def score(stream):
             async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within_s):
+                await self.ready().wait()
                 self._guarded("score", self.score_batch, events)
 
         @app.agent(labels, name="learn")
@@ -109,7 +113,7 @@ class ScoringWorker:
 
         @app.timer(interval=max(cfg.commit_interval_s / 2, 0.02))
         async def commit_due():
-            if self.txn is not None:
+            if self.txn is not None and self.ready().is_set():  # never while partitions change hands
                 self._guarded("commit", self._commit_due)
 
         @app.timer(interval=1.0)
@@ -122,6 +126,7 @@ class ScoringWorker:
 
         @app.on_partitions_revoked.connect
         async def on_revoked(sender, revoked, **kwargs):
+            self.ready().clear()  # a rebalance starts: hold batches until the new assignment is taken over
             mine = {tp.partition for tp in revoked if tp.topic == s.topics.cdr.name}
             if self.txn is not None and mine:
                 await asyncio.get_running_loop().run_in_executor(None, self.txn.revoke, mine)
@@ -145,6 +150,7 @@ class ScoringWorker:
             restored = await loop.run_in_executor(None, self.txn.assign, mine)
             self.state.update(restored)
             metrics.PARTITIONS.set(len(self.txn.producers))
+            self.ready().set()
 
         @app.on_before_shutdown.connect
         async def on_shutdown(sender, **kwargs):
@@ -153,6 +159,11 @@ class ScoringWorker:
                 txn.close()
 
         return app
+
+    def ready(self) -> asyncio.Event:
+        if self._owned_ready is None:  # created lazily, inside the worker's event loop
+            self._owned_ready = asyncio.Event()
+        return self._owned_ready
 
     # -- the work --------------------------------------------------------------------------
     def _guarded(self, agent: str, fn, *args) -> None:

@@ -1,0 +1,390 @@
+"""The Faust scoring worker against the real broker, real Redis and real Feast: killed, scaled out,
+starved of Redis, handed a new champion, and shown a customer turning churny."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections import Counter
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from confluent_kafka import TopicPartition
+from conftest import CHURN_BIN, free_ports, recent_evening, run_cli, settings_from
+
+from churn.contracts import CHURN_RISK, CHURN_SCORE, format_time
+from churn.features import DAY, SUM_FEATURES, partial_sums_numpy
+from churn.model.inputs import ACTIVITY_FEATURES
+from churn.model.registry import ModelRegistry
+from churn.simulator import Simulator
+from churn.simulator.produce import ProduceReport, StepProducer, run_backfill
+from churn.transport import consumer, end_offsets, ensure_topics
+
+
+@pytest.fixture(scope="session")
+def bootstrap_registry(live_env, tmp_path_factory):
+    """One small bootstrap champion for the session; each test gets a copy of the registry."""
+    root = tmp_path_factory.mktemp("registry")
+    env = {**live_env, "CHURN_SCORING__REGISTRY_DIR": str(root)}
+    done = run_cli(["model", "bootstrap", "--customers", "2000", "--days", "60"], env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+@pytest.fixture
+def score_env(live_stack, live_env, bootstrap_registry, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    shutil.copytree(bootstrap_registry, tmp_path / "models")
+    env = {**live_env,
+           "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake"),
+           "CHURN_TOPICS__CDR__NAME": f"cdr-{tag}",
+           "CHURN_TOPICS__CHURN_SCORES__NAME": f"scores-{tag}",
+           "CHURN_TOPICS__CHURN_ALERTS__NAME": f"alerts-{tag}",
+           "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}",
+           "CHURN_SCORING__APP_ID": f"scorer-{tag}",
+           "CHURN_SCORING__REGISTRY_DIR": str(tmp_path / "models"),
+           "CHURN_SCORING__SESSION_TIMEOUT_S": "6",
+           "CHURN_SCORING__METRICS_PORT": str(free_ports(1)[0]),
+           "CHURN_FEAST__PROJECT": f"s{tag}"}
+    s = settings_from(env)
+    ensure_topics(s)
+    applied = run_cli(["features", "apply"], env, timeout=180)
+    assert applied.returncode == 0, applied.stderr
+    return env, s
+
+
+def start_worker(env: dict, log, **extra) -> subprocess.Popen:
+    return subprocess.Popen([CHURN_BIN, "score", "--loglevel", "info"], env={**os.environ, **env, **extra},
+                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return float("nan")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def read_committed(s, topic: str) -> list:
+    """Every committed record of ``topic`` (read_committed, to the last stable offset)."""
+    c = consumer(s, group_id=f"t-{uuid.uuid4().hex[:6]}", **{"isolation.level": "read_committed"})
+    ends = end_offsets(s, topic)
+    c.assign([TopicPartition(topic, p, 0) for p in ends])
+    out, idle = [], time.time()
+    while time.time() - idle < 3:
+        msgs = c.consume(5000, timeout=0.5)
+        for m in msgs:
+            if m.error() is None:
+                out.append(m)
+        if msgs:
+            idle = time.time()
+    c.close()
+    return out
+
+
+def scores_of(s) -> list[dict]:
+    return [orjson.loads(m.value()) for m in read_committed(s, s.topics.churn_scores.name)]
+
+
+def wait_scored(s, n: int, timeout_s: float) -> list[dict]:
+    deadline = time.time() + timeout_s
+    while True:
+        scores = scores_of(s)
+        if len(scores) >= n or time.time() > deadline:
+            return scores
+        time.sleep(2)
+
+
+def assert_exactly_once(scores: list[dict], valid_event_ids: set[str]) -> None:
+    positions = Counter((r["source_partition"], r["source_offset"]) for r in scores)
+    assert max(positions.values()) == 1, "a CDR was scored twice"
+    ids = Counter(r["trigger_event_id"] for r in scores)
+    assert set(ids) == valid_event_ids, "a CDR was not scored (or an unknown one was)"
+    assert max(ids.values()) == 1
+
+
+def assert_alerts_consistent(s, scores: list[dict]) -> list[dict]:
+    alerts = [orjson.loads(m.value()) for m in read_committed(s, s.topics.churn_alerts.name)]
+    ids = Counter(a["event_id"] for a in alerts)
+    assert not ids or max(ids.values()) == 1, "duplicate alert"
+    for a in alerts:
+        assert CHURN_RISK.validate(a) is None
+    # every alert belongs to exactly one score that recorded it, and vice versa
+    raised = {r["trigger_event_id"] for r in scores if r["alerted_at"] == r["trigger_event_time"]}
+    assert {a["trigger_event_id"] for a in alerts} == raised
+    return alerts
+
+
+def simulate(s, seed: int, customers: int, days: float, bad_ratio: float = 0.0):
+    end = recent_evening() - DAY
+    return Simulator(seed=seed, start_s=end - days * DAY, end_s=end, customers=customers, bad_ratio=bad_ratio)
+
+
+def test_kill_9_and_restart_scores_every_cdr_exactly_once_without_duplicate_alerts(score_env, tmp_path):
+    env, s = score_env
+    port = s.scoring.metrics_port
+    log = open(tmp_path / "worker.log", "ab")
+    report = ProduceReport(run_id="score")
+    sender = StepProducer(s, report)
+    sim = simulate(s, seed=31, customers=400, days=0.6, bad_ratio=0.02)
+    cut = [sim.start_s + f * (sim.end_s - sim.start_s) for f in (0.3, 0.6, 1.0)]
+    valid: set[str] = set()
+
+    def produce(until):
+        for step in sim.backfill_steps(until_s=until):
+            sender.send(step)
+            valid.update(orjson.loads(v)["event_id"] for v in step.values[:len(step.good)])
+        sender.flush()
+
+    produce(cut[0])
+    for kill in range(2):
+        worker = start_worker(env, log)
+        before = metric(port, "churn_score_transactions_total")
+        wait_for(lambda: metric(port, "churn_score_transactions_total") > (before if before == before else 0) + 5,
+                 120, "committed transactions")
+        produce(cut[kill + 1])
+        time.sleep(1.0)
+        os.killpg(worker.pid, signal.SIGKILL)  # mid-stream: scored but uncommitted work is lost
+        worker.wait()
+    worker = start_worker(env, log)
+    try:
+        scores = wait_scored(s, len(valid), 180)
+        assert_exactly_once(scores, valid)
+        assert sum(report.bad.values()) > 0  # invalid CDRs were on the topic: skipped, never scored
+        for r in scores[:50]:
+            assert CHURN_SCORE.validate(r) is None
+        alerts = assert_alerts_consistent(s, scores)
+        assert alerts, "no alert at all from 400 customers"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+def _states_for(sim, c: int, times: list[float]) -> list[dict]:
+    """Customer ``c``'s activity state read at each of ``times`` (numpy rendering of the features)."""
+    ids = np.asarray(sim.pop.customer_id, dtype=object)
+    parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    keep = cols["customer_id"] == ids[c]
+    cols = {k: v[keep] for k, v in cols.items()}
+    return [partial_sums_numpy(cols, at_s={ids[c]: t})[ids[c]] for t in times]
+
+
+def _push(s, customer: str, state: dict) -> None:
+    from feast.data_source import PushMode
+
+    from churn.feature_store import store
+
+    row = {"customer_id": customer, "feature_time": pd.Timestamp(state["ref_time"], unit="s", tz="UTC"),
+           "ref_time": state["ref_time"], "active_days": [state["active_days"]], "batch_id": 0,
+           **{n: state[n] for n in SUM_FEATURES}, "sums": [[state[n] for n in SUM_FEATURES]]}
+    frame = pd.DataFrame({k: (v if isinstance(v, list) else [v]) for k, v in row.items()})
+    store(s).push("customer_activity_push", frame, to=PushMode.ONLINE)
+
+
+def _cdr(customer: str, event_id: str, t: float) -> bytes:
+    return orjson.dumps({"event_id": event_id, "customer_id": customer, "event_time": format_time(t),
+                         "record_type": "voice", "direction": "outgoing", "duration_s": 30.0,
+                         "counterparty": "customer_care", "dropped": False, "cell_id": "C0001",
+                         "roaming": False, "charge": 0.0})
+
+
+def test_a_customer_turning_churny_gets_an_alert_whose_reasons_name_the_behaviour(score_env, tmp_path):
+    from confluent_kafka import Producer
+
+    from churn.feature_store import profile_frame
+    from churn.model.inputs import matrix
+
+    env, s = score_env
+    registry = ModelRegistry(s.scoring.registry_dir)
+    model = registry.load_champion()
+    end = recent_evening()
+    sim = Simulator(seed=41, start_s=end - 70 * DAY, end_s=end, customers=300)
+    profiles = profile_frame().set_index("customer_id").to_dict("index")
+    # a churner the model finds safe on its profile and normal behaviour, risky on its drift
+    chosen = None
+    for c in np.flatnonzero(sim.pop.churner):
+        label = float(sim.label_s[c])
+        if label - 40 * DAY < sim.start_s + 30 * DAY:
+            continue
+        normal_t, churny_t = label - 40 * DAY, label - 2 * DAY
+        normal, churny = _states_for(sim, c, [normal_t, churny_t])
+        cid = sim.pop.customer_id[c]
+        X = matrix([profiles[cid]] * 2, [normal, churny], [normal_t, churny_t])
+        risk = model.predict(X)
+        if risk[0] < 0.3 and risk[1] >= 0.5:
+            chosen = (cid, normal, churny, normal_t, churny_t)
+            break
+    assert chosen is not None, "no churner in the simulation turns from safe to risky"
+    cid, normal, churny, normal_t, churny_t = chosen
+    worker = start_worker(env, open(tmp_path / "worker.log", "ab"))
+    try:
+        p = Producer({"bootstrap.servers": s.kafka.bootstrap_servers, "partitioner": "murmur2_random"})
+        _push(s, cid, normal)
+        p.produce(s.topics.cdr.name, _cdr(cid, "calm-1", normal_t), cid.encode())
+        p.flush(10)
+        first = wait_scored(s, 1, 90)
+        assert [r["band"] for r in first] in (["low"], ["medium"]), first
+        _push(s, cid, churny)
+        p.produce(s.topics.cdr.name, _cdr(cid, "churny-1", churny_t), cid.encode())
+        p.flush(10)
+        scores = wait_scored(s, 2, 60)
+        assert [r["trigger_event_id"] for r in scores] == ["calm-1", "churny-1"]
+        (alert,) = [orjson.loads(m.value()) for m in read_committed(s, s.topics.churn_alerts.name)]
+        assert alert["customer_id"] == cid and alert["trigger_event_id"] == "churny-1"
+        assert alert["band"] in ("high", "critical") and alert["previous_band"] in ("low", "medium")
+        assert CHURN_RISK.validate(alert) is None
+        behaviour = [r for r in alert["reasons"] if r["feature"] in ACTIVITY_FEATURES]
+        assert behaviour, alert["reasons"]
+        # the reasons name what the simulator changed before churn: usage, care calls, drops, off-net
+        changed = ("events", "calls", "call_minutes", "care_calls", "care_share", "dropped", "offnet", "data_mb",
+                   "peer_events", "sms", "active_days", "days_since")
+        assert all(r["feature"].startswith(changed) for r in behaviour), behaviour
+        assert all(r["contribution"] > 0 and r["text"] for r in alert["reasons"])
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def test_hot_reload_switches_model_version_without_losing_events(score_env, tmp_path):
+    env, s = score_env
+    port = s.scoring.metrics_port
+    registry = ModelRegistry(s.scoring.registry_dir)
+    first = registry.champion_version()
+    second = registry.register(registry.model_bytes(first), {"kind": "test copy"}, version="xgb-test-reload")
+    report = ProduceReport(run_id="reload")
+    sender = StepProducer(s, report)
+    sim = simulate(s, seed=32, customers=300, days=0.5)
+    worker = start_worker(env, open(tmp_path / "worker.log", "ab"))
+    try:
+        steps = list(sim.backfill_steps(slice_s=600.0))
+        half = len(steps) // 2
+        for step in steps[:half]:
+            sender.send(step)
+        sender.flush()
+        wait_for(lambda: metric(port, "churn_score_events_total") >= sum(len(st.good) for st in steps[:half]), 120,
+                 "the first half scored")
+        registry.promote(second, reason="test")
+        for step in steps[half:]:
+            sender.send(step)
+            time.sleep(0.05)
+        sender.flush()
+        valid = {orjson.loads(v)["event_id"] for st in steps for v in st.values[:len(st.good)]}
+        scores = wait_scored(s, len(valid), 120)
+        assert_exactly_once(scores, valid)
+        assert Counter(r["model_version"] for r in scores).keys() == {first, second}
+        # per partition, once the new version appears the old one never comes back
+        for p in {r["source_partition"] for r in scores}:
+            versions = [r["model_version"] for r in sorted(scores, key=lambda r: r["source_offset"])
+                        if r["source_partition"] == p]
+            switch = versions.index(second) if second in versions else len(versions)
+            assert set(versions[switch:]) <= {second}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def test_redis_down_scores_degraded_without_losing_events_then_recovers(score_env, live_stack, tmp_path):
+    from churn.stack.services import redis_service
+
+    env, s = score_env
+    port = s.scoring.metrics_port
+    report = ProduceReport(run_id="redis")
+    sender = StepProducer(s, report)
+    sim = simulate(s, seed=33, customers=300, days=0.6)
+    steps = list(sim.backfill_steps(slice_s=1800.0))
+    third = len(steps) // 3
+    redis = redis_service(live_stack)
+    worker = start_worker(env, open(tmp_path / "worker.log", "ab"))
+    try:
+        for step in steps[:third]:
+            sender.send(step)
+        sender.flush()
+        wait_for(lambda: metric(port, "churn_score_events_total") >= sum(len(st.good) for st in steps[:third]), 120,
+                 "scores before the outage")
+        redis.stop()
+        for step in steps[third:2 * third]:
+            sender.send(step)
+        sender.flush()
+        wait_for(lambda: metric(port, "churn_score_degraded_events_total") > 0, 120, "degraded scores")
+        assert metric(port, "churn_score_online_store_up") == 0
+        redis.start(60)
+        applied = run_cli(["features", "apply"], env, timeout=180)  # the restarted Redis is empty: reload profiles
+        assert applied.returncode == 0, applied.stderr
+        for step in steps[2 * third:]:
+            sender.send(step)
+        sender.flush()
+        valid = {orjson.loads(v)["event_id"] for st in steps for v in st.values[:len(st.good)]}
+        scores = wait_scored(s, len(valid), 180)
+        assert_exactly_once(scores, valid)
+        degraded = [r for r in scores if r["degraded"]]
+        assert degraded and len(degraded) < len(scores)
+        last = {p: max((r for r in scores if r["source_partition"] == p), key=lambda r: r["source_offset"])
+                for p in {r["source_partition"] for r in scores}}
+        assert not any(r["degraded"] for r in last.values()), "did not recover"
+        assert metric(port, "churn_score_online_store_up") == 1
+    finally:
+        if redis.state() != "running":
+            redis.start(60)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+
+
+def test_two_workers_share_partitions_and_one_stopping_hands_over_without_loss_or_repeat(score_env, tmp_path):
+    env, s = score_env
+    ports = free_ports(2)
+    report = ProduceReport(run_id="scale")
+    sender = StepProducer(s, report)
+    sim = simulate(s, seed=34, customers=400, days=0.6)
+    steps = list(sim.backfill_steps(slice_s=1800.0))
+    log = open(tmp_path / "workers.log", "ab")
+    a = start_worker(env, log, CHURN_SCORING__METRICS_PORT=str(ports[0]))
+    b = start_worker(env, log, CHURN_SCORING__METRICS_PORT=str(ports[1]))
+    try:
+        wait_for(lambda: metric(ports[0], "churn_score_owned_partitions")
+                 + metric(ports[1], "churn_score_owned_partitions") == s.topics.cdr.partitions
+                 and metric(ports[0], "churn_score_owned_partitions") > 0
+                 and metric(ports[1], "churn_score_owned_partitions") > 0, 120, "both workers owning partitions")
+        half = len(steps) // 2
+        for step in steps[:half]:
+            sender.send(step)
+        sender.flush()
+        wait_for(lambda: metric(ports[0], "churn_score_events_total") > 0
+                 and metric(ports[1], "churn_score_events_total") > 0, 120, "both workers scoring")
+        a.send_signal(signal.SIGTERM)  # graceful: commits, leaves the group
+        for step in steps[half:]:
+            sender.send(step)
+            time.sleep(0.02)
+        sender.flush()
+        assert a.wait(timeout=60) == 0
+        wait_for(lambda: metric(ports[1], "churn_score_owned_partitions") == s.topics.cdr.partitions, 60,
+                 "the survivor owning every partition")
+        valid = {orjson.loads(v)["event_id"] for st in steps for v in st.values[:len(st.good)]}
+        scores = wait_scored(s, len(valid), 180)
+        assert_exactly_once(scores, valid)
+        assert_alerts_consistent(s, scores)
+    finally:
+        for w in (a, b):
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+                w.wait(timeout=60)
