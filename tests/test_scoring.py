@@ -180,14 +180,17 @@ def test_kill_9_and_restart_scores_every_cdr_exactly_once_without_duplicate_aler
         assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
 
-def _states_for(sim, c: int, times: list[float]) -> list[dict]:
-    """Customer ``c``'s activity state read at each of ``times`` (numpy rendering of the features)."""
+def _silver_columns(sim) -> dict:
     ids = np.asarray(sim.pop.customer_id, dtype=object)
     parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    keep = cols["customer_id"] == ids[c]
-    cols = {k: v[keep] for k, v in cols.items()}
-    return [partial_sums_numpy(cols, at_s={ids[c]: t})[ids[c]] for t in times]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _states_for(cols: dict, customer: str, times: list[float]) -> list[dict]:
+    """A customer's activity state read at each of ``times`` (numpy rendering of the features)."""
+    keep = cols["customer_id"] == customer
+    mine = {k: v[keep] for k, v in cols.items()}
+    return [partial_sums_numpy(mine, at_s={customer: t})[customer] for t in times]
 
 
 def _push(s, customer: str, state: dict) -> None:
@@ -219,17 +222,16 @@ def test_a_customer_turning_churny_gets_an_alert_whose_reasons_name_the_behaviou
     registry = ModelRegistry(s.scoring.registry_dir)
     model = registry.load_champion()
     end = recent_evening()
-    sim = Simulator(seed=41, start_s=end - 70 * DAY, end_s=end, customers=300)
+    sim = Simulator(seed=41, start_s=end - 90 * DAY, end_s=end, customers=300, labels_from_s=end - 30 * DAY)
+    cols = _silver_columns(sim)
     profiles = profile_frame().set_index("customer_id").to_dict("index")
     # a churner the model finds safe on its profile and normal behaviour, risky on its drift
     chosen = None
     for c in np.flatnonzero(sim.pop.churner):
         label = float(sim.label_s[c])
-        if label - 40 * DAY < sim.start_s + 30 * DAY:
-            continue
         normal_t, churny_t = label - 40 * DAY, label - 2 * DAY
-        normal, churny = _states_for(sim, c, [normal_t, churny_t])
         cid = sim.pop.customer_id[c]
+        normal, churny = _states_for(cols, cid, [normal_t, churny_t])
         X = matrix([profiles[cid]] * 2, [normal, churny], [normal_t, churny_t])
         risk = model.predict(X)
         if risk[0] < 0.3 and risk[1] >= 0.5:
