@@ -475,9 +475,16 @@ def demo(
     _bring_up(s)
     before = {t.name: sum(end_offsets(s, t.name).values()) for t in (s.topics.cdr, s.topics.churn_labels)}
 
-    console.rule("2. streaming job: Kafka -> Bronze/Silver/quarantine Delta, cdr.dlq, features -> Feast")
+    console.rule("2. streaming job (Bronze/Silver/quarantine, cdr.dlq, features -> Feast) and scoring worker")
+    from churn.model.bootstrap import train_bootstrap
+    from churn.model.registry import ModelRegistry
+
+    if ModelRegistry(s.scoring.registry_dir).champion_version() is None:
+        with console.status("training the first champion"):
+            train_bootstrap(s)
     try:
         console.print(f"stream      {stack.start_stream(s)}  (log: {s.run_dir / 'stream' / 'stream.log'})")
+        console.print(f"score       {stack.start_scorer(s)}  (log: {s.run_dir / 'score' / 'score.log'})")
     except stack.StackError as exc:
         _fail(str(exc))
 
@@ -524,7 +531,9 @@ def demo(
         + ("[green]all accounted for[/]" if ok else "[red]MISMATCH[/]")
     )
     ok = _stream_summary(s, stream_timeout_s) and ok
-    console.print("The stack and the streaming job are still running: try `churn watch`, `churn stack status`,\n"
+    ok = _scoring_summary(s, stream_timeout_s) and ok
+    console.print("The stack, the streaming job and the scorer are still running: try `churn alerts --follow`,\n"
+                  "`churn watch`, `churn stack status`,\n"
                   f"  kcat -b {s.kafka.bootstrap_servers} -t {s.topics.cdr_dlq.name} -C -o -3 -e -f '%h %s\\n'\n"
                   "and `churn stack down` when done.")
     if not ok:
@@ -556,6 +565,36 @@ def _stream_summary(s, timeout_s: float) -> bool:
     console.print(f"lake {lake}: Bronze {bronze:,} = Silver {silver:,} + quarantined {quarantined:,} "
                   f"+ duplicates dropped {bronze - silver - quarantined:,}; features of {customers:,} customers in Feast")
     return bronze - silver - quarantined >= 0
+
+
+def _scoring_summary(s, timeout_s: float) -> bool:
+    """Wait until the scorer has committed a score for every CDR on the topic; show the latest alerts."""
+    from confluent_kafka import TopicPartition
+
+    from churn.transport import consumer, end_offsets
+
+    topic = s.topics.cdr.name
+    target = end_offsets(s, topic)
+    group = consumer(s, group_id=s.scoring.app_id)
+    deadline = time.monotonic() + timeout_s
+    try:
+        with console.status("waiting for the scorer to score everything on the topic"):
+            while True:
+                done = {tp.partition: max(tp.offset, 0) for tp in
+                        group.committed([TopicPartition(topic, p) for p in target], timeout=10)}
+                if all(done[p] >= end for p, end in target.items()):
+                    break
+                if time.monotonic() > deadline:
+                    err.print(f"[yellow]the scorer has scored {sum(done.values()):,} of {sum(target.values()):,} "
+                              "CDRs; it keeps going in the background[/]")
+                    return True
+                time.sleep(1)
+    finally:
+        group.close()
+    console.print(f"scorer: all {sum(target.values()):,} CDR offsets scored or skipped as invalid (its committed "
+                  f"offsets = the topic's end offsets); the latest alerts on {s.topics.churn_alerts.name}:")
+    alerts(follow=False, last=3, seconds=None)
+    return True
 
 
 if __name__ == "__main__":  # pragma: no cover

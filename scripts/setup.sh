@@ -66,4 +66,8 @@ for pom in jvm/*/pom.xml; do
   fi
   echo "$want" > "$dest/.stamp"
 done
+# 4. The first champion model, so the scorer works from minute one -------------------------
+if [ -z "${CHURN_SKIP_BOOTSTRAP:-}" ]; then
+  .venv/bin/churn model bootstrap --if-missing
+fi
 say "done"

@@ -32,8 +32,13 @@ class TrainingSet:
 
 
 def simulated_training_set(settings: Settings, customers: int = 3000, days: float = 60.0, end_s: float | None = None,
-                           lookahead_days: float = 7.0, seed: int | None = None) -> TrainingSet:
-    """Rows (profile + activity at an observation time, churned within ``lookahead_days``) from a simulation."""
+                           lookahead_days: float = 7.0, seed: int | None = None,
+                           without_activity: float = 0.15) -> TrainingSet:
+    """Rows (profile + activity at an observation time, churned within ``lookahead_days``) from a simulation.
+
+    A share ``without_activity`` of the rows have no activity features, as for a customer the stream
+    has not pushed yet: the model learns to fall back on the profile instead of guessing.
+    """
     from churn.feature_store import profile_frame
     from churn.simulator.simulator import Simulator
 
@@ -49,7 +54,9 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
     at = dict(zip(ids.tolist(), observe.tolist()))
     states = partial_sums_numpy(cols, at_s=at)
     profiles = profile_frame(settings.simulator.customers_csv).set_index("customer_id").to_dict("index")
-    X = matrix([profiles.get(c) for c in ids], [states.get(c) for c in ids], observe.tolist())
+    blank = rng.random(len(ids)) < without_activity
+    X = matrix([profiles.get(c) for c in ids], [None if b else states.get(c) for c, b in zip(ids, blank)],
+               observe.tolist())
     return TrainingSet(X=X, y=sim.pop.churner.astype(int), at_s=observe, customer_id=ids)
 
 

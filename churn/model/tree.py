@@ -92,9 +92,14 @@ class TreeModel:
         contrib = self.contributions(X)[:, :-1]
         out = []
         for row, c in zip(X, contrib):
-            order = np.argsort(-c)[:top]
-            out.append([{"feature": self.features[i], "contribution": round(float(c[i]), 4),
-                         "text": describe(self.features[i], float(row[i]))} for i in order if c[i] > 0])
+            missing = np.isnan(row)
+            reasons = [{"feature": self.features[i], "contribution": round(float(c[i]), 4),
+                        "text": describe(self.features[i], float(row[i]))} for i in np.flatnonzero(~missing)]
+            if missing.any():  # what the model made of absent features is one reason, not dozens
+                reasons.append({"feature": "missing_features", "contribution": round(float(c[missing].sum()), 4),
+                                "text": "no recent activity data for this customer yet"})
+            reasons.sort(key=lambda r: -r["contribution"])
+            out.append([r for r in reasons[:top] if r["contribution"] > 0])
         return out
 
     # -- storage ----------------------------------------------------------------------------
