@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from churn.features import HORIZONS, RATIOS, SUM_FEATURES, decay_to
+from churn.features import ACTIVE_DAYS_WINDOW, HORIZONS, RATIOS, SUM_FEATURES, decay_to
 
 PROFILE_NUMERIC = [
     "tenure_months", "monthly_charges", "total_charges", "senior_citizen", "has_partner", "has_dependents",
@@ -71,20 +71,74 @@ def activity_at(state: Mapping | None, at_s: float) -> dict[str, float]:
 
 def vector(profile: Mapping | None, state: Mapping | None, at_s: float) -> list[float]:
     """The model's input for one customer at ``at_s`` (epoch seconds), in ``MODEL_FEATURES`` order."""
-    profile = profile or {}
-    x = [_NAN if profile.get(c) is None else float(profile[c]) for c in PROFILE_NUMERIC]
-    for col, value in CATEGORY_FEATURES.values():
-        got = profile.get(col)
-        x.append(_NAN if got is None else float(got == value))
+    x = _profile_part(profile or {})
     activity = activity_at(state, at_s)
     x.extend(activity[name] for name in ACTIVITY_FEATURES)
     return x
 
 
 def matrix(profiles: Sequence[Mapping | None], states: Sequence[Mapping | None], at_s: Sequence[float]) -> np.ndarray:
-    """Vectors of many (profile, state, time) rows as one float32 matrix."""
-    return np.array([vector(p, s, t) for p, s, t in zip(profiles, states, at_s)], dtype=np.float32).reshape(
-        len(at_s), len(MODEL_FEATURES))
+    """Vectors of many (profile, state, time) rows as one float32 matrix: ``vector`` row by row, vectorised.
+
+    >>> state = {"ref_time": 0.0, "active_days": [0], **{n: 1.0 for n in SUM_FEATURES}}
+    >>> rows = [({"tenure_months": 3}, state, 3600.0), (None, None, 0.0), ({"contract": "One year"}, state, 0.0)]
+    >>> fast = matrix(*zip(*rows))
+    >>> slow = np.array([vector(*r) for r in rows], dtype=np.float32)
+    >>> bool(np.allclose(fast, slow, rtol=1e-6, equal_nan=True))
+    True
+    """
+    n = len(at_s)
+    out = np.full((n, len(MODEL_FEATURES)), np.nan, dtype=np.float64)
+    for i, profile in enumerate(profiles):
+        if profile:
+            out[i, :_N_PROFILE] = _profile_part(profile)
+    out[:, _N_PROFILE:] = activity_matrix(states, at_s)
+    return out.astype(np.float32)
+
+
+_N_PROFILE = len(PROFILE_NUMERIC) + len(CATEGORY_FEATURES)
+_TAUS = np.array([HORIZONS[name.rsplit("_", 1)[1]] for name in SUM_FEATURES])
+_SUM_INDEX = {name: i for i, name in enumerate(SUM_FEATURES)}
+
+
+def _profile_part(profile: Mapping) -> list[float]:
+    x = [_NAN if profile.get(c) is None else float(profile[c]) for c in PROFILE_NUMERIC]
+    for col, value in CATEGORY_FEATURES.values():
+        got = profile.get(col)
+        x.append(_NAN if got is None else float(got == value))
+    return x
+
+
+def activity_matrix(states: Sequence[Mapping | None], at_s: Sequence[float]) -> np.ndarray:
+    """``activity_at`` of many rows at once (rows without a state are all NaN)."""
+    n = len(at_s)
+    at = np.asarray(at_s, dtype=float)
+    out = np.full((n, len(ACTIVITY_FEATURES)), np.nan)
+    have = np.array([bool(st) and st.get("ref_time") is not None for st in states], dtype=bool)
+    if not have.any():
+        return out
+    rows = np.flatnonzero(have)
+    ref = np.array([float(states[i]["ref_time"]) for i in rows])
+    sums = np.array([[states[i].get(name, _NAN) if states[i].get(name) is not None else _NAN
+                      for name in SUM_FEATURES] for i in rows], dtype=float)
+    age = np.maximum(at[rows] - ref, 0.0)
+    decayed = sums * np.exp(-age[:, None] / _TAUS[None, :])
+    cols = {name: decayed[:, j] for j, name in enumerate(SUM_FEATURES)}
+    for name, (num, den) in RATIOS.items():
+        a, b = cols[num], cols[den]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cols[name] = np.where(~np.isnan(a) & ~np.isnan(b) & (b != 0), a / np.where(b == 0, 1.0, b), 0.0)
+    today = np.floor(at[rows] / 86400.0)
+    cols["active_days_30d"] = np.array([
+        _NAN if states[i].get("active_days") is None else
+        float(sum(1 for d in states[i]["active_days"] if d > t - ACTIVE_DAYS_WINDOW)) for i, t in zip(rows, today)])
+    for m in TREND_MEASURES:
+        short, long = cols[f"{m}_7d"], cols[f"{m}_30d"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cols[f"{m}_trend_7d_30d"] = np.where(long > 0, (short / HORIZONS["7d"]) / (long / HORIZONS["30d"]), _NAN)
+    cols["days_since_last_event"] = age / 86400.0
+    out[rows] = np.column_stack([cols[name] for name in ACTIVITY_FEATURES])
+    return out
 
 
 # -- plain words for reasons -----------------------------------------------------------------

@@ -12,6 +12,9 @@ True
 ...     c.learn(_toy(1.0 if i % 2 else -1.0), bool(i % 2))
 >>> c.predict(_toy(1.0)) > 0.75 > 0.25 > c.predict(_toy(-1.0))
 True
+>>> X = np.array([_toy(1.0), _toy(-1.0), _toy(float("nan"))])
+>>> np.allclose(c.predict_many(X), [c.predict(x) for x in X])  # the vectorised form is the same model
+True
 >>> ev = ProgressiveEvaluator(window=100)
 >>> for i in range(50):
 ...     ev.update(bool(i % 2), 0.9 if i % 2 else 0.2)
@@ -22,6 +25,8 @@ True
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from churn.model.inputs import MODEL_FEATURES
 
@@ -48,6 +53,24 @@ class OnlineChallenger:
         if not self.learned:
             return None
         return float(self.model.predict_proba_one(self._features(x)).get(True, 0.0))
+
+    def predict_many(self, X) -> list[float | None]:
+        """``predict`` of every row of ``X`` at once: the same scaler and weights, in numpy.
+
+        A missing (NaN) input adds nothing, exactly as an absent key does in river.
+        """
+        if not self.learned:
+            return [None] * len(X)
+        scaler, logreg = self.model.steps["StandardScaler"], self.model.steps["LogisticRegression"]
+        mean = np.array([scaler.means.get(f, 0.0) for f in MODEL_FEATURES])
+        var = np.array([scaler.vars.get(f, 0.0) for f in MODEL_FEATURES])
+        weight = np.array([logreg._weights.get(f, 0.0) for f in MODEL_FEATURES])
+        X = np.asarray(X, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            Z = np.where(var > 0, (X - mean) / np.sqrt(var), 0.0)
+        Z = np.where(np.isnan(X), 0.0, Z)
+        z = np.clip(Z @ weight + logreg.intercept, -700, 700)
+        return (1.0 / (1.0 + np.exp(-z))).tolist()
 
     def learn(self, x, churned: bool) -> None:
         self.model.learn_one(self._features(x), bool(churned))  # river >= 0.22: returns None

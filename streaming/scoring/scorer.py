@@ -81,7 +81,7 @@ class BatchScorer:
                    [looked.states.get(c["customer_id"]) for _, c, _ in valid],
                    [t for _, _, t in valid])
         risk = model.predict(X)
-        shadow = [self.challenger.predict(x) for x in X] if self.challenger is not None else [None] * len(valid)
+        shadow = self.challenger.predict_many(X) if self.challenger is not None else [None] * len(valid)
         result.model_s = time.perf_counter() - t0
 
         alerts: list[int] = []

@@ -1,0 +1,144 @@
+"""Model inputs, the feature renderings (numpy and Spark), the registry and the champion's reasons."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from churn.config import Settings
+from churn.features import DAY, SUM_FEATURES, partial_sums_numpy
+from churn.model.inputs import MODEL_FEATURES, matrix, vector
+from churn.model.registry import ChampionWatcher, ModelRegistry
+from churn.model.tree import TreeModel
+from churn.simulator import Simulator
+
+END = 1.79e9
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    sim = Simulator(seed=3, start_s=END - 20 * DAY, end_s=END, customers=150)
+    ids = np.asarray(sim.pop.customer_id, dtype=object)
+    parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return sim, cols
+
+
+def test_numpy_and_spark_renderings_of_the_features_agree(simulated):
+    """The scorer's bootstrap model and tests use the numpy rendering, the stream and the nightly job
+    the Spark one: the same events must give the same state."""
+    import pandas as pd
+
+    from churn.features import partial_sums
+    from churn.spark import spark_session
+
+    _, cols = simulated
+    fast = partial_sums_numpy(cols)
+    frame = pd.DataFrame({k: (v if k != "event_time" else
+                              pd.to_datetime(np.round(v * 1e6).astype("int64"), unit="us", utc=True))
+                          for k, v in cols.items()})
+    frame["data_bytes"] = frame["data_bytes"].astype("Int64")
+    spark = spark_session(Settings(), app_name="features-agree")
+    rows = partial_sums(spark.createDataFrame(frame)).collect()
+    assert len(rows) == len(fast) > 100
+    for r in rows:
+        mine = fast[r.customer_id]
+        assert mine["ref_time"] == pytest.approx(r.ref_time, abs=1e-3)
+        assert mine["active_days"] == list(r.active_days)
+        for name in SUM_FEATURES:
+            assert mine[name] == pytest.approx(getattr(r, name), rel=1e-9, abs=1e-9), name
+
+
+def test_matrix_equals_vector_row_by_row_on_real_states(simulated):
+    sim, cols = simulated
+    from churn.feature_store import profile_frame
+
+    profiles = profile_frame().set_index("customer_id").to_dict("index")
+    states = partial_sums_numpy(cols)
+    ids = list(states)[:120]
+    rng = np.random.default_rng(0)
+    at = [states[c]["ref_time"] + rng.uniform(0, 3 * DAY) for c in ids]
+    chosen = [None if i % 7 == 0 else states[c] for i, c in enumerate(ids)]  # some customers without activity
+    fast = matrix([profiles[c] for c in ids], chosen, at)
+    slow = np.array([vector(profiles[c], st, t) for c, st, t in zip(ids, chosen, at)], dtype=np.float32)
+    assert fast.shape == (len(ids), len(MODEL_FEATURES))
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, equal_nan=True)
+    assert np.isnan(fast[0, MODEL_FEATURES.index("care_calls_7d")])
+    assert not np.isnan(fast[1, MODEL_FEATURES.index("care_calls_7d")])
+
+
+def test_point_in_time_state_ignores_later_events(simulated):
+    _, cols = simulated
+    c = cols["customer_id"][0]
+    t = float(np.median(cols["event_time"][cols["customer_id"] == c]))
+    at = partial_sums_numpy(cols, at_s={c: t})[c]
+    keep = (cols["customer_id"] == c) & (cols["event_time"] <= t)
+    only_before = partial_sums_numpy({k: v[keep] for k, v in cols.items()})[c]
+    assert at == only_before
+
+
+def _model(seed: int = 0) -> TreeModel:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(400, len(MODEL_FEATURES))).astype(np.float32)
+    y = (X[:, MODEL_FEATURES.index("care_calls_7d")] > 0.3).astype(int)
+    return TreeModel.fit(X[:300], y[:300], X[300:], y[300:], MODEL_FEATURES, params={"n_estimators": 20})
+
+
+def test_promotion_is_atomic_and_a_watcher_switches_without_restart(tmp_path):
+    registry = ModelRegistry(tmp_path)
+    model = _model()
+    v1 = registry.register(model.to_bytes(), {"kind": "test"}, version="v1")
+    registry.promote(v1, reason="first")
+    now = [0.0]
+    watcher = ChampionWatcher(registry, interval_s=1.0, clock=lambda: now[0])
+    assert watcher.current().meta["version"] == "v1"
+    v2 = registry.register(model.to_bytes(), {"kind": "test"}, version="v2")
+
+    # readers racing a stream of promotions only ever see a whole pointer naming a real version
+    seen, stop = set(), threading.Event()
+
+    def read():
+        while not stop.is_set():
+            seen.add(registry.champion_version())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(300):
+        registry.promote(v2 if i % 2 else v1, reason="flip")
+    stop.set()
+    reader.join()
+    assert seen <= {"v1", "v2"}
+    registry.promote(v2, reason="second")
+    assert watcher.current().meta["version"] == "v1"  # not checked again yet
+    now[0] = 1.5
+    assert watcher.current().meta["version"] == "v2"
+    history = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert len(history) == 302 and '"reason": "second"' in history[-1]
+    with pytest.raises(FileExistsError):
+        registry.register(model.to_bytes(), {}, version="v1")
+    with pytest.raises(FileNotFoundError):
+        registry.promote("nope", reason="x")
+
+
+def test_reasons_are_the_largest_positive_contributions_in_plain_words():
+    model = _model()
+    x = np.zeros((1, len(MODEL_FEATURES)), dtype=np.float32)
+    x[0, MODEL_FEATURES.index("care_calls_7d")] = 4.0
+    (reasons,) = model.reasons(x, top=3)
+    assert reasons[0]["feature"] == "care_calls_7d"
+    assert reasons[0]["text"] == "4 calls to customer care in the last 7 days"
+    contributions = [r["contribution"] for r in reasons]
+    assert contributions == sorted(contributions, reverse=True) and all(c > 0 for c in contributions)
+    # contributions (with the base column) add up to the calibrated log-odds
+    total = float(model.contributions(x).sum())
+    assert total + model.b == pytest.approx(float(model.a * model.margin(x)[0] + model.b), rel=1e-4, abs=1e-4)
+    p = float(model.predict(x)[0])
+    if 1e-6 < p < 1 - 1e-6:
+        assert total + model.b == pytest.approx(math.log(p / (1 - p)), rel=1e-3, abs=1e-3)
+    # absent features are one reason, not one per feature
+    x[0, :] = np.nan
+    (missing,) = model.reasons(x, top=3)
+    assert sum(r["feature"] == "missing_features" for r in missing) <= 1
