@@ -1,0 +1,208 @@
+"""Scoring-worker benchmarks: max throughput (batched and naive), latency at fractions of it, memory.
+
+One run of ``bench_scoring`` on a private stack:
+
+1. ``churn score`` (a real worker process) catches up on CDRs already in Kafka; throughput is CDRs
+   scored per second between its first and its last commit. The same with ``batch_max=1``: the naive
+   worker (one Feast lookup and one model call per event, same code otherwise).
+2. The batched worker is then fed live at 25 %, 50 % and 75 % of its measured maximum. Latency of
+   each score = its Kafka timestamp (set when the worker produced it, inside its transaction) minus
+   the CDR's Kafka timestamp (produce time); "visible" latency = when a read_committed consumer got it
+   minus the CDR's produce time (adds the wait for the transaction commit).
+3. The worker's resident memory is sampled as events accumulate.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import TopicPartition
+
+from churn.config import Settings
+from churn.simulator import Simulator
+from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
+from churn.transport import consumer, end_offsets, ensure_topics
+
+CHURN = str(Path(sys.executable).parent / "churn")
+DAY = 86400.0
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _committed(s: Settings, group: str, topic: str) -> int:
+    c = consumer(s, group_id=group)
+    try:
+        parts = end_offsets(s, topic)
+        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10))
+    finally:
+        c.close()
+
+
+def _env(s: Settings, tag: str, registry: Path, lake: Path, port: int, **extra) -> dict:
+    return {**os.environ,
+            "CHURN_KAFKA__PORT": str(s.kafka.port), "CHURN_REDIS__PORT": str(s.redis.port),
+            "CHURN_RUN_DIR": str(s.run_dir), "CHURN_STREAMING__LAKE_DIR": str(lake),
+            "CHURN_TOPICS__CDR__NAME": s.topics.cdr.name, "CHURN_TOPICS__CHURN_SCORES__NAME": s.topics.churn_scores.name,
+            "CHURN_TOPICS__CHURN_ALERTS__NAME": s.topics.churn_alerts.name,
+            "CHURN_TOPICS__CHURN_LABELS__NAME": s.topics.churn_labels.name,
+            "CHURN_SCORING__APP_ID": f"bench-{tag}", "CHURN_SCORING__REGISTRY_DIR": str(registry),
+            "CHURN_SCORING__METRICS_PORT": str(port), "CHURN_FEAST__PROJECT": s.feast.project, **extra}
+
+
+def _topics(base: Settings, tag: str) -> Settings:
+    s = base.model_copy(deep=True)
+    s.topics.cdr.name, s.topics.churn_scores.name = f"bcdr-{tag}", f"bscores-{tag}"
+    s.topics.churn_alerts.name, s.topics.churn_labels.name = f"balerts-{tag}", f"blabels-{tag}"
+    ensure_topics(s)
+    return s
+
+
+def _catch_up(s: Settings, env: dict, events: int, log) -> tuple[float, int]:
+    """Start a worker on a topic holding ``events`` CDRs; events/s between its first and last commit."""
+    worker = subprocess.Popen([CHURN, "score"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    group = env["CHURN_SCORING__APP_ID"]
+    try:
+        first = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            done = _committed(s, group, s.topics.cdr.name)
+            now = time.monotonic()
+            if done and first is None:
+                first = (now, done)
+            if done >= events:
+                return (done - first[1]) / (now - first[0]), worker.pid
+            time.sleep(0.25)
+        raise TimeoutError("worker did not catch up")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+
+
+def _produce_times(s: Settings) -> dict[tuple[int, int], float]:
+    """(partition, offset) -> produce time of every CDR on the topic."""
+    c = consumer(s, group_id=f"bench-cdr-{uuid.uuid4().hex[:6]}")
+    ends = end_offsets(s, s.topics.cdr.name)
+    c.assign([TopicPartition(s.topics.cdr.name, p, 0) for p in ends])
+    out = {}
+    while len(out) < sum(ends.values()):
+        msgs = c.consume(5000, timeout=2)
+        if not msgs:
+            break
+        for m in msgs:
+            out[(m.partition(), m.offset())] = m.timestamp()[1] / 1000
+    c.close()
+    return out
+
+
+def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
+    """Scoring worker: catch-up throughput (batched vs naive), latency at 25/50/75 % of max, RSS."""
+    from churn import feature_store
+    from churn.model.bootstrap import train_bootstrap
+
+    tmp = Path(tempfile.mkdtemp(prefix="churn-bench-score-"))
+    base = base.model_copy(deep=True)
+    base.scoring.registry_dir = tmp / "models"
+    base.streaming.lake_dir = tmp / "lake"
+    base.feast.project = f"b{uuid.uuid4().hex[:6]}"
+    train_bootstrap(base, customers=2000, days=45)
+    feature_store.apply(base)
+    log = open(tmp / "workers.log", "ab")
+    end = time.time() - DAY
+    results: dict[str, tuple[float, str, dict]] = {}
+    from conftest import free_ports
+
+    # 1. catch-up, batched and naive, on the same ~200,000 CDRs of all 7,043 customers
+    rates = {}
+    for name, extra in (("batched", {}), ("naive", {"CHURN_SCORING__BATCH_MAX": "1"})):
+        tag = uuid.uuid4().hex[:6]
+        s = _topics(base, tag)
+        report = run_backfill(s, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end) if name == "batched"
+                              else Simulator(seed=5, start_s=end - 0.1 * DAY, end_s=end))
+        env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0], **extra)
+        rates[name], _ = _catch_up(s, env, report.cdr_messages, log)
+        rates[name + "_events"] = report.cdr_messages
+    results["score_max_rate"] = (rates["batched"], "events/s", {"events": rates["batched_events"], "batch_max": 1000})
+    results["score_naive_rate"] = (rates["naive"], "events/s", {"events": rates["naive_events"], "batch_max": 1})
+    results["score_batched_vs_naive"] = (rates["batched"] / rates["naive"], "x", {})
+
+    # 2. live at fractions of the max; 3. RSS as events accumulate (one worker for the whole phase)
+    tag = uuid.uuid4().hex[:6]
+    s = _topics(base, tag)
+    port = free_ports(1)[0]
+    env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, port)
+    worker = subprocess.Popen([CHURN, "score"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    rss = []
+    try:
+        time.sleep(8)
+        seen: dict[tuple[int, int], tuple[float, float]] = {}  # (partition, offset) -> (score ts, received)
+        stop = threading.Event()
+
+        def follow():
+            c = consumer(s, group_id=f"bench-follow-{tag}", **{"isolation.level": "read_committed"})
+            c.subscribe([s.topics.churn_scores.name])
+            while not stop.is_set():
+                for m in c.consume(2000, timeout=0.2):
+                    if m.error() is None:
+                        r = orjson.loads(m.value())
+                        seen[(r["source_partition"], r["source_offset"])] = (m.timestamp()[1] / 1000, time.time())
+            c.close()
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        sim = Simulator(seed=6, start_s=time.time(), end_s=time.time() + 60 * DAY, mode="live",
+                        labels_from_s=time.time())
+        sender = StepProducer(s, ProduceReport(run_id="bench"))
+        for frac in (0.25, 0.5, 0.75):
+            rate = frac * rates["batched"]
+            t0 = time.time()
+            run_live(s, sim, rate, duration_s=30, stop=threading.Event(), sender=sender, warn=lambda m: None)
+            t1 = time.time()
+            time.sleep(5)
+            produced = _produce_times(s)
+            window = [k for k, t in produced.items() if t0 + 5 <= t <= t1 and k in seen]  # skip the ramp-up
+            missing = sum(1 for k, t in produced.items() if t0 + 5 <= t <= t1 and k not in seen)
+            emit = np.array([seen[k][0] - produced[k] for k in window]) * 1000
+            visible = np.array([seen[k][1] - produced[k] for k in window]) * 1000
+            pct = int(frac * 100)
+            detail = {"rate_events_per_s": round(rate), "scores_measured": len(window), "not_yet_visible": missing,
+                      "visible_p50_ms": round(float(np.percentile(visible, 50)), 1),
+                      "visible_p99_ms": round(float(np.percentile(visible, 99)), 1)}
+            results[f"score_latency_p50_at_{pct}pct"] = (float(np.percentile(emit, 50)), "ms", detail)
+            results[f"score_latency_p99_at_{pct}pct"] = (float(np.percentile(emit, 99)), "ms", detail)
+        stop.set()
+        follower.join(5)
+
+        # 3. memory: a backfill of ~250,000 more CDRs, resident memory sampled while the worker scores them
+        group = env["CHURN_SCORING__APP_ID"]
+        run_backfill(s, Simulator(seed=7, start_s=end - 3.0 * DAY, end_s=end - 1.2 * DAY), sender=sender)
+        total = sum(end_offsets(s, s.topics.cdr.name).values())
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            done = _committed(s, group, s.topics.cdr.name)
+            rss.append((done, round(_rss_mb(worker.pid), 1)))
+            if done >= total:
+                break
+            time.sleep(5)
+        results["score_worker_rss"] = (rss[-1][1], "MB", {"events_scored": rss[-1][0],
+                                                          "samples_events_rss_mb": rss[::max(1, len(rss) // 12)]})
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results
