@@ -210,8 +210,10 @@ class ScoringWorker:
             metrics.DEGRADED.inc(n)
         metrics.STORE_UP.set(0 if result.degraded else 1)
         if result.model_version:
-            if getattr(self, "_model_version", None) != result.model_version:
-                metrics.MODEL_INFO.clear()
+            previous = getattr(self, "_model_version", None)
+            if previous != result.model_version:
+                if previous is not None:
+                    metrics.MODEL_INFO.remove(previous)
                 metrics.MODEL_INFO.labels(result.model_version).set(1)
                 self._model_version = result.model_version
                 log.info("scoring with champion %s", result.model_version)
