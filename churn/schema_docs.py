@@ -7,7 +7,7 @@ time filled in by the shell.
 >>> line = kcat_one_liner(CONTRACTS["churn_label"], "127.0.0.1:19092")
 >>> line.startswith("printf '7590-VHVEG|{")
 True
->>> "| kcat -b 127.0.0.1:19092 -t churn-labels -P -K '|'" in line
+>>> "| kcat -b 127.0.0.1:19092 -t churn-labels -X partitioner=murmur2_random -P -K '|'" in line
 True
 """
 
@@ -24,14 +24,19 @@ README_PATH = SCHEMAS_DIR / "README.md"
 def kcat_one_liner(contract: Contract, bootstrap: str) -> str:
     """A shell line producing the contract's example event with kcat, keyed ``key|value``."""
     example = dict(contract.schema["examples"][0])
-    example["event_id"] = "__ID__"
+    args = []
+    if "event_id" in contract.fields:
+        example["event_id"] = "__ID__"
+        args.append('"$(date +%s%N)"')
     example[contract.time_field] = "__TIME__"
+    args.append('"$(date -u +%Y-%m-%dT%H:%M:%S.000Z)"')
     body = json.dumps(example, separators=(",", ":"))
     body = body.replace("%", "%%").replace("__ID__", "kcat-%s").replace("__TIME__", "%s")
     key = example[contract.key_field]
+    # murmur2: the Java client's partitioner, so kcat puts a customer on the same partition as others do
     return (
-        f"printf '{key}|{body}\\n' \"$(date +%s%N)\" \"$(date -u +%Y-%m-%dT%H:%M:%S.000Z)\" "
-        f"| kcat -b {bootstrap} -t {contract.topic} -P -K '|'"
+        f"printf '{key}|{body}\\n' {' '.join(args)} "
+        f"| kcat -b {bootstrap} -t {contract.topic} -X partitioner=murmur2_random -P -K '|'"
     )
 
 
