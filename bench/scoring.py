@@ -9,7 +9,7 @@ One run of ``bench_scoring`` on a private stack:
    each score = its Kafka timestamp (set when the worker produced it, inside its transaction) minus
    the CDR's Kafka timestamp (produce time); "visible" latency = when a read_committed consumer got it
    minus the CDR's produce time (adds the wait for the transaction commit).
-3. The worker's resident memory is sampled as events accumulate.
+3. The worker's resident memory is sampled as its scored events accumulate to 1,000,000.
 """
 
 from __future__ import annotations
@@ -188,11 +188,13 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
         stop.set()
         follower.join(5)
 
-        # 3. memory: a backfill of ~250,000 more CDRs, resident memory sampled while the worker scores them
+        # 3. memory: more history until the worker has scored 1,000,000 CDRs, resident memory sampled
         group = env["CHURN_SCORING__APP_ID"]
-        run_backfill(s, Simulator(seed=7, start_s=end - 3.0 * DAY, end_s=end - 1.2 * DAY), sender=sender)
+        already = sum(end_offsets(s, s.topics.cdr.name).values())
+        days = (1_000_000 - already) / 138_000  # ~138,000 CDRs per simulated day for 7,043 customers
+        run_backfill(s, Simulator(seed=7, start_s=end - 1.2 * DAY - days * DAY, end_s=end - 1.2 * DAY), sender=sender)
         total = sum(end_offsets(s, s.topics.cdr.name).values())
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 1200
         while time.monotonic() < deadline:
             done = _committed(s, group, s.topics.cdr.name)
             rss.append((done, round(_rss_mb(worker.pid), 1)))

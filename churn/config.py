@@ -207,6 +207,17 @@ class ScoringSettings(BaseModel):
     metrics_port: int = 19103
 
 
+class TrainingSettings(BaseModel):
+    """Retraining and promotion (``churn batch train``, ``churn model bootstrap``)."""
+
+    #: Optuna trials of the bounded hyper-parameter search (0: the default parameters).
+    trials: int = 20
+    #: A new model replaces the champion only if its validation ROC AUC is this much higher.
+    promotion_margin: float = 0.005
+    #: Risk at which a customer counts as flagged for F1/recall/precision in model cards.
+    operating_threshold: float = 0.5
+
+
 class FeastSettings(BaseModel):
     #: Feast project: namespaces the registry entries and the online store's keys.
     project: str = "churn"
@@ -231,6 +242,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     feast: FeastSettings = FeastSettings()
     scoring: ScoringSettings = ScoringSettings()
+    training: TrainingSettings = TrainingSettings()
     #: Seconds a service may take to become ready before `stack up` gives up.
     startup_timeout_s: float = 60.0
 

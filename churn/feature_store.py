@@ -76,6 +76,8 @@ def profile_frame(csv_path: Path | None = None) -> pd.DataFrame:
         "multiple_lines": yes("MultipleLines"),
         "internet_service": df["InternetService"],
         "online_security": yes("OnlineSecurity"),
+        "online_backup": yes("OnlineBackup"),
+        "device_protection": yes("DeviceProtection"),
         "tech_support": yes("TechSupport"),
         "streaming_tv": yes("StreamingTV"),
         "streaming_movies": yes("StreamingMovies"),

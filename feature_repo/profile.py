@@ -1,6 +1,7 @@
 """``customer_profile``: plan and account facts from the customer table (IBM Telco columns).
 
 The churn label is deliberately *not* here: a label stored as a feature leaks into training.
+Nor is gender: a protected attribute has no place in deciding whom to treat how.
 """
 
 from datetime import timedelta
@@ -22,6 +23,8 @@ PROFILE_FIELDS = [
     Field(name="multiple_lines", dtype=Int64),
     Field(name="internet_service", dtype=String),
     Field(name="online_security", dtype=Int64),
+    Field(name="online_backup", dtype=Int64),
+    Field(name="device_protection", dtype=Int64),
     Field(name="tech_support", dtype=Int64),
     Field(name="streaming_tv", dtype=Int64),
     Field(name="streaming_movies", dtype=Int64),

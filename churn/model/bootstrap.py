@@ -12,15 +12,14 @@ history through Feast.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from churn.config import Settings
 from churn.features import DAY, partial_sums_numpy
-from churn.model.inputs import MODEL_FEATURES, matrix
-from churn.model.registry import ModelRegistry
-from churn.model.tree import TreeModel
+from churn.model.inputs import matrix
 
 
 @dataclass
@@ -43,7 +42,7 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
     from churn.simulator.simulator import Simulator
 
     seed = settings.simulator.seed if seed is None else seed
-    end_s = float(end_s if end_s is not None else (np.floor(__import__("time").time() / DAY) * DAY))
+    end_s = float(end_s if end_s is not None else (np.floor(time.time() / DAY) * DAY))
     sim = Simulator(seed=seed, start_s=end_s - days * DAY, end_s=end_s, customers=customers,
                     precursor_days=settings.simulator.precursor_days, csv_path=settings.simulator.customers_csv)
     ids = np.asarray(sim.pop.customer_id, dtype=object)
@@ -60,35 +59,16 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
     return TrainingSet(X=X, y=sim.pop.churner.astype(int), at_s=observe, customer_id=ids)
 
 
-def time_split(ts: TrainingSet, valid_fraction: float = 0.3):
-    """Earlier rows for training, later rows for calibration/validation."""
-    cut = np.quantile(ts.at_s, 1.0 - valid_fraction)
-    early, late = ts.at_s < cut, ts.at_s >= cut
-    return (ts.X[early], ts.y[early]), (ts.X[late], ts.y[late]), float(cut)
-
-
-def evaluate(model: TreeModel, X, y) -> dict:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    p = model.predict(X)
-    return {"roc_auc": round(float(roc_auc_score(y, p)), 4), "pr_auc": round(float(average_precision_score(y, p)), 4),
-            "rows": int(len(y)), "positives": int(y.sum())}
-
-
 def train_bootstrap(settings: Settings, customers: int = 3000, days: float = 60.0, promote: bool = True) -> str:
-    """Train, register and (if there is no champion yet, or ``promote``) promote the first champion."""
+    """Train and register the first champion; it replaces the current one only if ``promote`` or there is none."""
+    from churn.model.registry import ModelRegistry
+    from churn.model.release import train_and_release
+
     ts = simulated_training_set(settings, customers=customers, days=days)
-    (X_tr, y_tr), (X_va, y_va), cut = time_split(ts)
-    model = TreeModel.fit(X_tr, y_tr, X_va, y_va, MODEL_FEATURES, seed=settings.simulator.seed)
     registry = ModelRegistry(settings.scoring.registry_dir)
-    card = {
-        "kind": "bootstrap",
-        "trained_on": f"simulated history of {customers} customers over {days:g} days + customer table",
-        "features": MODEL_FEATURES,
-        "validation": {"split_at": cut, **evaluate(model, X_va, y_va)},
-        "calibration": {"a": model.a, "b": model.b},
-    }
-    version = registry.register(model.to_bytes(), card, version=registry.new_version("bootstrap"))
-    if promote or registry.champion_version() is None:
-        registry.promote(version, reason="bootstrap champion trained at setup")
-    return version
+    release = train_and_release(
+        settings, ts.X, ts.y, ts.at_s, kind="bootstrap", n_trials=0, seed=settings.simulator.seed,
+        source=f"simulated history of {customers} customers over {days:g} days + customer table")
+    if not release.promoted and (promote or registry.champion_version() is None):
+        registry.promote(release.version, reason=f"bootstrap promoted on request (rule said: {release.reason})")
+    return release.version

@@ -31,7 +31,7 @@ from churn.features import ACTIVE_DAYS_WINDOW, HORIZONS, RATIOS, SUM_FEATURES, d
 
 PROFILE_NUMERIC = [
     "tenure_months", "monthly_charges", "total_charges", "senior_citizen", "has_partner", "has_dependents",
-    "phone_service", "multiple_lines", "online_security", "tech_support", "streaming_tv", "streaming_movies",
+    "phone_service", "multiple_lines", "online_security", "online_backup", "device_protection", "tech_support", "streaming_tv", "streaming_movies",
     "paperless_billing",
 ]
 #: Categorical profile columns and their values (one indicator each).
@@ -157,7 +157,8 @@ _PROFILE_WORDS = {
     "tenure_months": "customer for {:.0f} months", "monthly_charges": "monthly bill of {:.2f}",
     "total_charges": "{:.0f} billed in total", "senior_citizen": "senior citizen: {}", "has_partner": "has a partner: {}",
     "has_dependents": "has dependents: {}", "phone_service": "phone service: {}", "multiple_lines": "multiple lines: {}",
-    "online_security": "online security add-on: {}", "tech_support": "tech support add-on: {}",
+    "online_security": "online security add-on: {}", "online_backup": "online backup add-on: {}",
+    "device_protection": "device protection add-on: {}", "tech_support": "tech support add-on: {}",
     "streaming_tv": "streaming TV: {}", "streaming_movies": "streaming movies: {}",
     "paperless_billing": "paperless billing: {}",
 }

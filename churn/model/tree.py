@@ -68,10 +68,28 @@ class TreeModel:
         return model
 
     # -- scoring ----------------------------------------------------------------------------
+    def aligned(self, X) -> np.ndarray:
+        """``X`` with this model's columns: as is if it has them, else picked by name from rows built
+        with today's ``MODEL_FEATURES`` (NaN for a feature the inputs no longer have), so a model
+        trained before the inputs changed keeps scoring."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim == 2 and X.shape[1] == len(self.features):
+            return X
+        from churn.model.inputs import MODEL_FEATURES
+
+        if X.ndim != 2 or X.shape[1] != len(MODEL_FEATURES):
+            raise ValueError(f"inputs have {X.shape[-1]} columns; the model has {len(self.features)} features")
+        index = {name: i for i, name in enumerate(MODEL_FEATURES)}
+        out = np.full((X.shape[0], len(self.features)), np.nan, dtype=np.float32)
+        for j, name in enumerate(self.features):
+            if name in index:
+                out[:, j] = X[:, index[name]]
+        return out
+
     def _dmatrix(self, X):
         import xgboost as xgb
 
-        return xgb.DMatrix(np.asarray(X, dtype=np.float32), feature_names=self.features, missing=np.nan)
+        return xgb.DMatrix(self.aligned(X), feature_names=self.features, missing=np.nan)
 
     def margin(self, X) -> np.ndarray:
         return self.booster.predict(self._dmatrix(X), output_margin=True)
@@ -88,7 +106,7 @@ class TreeModel:
         """Per row, the ``top`` features pushing the risk up most, largest first, in plain words."""
         from churn.model.inputs import describe
 
-        X = np.asarray(X, dtype=np.float32)
+        X = self.aligned(X)
         contrib = self.contributions(X)[:, :-1]
         out = []
         for row, c in zip(X, contrib):

@@ -1,0 +1,69 @@
+"""A model card: the figures and plots a reviewer needs to trust (or reject) a model.
+
+``write_plots`` draws ROC, calibration (reliability) and feature-importance plots
+of a model on its validation window as PNG files next to the model in the registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from churn.model.tree import TreeModel
+
+
+def write_plots(model: TreeModel, X_val, y_val, out_dir: Path, top_features: int = 15) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    p = model.predict(X_val)
+    y = np.asarray(y_val)
+    written = []
+
+    fpr, tpr, _ = roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, label="model")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (validation window)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc.png", dpi=90)
+    plt.close(fig)
+    written.append("roc.png")
+
+    edges = np.linspace(0, 1, 11)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
+    mean_p = [p[which == b].mean() for b in range(10) if (which == b).any()]
+    rate = [y[which == b].mean() for b in range(10) if (which == b).any()]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(mean_p, rate, "o-", label="model")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    ax.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="Calibration")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out_dir / "calibration.png", dpi=90)
+    plt.close(fig)
+    written.append("calibration.png")
+
+    contrib = np.abs(model.contributions(X_val)[:, :-1]).mean(axis=0)
+    order = np.argsort(contrib)[::-1][:top_features][::-1]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.barh([model.features[i] for i in order], contrib[order])
+    ax.set(xlabel="mean |contribution| to log-odds", title="Feature importance")
+    fig.tight_layout()
+    fig.savefig(out_dir / "importance.png", dpi=90)
+    plt.close(fig)
+    written.append("importance.png")
+    return written
+
+
+def importance(model: TreeModel, X_val, top: int = 15) -> list[dict]:
+    """Features by mean absolute contribution on the validation window."""
+    contrib = np.abs(model.contributions(X_val)[:, :-1]).mean(axis=0)
+    order = np.argsort(contrib)[::-1][:top]
+    return [{"feature": model.features[i], "mean_abs_contribution": round(float(contrib[i]), 4)} for i in order]
