@@ -42,6 +42,9 @@ app.add_typer(features_app, name="features")
 model_app = typer.Typer(help="The model registry: the champion the scorer uses, challengers, model cards.",
                         no_args_is_help=True)
 app.add_typer(model_app, name="model")
+batch_app = typer.Typer(help="Nightly jobs: retrain and promote (Gold and the quality gate: not built yet).",
+                        no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
 
 console = Console()
 err = Console(stderr=True)
@@ -412,6 +415,46 @@ def alerts(
         pass
     finally:
         c.close()
+
+
+@batch_app.command("train")
+def batch_train(
+    trials: Optional[int] = typer.Option(None, help="Optuna trials (default: training.trials in the settings)."),
+    source: str = typer.Option("feast", help="feast: labels from Kafka, features from Feast as they were "
+                                             "(point in time); simulated: the bootstrap's simulated history."),
+) -> None:
+    """Train a new model, write its card and plots, and promote it only if it beats the champion.
+
+    The champion and the new model are compared on the same, latest time window; a model that does
+    not win by training.promotion_margin (or fails the sanity checks) is kept as a challenger.
+    """
+    from batch.train import run_train
+
+    s = get_settings()
+    with console.status(f"training ({source}, {trials if trials is not None else s.training.trials} trials)"):
+        try:
+            release = run_train(s, trials=trials, source=source)
+        except RuntimeError as exc:
+            _fail(str(exc))
+    table = Table("metric", "new model", "champion (same window)")
+    for k in ("roc_auc", "pr_auc", "f1", "recall", "precision", "calibration_error", "brier", "rows"):
+        champ = release.champion_metrics.get(k, "") if release.champion_metrics else "-"
+        table.add_row(k, str(release.metrics[k]), str(champ))
+    console.print(table)
+    console.print(f"{release.version}: {'[green]promoted[/]' if release.promoted else '[yellow]kept as challenger[/]'}"
+                  f" - {release.reason}")
+
+
+@batch_app.command("telco-cv")
+def batch_telco_cv(folds: int = typer.Option(5, help="Number of stratified folds.")) -> None:
+    """k-fold cross-validated ROC AUC of the trainer on the IBM Telco profiles alone (published: 0.84-0.85)."""
+    import statistics
+
+    from batch.telco import telco_cross_validation
+
+    aucs = telco_cross_validation(get_settings(), folds=folds)
+    console.print(f"{folds}-fold ROC AUC: mean {statistics.mean(aucs):.4f}, std {statistics.stdev(aucs):.4f}, "
+                  f"folds {', '.join(f'{a:.4f}' for a in aucs)}")
 
 
 # -- watch and demo -----------------------------------------------------------------------
