@@ -32,7 +32,7 @@ def free_ports(n: int) -> list[int]:
 
 def stack_env(run_dir: Path) -> dict[str, str]:
     """Environment for a private stack: its own run directory and free ports."""
-    kafka, controller, redis, prometheus, stream_metrics = free_ports(5)
+    kafka, controller, redis, prometheus, stream_metrics, score_metrics = free_ports(6)
     return {
         "CHURN_RUN_DIR": str(run_dir),
         "CHURN_KAFKA__PORT": str(kafka),
@@ -41,6 +41,7 @@ def stack_env(run_dir: Path) -> dict[str, str]:
         "CHURN_PROMETHEUS__PORT": str(prometheus),
         "CHURN_SIMULATOR__METRICS_PORT": "0",
         "CHURN_STREAMING__METRICS_PORT": str(stream_metrics),
+        "CHURN_SCORING__METRICS_PORT": str(score_metrics),
     }
 
 

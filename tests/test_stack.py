@@ -36,7 +36,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path):
     assert first.returncode == 0, first.stderr + first.stdout
     assert first.stdout.count("started (pid") == 3
     s = settings_from(env)
-    infra = lambda: [st for st in stack.status(s) if st.name != "stream"]  # noqa: E731 (the stream job is not started by `up`)
+    infra = lambda: [st for st in stack.status(s) if st.name not in ("stream", "score")]  # noqa: E731 (jobs: not started by `up`)
     pids = {st.name: st.pid for st in infra()}
     assert len(pids) == 3 and all(pids.values()) and all(st.state == "running" for st in infra())
 
@@ -57,7 +57,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path):
     for var in ("CHURN_KAFKA__PORT", "CHURN_REDIS__PORT", "CHURN_PROMETHEUS__PORT"):
         assert port_is_free("127.0.0.1", int(env[var]))
     again = run_cli(["stack", "down"], env)
-    assert again.returncode == 0 and again.stdout.count("not running") == 4  # the stack and the stream job
+    assert again.returncode == 0 and again.stdout.count("not running") == 5  # the stack and its two jobs (stream, score)
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path):
