@@ -27,6 +27,10 @@ from churn.model.inputs import PROFILE_COLUMNS, matrix
 DAY = 86400.0
 
 
+class NotEnoughLabels(RuntimeError):
+    """Too few labels (or one class only) to train on: the nightly run skips training."""
+
+
 def labels_frame(settings: Settings) -> pd.DataFrame:
     """Every committed, valid label on the labels topic: ``customer_id``, ``label_time`` (epoch s), ``churned``."""
     from confluent_kafka import TopicPartition
@@ -84,7 +88,7 @@ def run_train(settings: Settings, trials: int | None = None, source: str = "feas
     if source == "feast":
         labels = labels_frame(settings)
         if len(labels) < 200 or labels["churned"].nunique() < 2:
-            raise RuntimeError(f"{len(labels)} labels on {settings.topics.churn_labels.name}: too few (or one class) "
+            raise NotEnoughLabels(f"{len(labels)} labels on {settings.topics.churn_labels.name}: too few (or one class) "
                                "to train on; `churn simulate --days 60` produces history and labels")
         ts = point_in_time_training_set(settings, labels, seed=settings.simulator.seed)
         what = f"{len(labels)} labels from {settings.topics.churn_labels.name}, features from Feast (point in time)"

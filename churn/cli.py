@@ -42,7 +42,7 @@ app.add_typer(features_app, name="features")
 model_app = typer.Typer(help="The model registry: the champion the scorer uses, challengers, model cards.",
                         no_args_is_help=True)
 app.add_typer(model_app, name="model")
-batch_app = typer.Typer(help="Nightly jobs: retrain and promote (Gold and the quality gate: not built yet).",
+batch_app = typer.Typer(help="Nightly jobs: Gold rebuild behind a quality gate, retrain and promotion.",
                         no_args_is_help=True)
 app.add_typer(batch_app, name="batch")
 
@@ -417,6 +417,76 @@ def alerts(
         c.close()
 
 
+def _date_range(date_from: Optional[str], date_to: Optional[str]):
+    from datetime import date, timedelta
+
+    yesterday = datetime.now(timezone.utc).date() - timedelta(days=1)
+    to = date.fromisoformat(date_to) if date_to else yesterday
+    start = date.fromisoformat(date_from) if date_from else to
+    if start > to:
+        _fail(f"--from {start} is after --to {to}")
+    return start, to
+
+
+@batch_app.command("gold")
+def batch_gold(
+    date_from: Optional[str] = typer.Option(None, "--from", help="First day (YYYY-MM-DD, UTC); default: --to."),
+    date_to: Optional[str] = typer.Option(None, "--to", help="Last day (YYYY-MM-DD, UTC); default: yesterday."),
+) -> None:
+    """Rebuild Gold (customer-day aggregates, customer snapshot) from Silver for a date range.
+
+    Publishes only if the Great Expectations gate passes (Silver and Gold suites); otherwise the
+    previous Gold stays current, the failures are printed and the exit code is 2. Reruns replace.
+    """
+    from batch.gold import QualityGateFailed, run_gold
+
+    start, to = _date_range(date_from, date_to)
+    s = get_settings()
+    with console.status(f"rebuilding Gold {start} .. {to}"):
+        try:
+            run = run_gold(s, start, to)
+        except QualityGateFailed as exc:
+            err.print(str(exc), highlight=False)
+            raise typer.Exit(2)
+    console.print(f"Gold {start} .. {to}: {run.silver_rows:,} Silver rows -> {run.customer_day_rows:,} customer-days, "
+                  f"{run.snapshot_rows:,} customer snapshots; {run.gate.text()}")
+
+
+@batch_app.command("nightly")
+def batch_nightly(
+    date_from: Optional[str] = typer.Option(None, "--from", help="First day of the Gold rebuild (default: --to)."),
+    date_to: Optional[str] = typer.Option(None, "--to", help="Last day (default: yesterday, UTC)."),
+    trials: Optional[int] = typer.Option(None, help="Optuna trials (default: training.trials)."),
+) -> None:
+    """Everything nightly, in order: Gold + quality gate, retrain + promotion, materialize profiles.
+
+    A failed quality gate stops the run (nothing published, nothing trained) with exit code 2.
+    Outcome metrics go to <run_dir>/metrics/batch.prom. Cron: see the README.
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from batch.nightly import run_nightly
+
+    start, to = _date_range(date_from, date_to)
+    s = get_settings()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("nightly", total=3)
+
+        def progress(name: str) -> None:
+            if bar.tasks[task].description != "nightly":
+                bar.advance(task)
+            bar.update(task, description=f"nightly: {name}")
+
+        report = run_nightly(s, start, to, trials=trials, progress=progress)
+        bar.update(task, completed=3, description="nightly: done")
+    table = Table("step", "ok", "seconds", "detail")
+    for step in report.steps:
+        table.add_row(step.name, "[green]yes[/]" if step.ok else "[red]NO[/]", str(step.seconds), step.detail)
+    console.print(table)
+    if not report.ok:
+        raise typer.Exit(2)
+
+
 @batch_app.command("train")
 def batch_train(
     trials: Optional[int] = typer.Option(None, help="Optuna trials (default: training.trials in the settings)."),
@@ -586,7 +656,8 @@ def demo(
 def _stream_summary(s, timeout_s: float) -> bool:
     """Wait until the stream has processed everything on the topic, then account for it."""
     from churn.transport import end_offsets
-    from streaming.job import committed_offsets, table_rows
+    from churn.lake import table_rows
+    from streaming.job import committed_offsets
 
     topic = s.topics.cdr.name
     target = end_offsets(s, topic)

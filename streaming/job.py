@@ -27,11 +27,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from churn.config import Settings
+from churn.lake import LakePaths
 from streaming import metrics
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
 
@@ -56,35 +56,6 @@ class _PhaseClock:
         return f"{self.last - self.start:.2f} s [{parts}]"
 
 
-@dataclass(frozen=True)
-class LakePaths:
-    root: Path
-
-    @property
-    def bronze(self) -> str:
-        return str(self.root / "bronze")
-
-    @property
-    def silver(self) -> str:
-        return str(self.root / "silver")
-
-    @property
-    def quarantine(self) -> str:
-        return str(self.root / "quarantine")
-
-    @property
-    def batches(self) -> str:
-        return str(self.root / "batches")
-
-    @property
-    def feature_state(self) -> str:
-        return str(self.root / "feature_state")
-
-    @property
-    def feature_history(self) -> str:
-        return str(self.root / "feature_history")
-
-
 def _app_id(checkpoint: Path, query: str) -> str:
     """A writer id tied to the checkpoint: a new checkpoint (a fresh start) gets a new id,
     so Delta's idempotent-write log never mistakes its batch 0 for an old one."""
@@ -103,17 +74,6 @@ def committed_offsets(checkpoint: Path, topic: str) -> dict[int, int]:
     lines = (checkpoint / "offsets" / str(commits[0])).read_text().splitlines()
     source = json.loads(lines[-1])
     return {int(p): o for p, o in source.get(topic, {}).items()}
-
-
-def table_rows(path: Path | str) -> int:
-    """Rows of a Delta table from its log's file statistics (no data read; 0 if there is no table)."""
-    from deltalake import DeltaTable
-
-    try:
-        actions = DeltaTable(str(path)).get_add_actions(flatten=True)
-    except Exception:  # not (yet) a Delta table
-        return 0
-    return sum(actions.column("num_records").to_pylist())
 
 
 class StreamingJob:

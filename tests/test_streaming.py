@@ -19,7 +19,7 @@ from churn.simulator import Simulator
 from churn.simulator.bad_events import BAD_KINDS
 from churn.simulator.produce import ProduceReport, StepProducer, run_backfill
 from churn.transport import consumer, ensure_topics
-from streaming.job import table_rows
+from churn.lake import table_rows
 
 DAY = 86400.0
 

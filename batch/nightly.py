@@ -1,0 +1,98 @@
+"""``churn batch nightly``: Gold, quality gate, retrain and promotion, materialization, in that order.
+
+Each step is a plain function; this module runs them in order with progress,
+stops at a failed quality gate (nothing is published, nothing is trained on
+unchecked data), and records the outcome as Prometheus metrics in a text file
+(``<run_dir>/metrics/batch.prom``, the node-exporter textfile format).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+from churn.config import Settings
+
+
+@dataclass
+class StepResult:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+@dataclass
+class NightlyReport:
+    steps: list[StepResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps)
+
+
+def materialize_profiles(settings: Settings) -> str:
+    """Load profile features changed since the last run into the online store (``materialize_incremental``)."""
+    from churn.feature_store import ensure_applied, store
+
+    ensure_applied(settings)
+    store(settings).materialize_incremental(end_date=datetime.now(timezone.utc), feature_views=["customer_profile"])
+    return "customer_profile materialized up to now"
+
+
+def write_metrics(settings: Settings, report: NightlyReport) -> None:
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    ok = Gauge("churn_batch_step_success", "1 if the step of the last nightly run succeeded", ["step"], registry=registry)
+    secs = Gauge("churn_batch_step_seconds", "Duration of the step in the last nightly run", ["step"], registry=registry)
+    for s in report.steps:
+        ok.labels(s.name).set(1 if s.ok else 0)
+        secs.labels(s.name).set(s.seconds)
+    Gauge("churn_batch_quality_gate_passed", "1 if the last Gold quality gate passed", registry=registry).set(
+        next((1 if s.ok else 0 for s in report.steps if s.name == "gold"), 0))
+    Gauge("churn_batch_last_run_timestamp_seconds", "When the last nightly run finished", registry=registry).set(
+        time.time())
+    path = settings.run_dir / "metrics" / "batch.prom"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
+
+
+def run_nightly(settings: Settings, date_from: date, date_to: date, trials: int | None = None,
+                progress=None) -> NightlyReport:
+    from batch.gold import QualityGateFailed, run_gold
+    from batch.train import NotEnoughLabels, run_train
+
+    report = NightlyReport()
+
+    def step(name: str, fn) -> bool:
+        t0 = time.perf_counter()
+        if progress:
+            progress(name)
+        try:
+            detail, ok = fn(), True
+        except QualityGateFailed as exc:
+            detail, ok = str(exc), False
+        except NotEnoughLabels as exc:  # nothing to learn from yet: skipped, the champion stays
+            detail, ok = f"skipped: {exc}", True
+        except RuntimeError as exc:  # e.g. too few labels to train on: reported, not a crash
+            detail, ok = str(exc), False
+        report.steps.append(StepResult(name, ok, round(time.perf_counter() - t0, 1), detail))
+        return ok
+
+    def gold() -> str:
+        run = run_gold(settings, date_from, date_to)
+        return (f"{run.silver_rows:,} Silver rows -> {run.customer_day_rows:,} customer-days, "
+                f"{run.snapshot_rows:,} customer snapshots; {run.gate.text()}")
+
+    def train() -> str:
+        release = run_train(settings, trials=trials)
+        verdict = "promoted" if release.promoted else "kept as challenger"
+        return f"{release.version} ROC AUC {release.metrics['roc_auc']}: {verdict} ({release.reason})"
+
+    if step("gold", gold):
+        step("train", train)
+        step("materialize", lambda: materialize_profiles(settings))
+    write_metrics(settings, report)
+    return report
