@@ -33,11 +33,12 @@ from churn.simulator.produce import run_backfill  # noqa: E402
 from churn.transport import ensure_topics  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gold import bench_gold  # noqa: E402
 from scoring import bench_scoring  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 RUNS = 3
-RUNS_BY_BENCH = {"stream_catchup_rate": 1, "score": 1}  # minutes per run on 2 cores
+RUNS_BY_BENCH = {"stream_catchup_rate": 1, "score": 1, "gold": 1}  # minutes per run on 2 cores
 DAY = 86400.0
 
 
@@ -99,23 +100,25 @@ def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
 
 
 def main(selector: str = "") -> None:
-    benches = {"simulator_generate_rate": (bench_simulator_generate, False),
-               "simulator_produce_rate": (bench_simulator_produce, True),
-               "stream_catchup_rate": (bench_stream_catchup, True),
-               "score": (bench_scoring, True)}
+    # name -> (function, what it needs: None, "settings" (default ones, no stack) or "stack")
+    benches = {"simulator_generate_rate": (bench_simulator_generate, None),
+               "simulator_produce_rate": (bench_simulator_produce, "stack"),
+               "stream_catchup_rate": (bench_stream_catchup, "stack"),
+               "score": (bench_scoring, "stack"),
+               "gold": (bench_gold, "settings")}
     chosen = {n: b for n, b in benches.items() if selector in n}
     settings = None
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     try:
-        for name, (fn, needs_stack) in chosen.items():
-            if needs_stack and settings is None:
+        for name, (fn, needs) in chosen.items():
+            if needs == "stack" and settings is None:
                 settings = settings_from(stack_env(Path(tempfile.mkdtemp(prefix="churn-bench-"))))
                 stack.up(settings)
                 ensure_topics(settings)
             runs = RUNS_BY_BENCH.get(name, RUNS)
             figures: dict[str, tuple[list, str, dict]] = {}
             for i in range(runs):
-                out = fn(settings) if needs_stack else fn()
+                out = fn(settings) if needs == "stack" else fn(Settings()) if needs == "settings" else fn()
                 for fig, (value, unit, extra) in (out if isinstance(out, dict) else {name: out}).items():
                     values, _, _ = figures.setdefault(fig, ([], unit, extra))
                     values.append(value)

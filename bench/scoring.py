@@ -46,10 +46,19 @@ def _rss_mb(pid: int) -> float:
 
 
 def _committed(s: Settings, group: str, topic: str) -> int:
+    """CDRs the group has committed (0 while its coordinator is still being elected)."""
+    from confluent_kafka import KafkaException
+
     c = consumer(s, group_id=group)
     try:
         parts = end_offsets(s, topic)
-        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in parts], timeout=10))
+        for _ in range(10):
+            try:
+                tps = c.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+                return sum(max(tp.offset, 0) for tp in tps)
+            except KafkaException:  # NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS right after start
+                time.sleep(0.5)
+        return 0
     finally:
         c.close()
 
