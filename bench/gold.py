@@ -15,11 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from churn.config import Settings
 from churn.features import DAY
-from churn.lake import LakePaths
+from churn.lake import LakePaths, silver_frame
 from churn.simulator import Simulator
 
 EVENTS_PER_DAY = 138_000  # all 7,043 customers, about 20 CDRs each per day
@@ -31,20 +30,21 @@ def _write_silver(spark, settings: Settings, events: int) -> tuple[datetime, dat
     sim = Simulator(seed=9, start_s=end - days * DAY, end_s=end)
     ids = np.asarray(sim.pop.customer_id, dtype=object)
     path = LakePaths(Path(settings.streaming.lake_dir)).silver
-    written, n = 0, 0
+    written = 0
+
+    def flush(chunk: list[dict]) -> int:
+        frame = silver_frame({k: np.concatenate([c[k] for c in chunk]) for k in chunk[0]}, first_id=written)
+        spark.createDataFrame(frame).write.format("delta").mode("append").partitionBy("event_date").save(path)
+        return len(frame)
+
     chunk: list[dict] = []
     for step in sim.backfill_steps(slice_s=6 * 3600.0):
         chunk.append(step.good.silver_columns(ids))
-        n += len(step.good)
-        if n - written >= 500_000 or sim.finished:
-            cols = {k: np.concatenate([c[k] for c in chunk]) for k in chunk[0]}
-            frame = pd.DataFrame(cols)
-            frame["event_id"] = [f"e{written + i}" for i in range(len(frame))]
-            frame["event_time"] = pd.to_datetime(np.round(frame["event_time"] * 1e6).astype("int64"), unit="us", utc=True)
-            frame["data_bytes"] = frame["data_bytes"].astype("Int64")
-            frame["event_date"] = frame["event_time"].dt.date
-            spark.createDataFrame(frame).write.format("delta").mode("append").partitionBy("event_date").save(path)
-            written, chunk = n, []
+        if sum(len(c["event_time"]) for c in chunk) >= 500_000:
+            written += flush(chunk)
+            chunk = []
+    if chunk:
+        written += flush(chunk)
     first = datetime.fromtimestamp(end - days * DAY, timezone.utc)
     return first, datetime.fromtimestamp(end - 1, timezone.utc), written
 

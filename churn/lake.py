@@ -60,3 +60,17 @@ def table_rows(path: Path | str) -> int:
     except Exception:  # not (yet) a Delta table
         return 0
     return sum(actions.column("num_records").to_pylist())
+
+
+def silver_frame(cols: dict, first_id: int = 0):
+    """Events as columns (``EventBatch.silver_columns``) as a pandas frame with Silver's types,
+    ready for ``spark.createDataFrame(...).write`` into a Silver table (tests, benchmarks)."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.DataFrame(cols)
+    frame["event_id"] = [f"e{first_id + i}" for i in range(len(frame))]
+    frame["event_time"] = pd.to_datetime(np.round(frame["event_time"] * 1e6).astype("int64"), unit="us", utc=True)
+    frame["data_bytes"] = frame["data_bytes"].astype("Int64")
+    frame["event_date"] = frame["event_time"].dt.date
+    return frame

@@ -11,7 +11,7 @@ import pytest
 from batch.gold import QualityGateFailed, run_gold
 from churn.config import Settings
 from churn.features import DAY, partial_sums_numpy
-from churn.lake import LakePaths
+from churn.lake import LakePaths, silver_frame
 from churn.model.inputs import ACTIVITY_FEATURES, activity_at
 from churn.simulator import Simulator
 
@@ -31,12 +31,7 @@ def lake(tmp_path_factory):
     ids = np.asarray(sim.pop.customer_id, dtype=object)
     parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    frame = pd.DataFrame(cols)
-    frame["event_id"] = [f"e{i}" for i in range(len(frame))]
-    frame["event_time"] = pd.to_datetime(np.round(frame["event_time"] * 1e6).astype("int64"), unit="us", utc=True)
-    frame["data_bytes"] = frame["data_bytes"].astype("Int64")
-    frame["event_date"] = frame["event_time"].dt.date
-    spark.createDataFrame(frame).write.format("delta").partitionBy("event_date").save(
+    spark.createDataFrame(silver_frame(cols)).write.format("delta").partitionBy("event_date").save(
         LakePaths(root / "lake").silver)
     return settings, spark, cols
 
