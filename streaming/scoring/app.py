@@ -70,9 +70,9 @@ class ScoringWorker:
         self.scorer = BatchScorer(settings, self.models, self.features, self.challenger)
         self.txn: PartitionTransactions | None = None
         self.state: dict = {}
-        self.scored = 0
-        # Set while this worker's partitions are taken over (producers fenced, state restored); Faust
-        # resumes fetching before its assignment signal returns, so batches wait for this instead.
+        # Set once this worker's partitions are taken over (producers fenced, state restored), cleared
+        # when a rebalance starts; Faust resumes fetching before its assignment signal returns, so
+        # batches wait for this instead.
         self._owned_ready: asyncio.Event | None = None
         self.app = self._build_app()
 
@@ -204,7 +204,6 @@ class ScoringWorker:
         for reason, n in result.invalid.items():
             metrics.INVALID.labels(reason).inc(n)
         n = len(result.scored)
-        self.scored += n
         metrics.EVENTS.inc(n)
         if result.degraded:
             metrics.DEGRADED.inc(n)
