@@ -146,7 +146,7 @@ def test_kill_9_and_restart_scores_every_cdr_exactly_once_without_duplicate_aler
     log = open(tmp_path / "worker.log", "ab")
     report = ProduceReport(run_id="score")
     sender = StepProducer(s, report)
-    sim = simulate(s, seed=31, customers=400, days=0.6, bad_ratio=0.02)
+    sim = simulate(s, seed=31, customers=800, days=0.6, bad_ratio=0.02)
     cut = [sim.start_s + f * (sim.end_s - sim.start_s) for f in (0.3, 0.6, 1.0)]
     valid: set[str] = set()
 
@@ -156,16 +156,21 @@ def test_kill_9_and_restart_scores_every_cdr_exactly_once_without_duplicate_aler
             valid.update(orjson.loads(v)["event_id"] for v in step.values[:len(step.good)])
         sender.flush()
 
-    produce(cut[0])
-    for kill in range(2):
-        worker = start_worker(env, log)
-        before = metric(port, "churn_score_transactions_total")
-        wait_for(lambda: metric(port, "churn_score_transactions_total") > (before if before == before else 0) + 5,
-                 120, "committed transactions")
-        produce(cut[kill + 1])
-        time.sleep(1.0)
-        os.killpg(worker.pid, signal.SIGKILL)  # mid-stream: scored but uncommitted work is lost
-        worker.wait()
+    workers = []
+    try:
+        for kill in range(2):
+            worker = start_worker(env, log)
+            workers.append(worker)
+            produce(cut[kill])  # new CDRs for this worker, so it is killed mid-stream, with work in flight
+            wait_for(lambda: metric(port, "churn_score_transactions_total") > 5, 120, "committed transactions")
+            os.killpg(worker.pid, signal.SIGKILL)  # scored but uncommitted work is lost
+            worker.wait()
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+    produce(cut[2])
     worker = start_worker(env, log)
     try:
         scores = wait_scored(s, len(valid), 180)
@@ -174,7 +179,7 @@ def test_kill_9_and_restart_scores_every_cdr_exactly_once_without_duplicate_aler
         for r in scores[:50]:
             assert CHURN_SCORE.validate(r) is None
         alerts = assert_alerts_consistent(s, scores)
-        assert alerts, "no alert at all from 400 customers"
+        assert alerts, "no alert at all from 800 customers"
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()[-3000:]
