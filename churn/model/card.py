@@ -25,40 +25,36 @@ def write_plots(model: TreeModel, X_val, y_val, out_dir: Path, top_features: int
     y = np.asarray(y_val)
     written = []
 
-    fpr, tpr, _ = roc_curve(y, p)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(fpr, tpr, label="model")
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (validation window)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_dir / "roc.png", dpi=90)
-    plt.close(fig)
-    written.append("roc.png")
+    def against_diagonal(name, xs, ys, style, diagonal, labels, title, legend_at):
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(xs, ys, style, label="model")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label=diagonal)
+        ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
+        ax.legend(loc=legend_at)
+        save(fig, name)
 
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+
+    fpr, tpr, _ = roc_curve(y, p)
+    against_diagonal("roc.png", fpr, tpr, "-", "chance", ("false positive rate", "true positive rate"),
+                     "ROC (validation window)", "lower right")
     edges = np.linspace(0, 1, 11)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
-    mean_p = [p[which == b].mean() for b in range(10) if (which == b).any()]
-    rate = [y[which == b].mean() for b in range(10) if (which == b).any()]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(mean_p, rate, "o-", label="model")
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
-    ax.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="Calibration")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out_dir / "calibration.png", dpi=90)
-    plt.close(fig)
-    written.append("calibration.png")
+    filled = [b for b in range(10) if (which == b).any()]
+    against_diagonal("calibration.png", [p[which == b].mean() for b in filled], [y[which == b].mean() for b in filled],
+                     "o-", "perfect", ("predicted churn probability", "observed churn rate"), "Calibration",
+                     "upper left")
 
     contrib = np.abs(model.contributions(X_val)[:, :-1]).mean(axis=0)
     order = np.argsort(contrib)[::-1][:top_features][::-1]
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.barh([model.features[i] for i in order], contrib[order])
     ax.set(xlabel="mean |contribution| to log-odds", title="Feature importance")
-    fig.tight_layout()
-    fig.savefig(out_dir / "importance.png", dpi=90)
-    plt.close(fig)
-    written.append("importance.png")
+    save(fig, "importance.png")
     return written
 
 
