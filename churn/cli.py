@@ -656,6 +656,8 @@ def demo(
 def _stream_summary(s, timeout_s: float) -> bool:
     """Wait until the stream has processed everything on the topic, then account for it."""
     from churn.transport import end_offsets
+    from deltalake import DeltaTable
+
     from churn.lake import table_rows
     from streaming.job import committed_offsets
 
@@ -675,7 +677,8 @@ def _stream_summary(s, timeout_s: float) -> bool:
 
     lake = s.streaming.lake_dir
     bronze, silver, quarantined = (table_rows(lake / t) for t in ("bronze", "silver", "quarantine"))
-    customers = table_rows(lake / "feature_state")
+    customers = len(DeltaTable(str(lake / "feature_history")).to_pyarrow_table(["customer_id"])
+                    .column("customer_id").unique()) if table_rows(lake / "feature_history") else 0
     console.print(f"lake {lake}: Bronze {bronze:,} = Silver {silver:,} + quarantined {quarantined:,} "
                   f"+ duplicates dropped {bronze - silver - quarantined:,}; features of {customers:,} customers in Feast")
     return bronze - silver - quarantined >= 0

@@ -8,7 +8,7 @@ with ``tau`` the horizon (1, 7 or 30 days): roughly "how much in the last
 horizon", weighted towards the recent. ``T`` is the customer's newest event
 time (``ref_time``). Decayed sums are *mergeable*: the sums of two sets of
 events, each at its own reference time, combine exactly into the sums of their
-union (``merge``), in any order. So the stream computes each micro-batch's
+union (``merge_sums``), in any order. So the stream computes each micro-batch's
 partial sums and merges them into the customer's state, the nightly job
 computes the same sums over all of Silver in one go, and both give the same
 numbers; out-of-order events need no special case.
@@ -23,12 +23,11 @@ model, tests); a test proves the two renderings agree.
 
 >>> round(decayed_weight(0.0, DAY, DAY), 4)
 0.3679
->>> a = {"ref_time": 10.0, "calls_1d": 1.0}
->>> b = {"ref_time": 20.0, "calls_1d": 1.0}
->>> merged = merge_states(a, b)
->>> merged["ref_time"], round(merged["calls_1d"], 6) == round(1.0 + exp(-10.0 / DAY), 6)
+>>> ones = np.ones((1, len(SUM_FEATURES)))
+>>> ref, sums = merge_sums(np.array([10.0]), ones, np.array([20.0]), ones)
+>>> float(ref[0]), bool(np.isclose(sums[0, SUM_FEATURES.index("calls_1d")], 1.0 + exp(-10.0 / DAY)))
 (20.0, True)
->>> merge_states(a, b) == merge_states(b, a)
+>>> bool(np.array_equal(sums, merge_sums(np.array([20.0]), ones, np.array([10.0]), ones)[1]))
 True
 """
 
@@ -123,20 +122,23 @@ def decayed_weight(t: float, ref: float, tau: float) -> float:
     return exp(-(ref - t) / tau)
 
 
-def merge_states(a: dict, b: dict) -> dict:
-    """Combine two customers' states (sums at their own ``ref_time``) into one, exactly."""
-    ref = max(a["ref_time"], b["ref_time"])
-    out = {"ref_time": ref}
-    for name in a:
-        if name in ("ref_time", "active_days"):
-            continue
-        tau = horizon_of(name)
-        out[name] = a[name] * exp(-(ref - a["ref_time"]) / tau) + b[name] * exp(-(ref - b["ref_time"]) / tau)
-    if "active_days" in a:
-        today = int(ref // DAY)
-        out["active_days"] = sorted(d for d in set(a["active_days"]) | set(b["active_days"])
-                                    if d > today - ACTIVE_DAYS_WINDOW)
-    return out
+#: Each sum's horizon, in SUM_FEATURES order (for vectorised merges).
+SUM_TAUS = np.array([horizon_of(name) for name in SUM_FEATURES])
+
+
+def merge_sums(ref_a, sums_a, ref_b, sums_b):
+    """Combine two sets of customers' sums (rows of ``SUM_FEATURES`` at their own ``ref_time``)
+    into the sums of the union of their events, exactly: both decayed to the newer reference time
+    and added. Order does not matter. Returns ``(ref_time, sums)``."""
+    ref = np.maximum(ref_a, ref_b)
+    decay = lambda r: np.exp(-(ref - r)[:, None] / SUM_TAUS)  # noqa: E731
+    return ref, sums_a * decay(ref_a) + sums_b * decay(ref_b)
+
+
+def merge_active_days(a, b, ref_time: float) -> list[int]:
+    """The union of two lists of active days, keeping the window that ends at ``ref_time``."""
+    today = int(ref_time // DAY)
+    return sorted(d for d in set(a) | set(b) if d > today - ACTIVE_DAYS_WINDOW)
 
 
 def decay_to(values: dict, now: float) -> dict:
@@ -179,19 +181,6 @@ def partial_sums(df):
     return with_ref.groupBy("customer_id").agg(*aggs)
 
 
-def merge_sql(old: str = "s", new: str = "b") -> dict[str, str]:
-    """Delta MERGE ``SET`` expressions combining state ``old`` with partial sums ``new``."""
-    ref = f"greatest({old}.ref_time, {new}.ref_time)"
-    sets = {"ref_time": ref}
-    for name in SUM_FEATURES:
-        tau = horizon_of(name)
-        sets[name] = (f"{old}.{name} * exp(-({ref} - {old}.ref_time) / {tau}) "
-                      f"+ {new}.{name} * exp(-({ref} - {new}.ref_time) / {tau})")
-    sets["active_days"] = (f"array_sort(filter(array_union({old}.active_days, {new}.active_days), "
-                           f"d -> d > floor({ref} / {DAY}) - {ACTIVE_DAYS_WINDOW}))")
-    return sets
-
-
 # -- numpy: the same definitions, in process -------------------------------------------------
 def partial_sums_numpy(cols, at_s=None) -> dict[str, dict]:
     """Per customer, the same state as ``partial_sums`` (Spark), computed with numpy.
@@ -201,29 +190,70 @@ def partial_sums_numpy(cols, at_s=None) -> dict[str, dict]:
     time), only each customer's events at or before that time count and the
     state is read at it (``decay_to``-ready): a point-in-time view.
     """
+    if at_s is not None:
+        customer = np.asarray(cols["customer_id"], dtype=object)
+        cutoff = np.array([at_s.get(c, -np.inf) for c in customer], dtype=float)
+        keep = np.asarray(cols["event_time"], dtype=float) <= cutoff
+        cols = {k: np.asarray(v)[keep] for k, v in cols.items()}
+    ids, ref, sums, days = partial_sums_arrays(cols)
+    return {c: {"ref_time": float(ref[i]), **dict(zip(SUM_FEATURES, sums[i].tolist())), "active_days": days[i]}
+            for i, c in enumerate(ids)}
+
+
+def partial_sums_arrays(cols):
+    """``partial_sums_numpy`` as columns: ``(customer ids, ref_time, sums, active_days)`` with ``sums``
+    one row per customer in ``SUM_FEATURES`` order and ``active_days`` a list of day lists."""
     customer = np.asarray(cols["customer_id"], dtype=object)
     t = np.asarray(cols["event_time"], dtype=float)
-    if at_s is not None:
-        cutoff = np.array([at_s.get(c, -np.inf) for c in customer], dtype=float)
-        keep = t <= cutoff
-        cols = {k: np.asarray(v)[keep] for k, v in cols.items()}
-        customer, t = customer[keep], t[keep]
     ids, inverse = np.unique(customer.astype(str), return_inverse=True)
     ref = np.full(len(ids), -np.inf)
     np.maximum.at(ref, inverse, t)
     age = ref[inverse] - t
-    out = {c: {"ref_time": float(ref[i])} for i, c in enumerate(ids)}
-    for measure, spec in MEASURES.items():
+    sums = np.empty((len(ids), len(SUM_FEATURES)))
+    column = 0
+    for spec in MEASURES.values():
         w = spec.numpy_weights(cols)
-        for h, tau in HORIZONS.items():
-            sums = np.bincount(inverse, weights=w * np.exp(-age / tau), minlength=len(ids))
-            for i, c in enumerate(ids):
-                out[c][f"{measure}_{h}"] = float(sums[i])
+        for tau in HORIZONS.values():
+            sums[:, column] = np.bincount(inverse, weights=w * np.exp(-age / tau), minlength=len(ids))
+            column += 1
     day = np.floor(t / DAY).astype(np.int64)
     recent = day > np.floor(ref[inverse] / DAY) - ACTIVE_DAYS_WINDOW
     pairs = np.unique(np.stack([inverse[recent], day[recent]]), axis=1) if recent.any() else np.zeros((2, 0), int)
-    for c in out.values():
-        c["active_days"] = []
+    days: list[list[int]] = [[] for _ in ids]
     for i, d in pairs.T:
-        out[ids[i]]["active_days"].append(int(d))
-    return out
+        days[i].append(int(d))
+    return ids, ref, sums, days
+
+
+# -- Spark executors running the numpy rendering ---------------------------------------------
+#: Silver columns the measures read.
+INPUT_COLUMNS = ["customer_id", "event_time", *sorted({c for m in MEASURES.values()
+                                                        for c in ("record_type", "counterparty", m.flag,
+                                                                  m.weight_column) if c})]
+#: What ``partial_sums_by_executors`` returns (and ``partial_sums`` has), as a Spark DDL.
+PARTIAL_DDL = ", ".join(["customer_id string", "ref_time double", *(f"{n} double" for n in SUM_FEATURES),
+                         "active_days array<int>"])
+
+
+def partial_sums_by_executors(df):
+    """The same result as ``partial_sums(df)``, computed by the numpy rendering inside the executors:
+    rows are shuffled by customer, then each partition's customers are summed in one vectorised pass.
+    Spark plans the 37 SQL aggregations of ``partial_sums`` in 1.5-2 s, every time; the stream pays
+    that per micro-batch, so it uses this (0.3 s for the same batch, measured on 2 cores)."""
+    return df.select(*INPUT_COLUMNS).repartition("customer_id").mapInArrow(_partial_sums_arrow, PARTIAL_DDL)
+
+
+def _partial_sums_arrow(batches):
+    import pyarrow as pa
+
+    batches = list(batches)
+    table = pa.Table.from_batches(batches) if batches else None
+    if table is None or table.num_rows == 0:  # a partition without events
+        return
+    cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in INPUT_COLUMNS}
+    cols["event_time"] = table.column("event_time").cast(pa.int64()).to_numpy() / 1e6  # microseconds
+    ids, ref, sums, days = partial_sums_arrays(cols)
+    arrays = [pa.array(ids, pa.string()), pa.array(ref, pa.float64()),
+              *(pa.array(sums[:, i], pa.float64()) for i in range(len(SUM_FEATURES))),
+              pa.array(days, pa.list_(pa.int32()))]
+    yield pa.RecordBatch.from_arrays(arrays, names=["customer_id", "ref_time", *SUM_FEATURES, "active_days"])

@@ -31,10 +31,6 @@ class LakePaths:
         return str(self.root / "batches")
 
     @property
-    def feature_state(self) -> str:
-        return str(self.root / "feature_state")
-
-    @property
     def feature_history(self) -> str:
         return str(self.root / "feature_history")
 

@@ -41,6 +41,8 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.streaming.stateStore.providerClass",
                 "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+        # commit state by appending a changelog instead of snapshotting RocksDB every batch
+        .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
         .config("spark.databricks.delta.autoCompact.enabled", "false")
         # Delta replays its log with 50 tasks by default: far too many for small tables on few cores
         .config("spark.databricks.delta.snapshotPartitions", str(sp.shuffle_partitions))

@@ -13,6 +13,10 @@ Two queries, each with its own stable checkpoint:
   minus ``allowed_lateness_s``, per Kafka partition) are marked ``late_event``; valid on-time events
   go to Silver, the rest to the quarantine table and to ``cdr.dlq`` with their
   reason and original bytes; one accounting row per batch goes to ``batches``.
+  Features: the batch's decayed sums per customer are merged into the customers'
+  state held in memory (``streaming.feature_state``) and pushed to Feast's online
+  store *before* the Delta writes, so freshness does not wait for them; the new
+  state rows are then appended to ``feature_history`` (Feast's offline source).
   Every Delta write carries ``txnAppId``/``txnVersion`` (the batch id), so a
   batch replayed after a crash changes nothing it already wrote.
 
@@ -27,12 +31,15 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 from churn.config import Settings
+from churn.features import SUM_FEATURES
 from churn.lake import LakePaths
 from streaming import metrics
+from streaming.feature_state import HISTORY_DDL, FeatureState
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
 
 LATE_EVENT = "late_event:event_time"
@@ -90,6 +97,8 @@ class StreamingJob:
         self._max_event_time: dict[int, dict[int, float]] = {}
         self._lock = threading.Lock()
         self._feature_store = None
+        self._feature_state: FeatureState | None = None
+        self._writers = ThreadPoolExecutor(4, thread_name_prefix="delta-write")
         self.last_pushed_ref_time = 0.0
         self.queries = []
 
@@ -190,6 +199,7 @@ class StreamingJob:
         (writer.partitionBy(partition_by) if partition_by else writer).save(path)
 
     def _silver_batch(self, df, batch_id: int) -> None:
+        """One micro-batch: verdicts, features pushed to Feast first (freshness), then the Delta writes."""
         from pyspark.sql import functions as F
 
         clock = _PhaseClock()
@@ -215,23 +225,32 @@ class StreamingJob:
                 "reason_detail", "event_id", "event_time", "ingest_time", "batch_id",
                 F.to_date("ingest_time").alias("quarantine_date"))
 
-            per_partition = rows.groupBy("kafka_partition").agg(
-                F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("reason").isNull(), 1)).alias("good"),
-                F.max(F.when(F.col("reason").isNull(), F.col("event_time"))).alias("max_t")).collect()
-            total, good = sum(r.n for r in per_partition), sum(r.good for r in per_partition)
+            # one Spark job for the whole verdict: counts by partition and reason, newest good event time
+            verdicts = rows.groupBy("kafka_partition", "reason").agg(
+                F.count(F.lit(1)).alias("n"), F.max("event_time").alias("max_t")).collect()
+            total = sum(r.n for r in verdicts)
             if total == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
                 return
-            max_by_partition = {r.kafka_partition: r.max_t.timestamp() for r in per_partition if r.max_t}
+            good = sum(r.n for r in verdicts if r.reason is None)
+            bad = Counter()
+            for r in verdicts:
+                if r.reason is not None:
+                    bad[r.reason] += r.n
+            max_by_partition = {r.kafka_partition: r.max_t.timestamp() for r in verdicts
+                                if r.reason is None and r.max_t}
             clock.mark("validate+dedup")
-            bad = Counter(r.reason for r in quarantine.select("reason").collect())
-            self._write(silver, self.lake.silver, "silver", batch_id, "event_date")
-            clock.mark("silver")
-            if good:
-                self._update_features(silver, batch_id, clock)
+            state_rows = self._push_features(silver, batch_id, clock) if good else None
+            # the Delta writes (and dead letters) are independent: Spark runs them as concurrent jobs
+            writes = [lambda: self._write(silver, self.lake.silver, "silver", batch_id, "event_date")]
+            if state_rows is not None:
+                writes.append(lambda: self._record_features(state_rows, batch_id))
             if bad:
-                self._write(quarantine, self.lake.quarantine, "quarantine", batch_id, "quarantine_date")
-                self._dead_letter(quarantine)
-                clock.mark("quarantine+dlq")
+                writes.append(lambda: self._write(quarantine, self.lake.quarantine, "quarantine", batch_id,
+                                                  "quarantine_date"))
+                writes.append(lambda: self._dead_letter(quarantine))
+            for future in [self._writers.submit(write) for write in writes]:
+                future.result()
+            clock.mark("silver+history+quarantine+dlq")
             max_t = max(max_by_partition.values(), default=None)
             accounting = self.spark.createDataFrame(
                 [(batch_id, total, good, total - good, json.dumps(dict(bad)),
@@ -250,50 +269,67 @@ class StreamingJob:
         finally:
             df.unpersist()
 
-    def _update_features(self, silver, batch_id: int, clock: "_PhaseClock") -> None:
-        """Merge the batch's decayed sums into each customer's state; push the new state to Feast.
+    # -- features --------------------------------------------------------------------------
+    @property
+    def feature_state(self) -> FeatureState:
+        """Every customer's state, loaded once from ``feature_history`` (see ``streaming.feature_state``)."""
+        if self._feature_state is None:
+            self._feature_state = self._load_feature_state()
+        return self._feature_state
 
-        The MERGE is idempotent per batch (txnAppId/txnVersion), the push is an upsert and the
-        offline history append is idempotent per batch, so a replayed batch changes nothing.
-        """
+    def _load_feature_state(self) -> FeatureState:
         from delta.tables import DeltaTable
-        from feast.data_source import PushMode
+        from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        from churn.features import SUM_FEATURES, merge_sql, partial_sums
+        path = self.lake.feature_history
+        if not DeltaTable.isDeltaTable(self.spark, path):
+            return FeatureState()
+        history = self.spark.read.format("delta").load(path)
+        if "writer_id" not in history.columns:  # a history written before writer ids were recorded
+            history = history.withColumn("writer_id", F.lit(None).cast("string")) \
+                .withColumn("written_at", F.lit(None).cast("timestamp"))
+        newest = Window.partitionBy("customer_id").orderBy(
+            F.coalesce("written_at", F.lit(0).cast("timestamp")).desc(), F.col("batch_id").desc())
+        latest = (history.withColumn("_n", F.row_number().over(newest)).filter("_n = 1")
+                  .select("customer_id", "ref_time", *SUM_FEATURES, "active_days").toPandas())
+        applied = history.filter(F.col("writer_id") == self.silver_writer).agg(F.max("batch_id")).first()[0]
+        state = FeatureState.from_history(latest, -1 if applied is None else applied)
+        log.info("feature state of %d customers loaded; batches up to %d already applied", len(state),
+                 state.applied_batch)
+        return state
 
-        session = silver.sparkSession  # the query's own session: its confs touch no other query
-        partial = partial_sums(silver).persist()
-        try:
-            if DeltaTable.isDeltaTable(session, self.lake.feature_state):
-                session.conf.set("spark.databricks.delta.write.txnAppId", f"{self.silver_writer}-features")
-                session.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
-                try:
-                    (DeltaTable.forPath(session, self.lake.feature_state).alias("s")
-                     .merge(partial.alias("b"), "s.customer_id = b.customer_id")
-                     .whenMatchedUpdate(set=merge_sql("s", "b")).whenNotMatchedInsertAll().execute())
-                finally:
-                    session.conf.unset("spark.databricks.delta.write.txnAppId")
-                    session.conf.unset("spark.databricks.delta.write.txnVersion")
-            else:
-                self._write(partial, self.lake.feature_state, "features", batch_id)
-            clock.mark("features.merge")
-            updated = (session.read.format("delta").load(self.lake.feature_state)
-                       .join(partial.select("customer_id"), "customer_id")
-                       .withColumn("feature_time", F.col("ref_time").cast("timestamp"))
-                       .withColumn("sums", F.array(*[F.col(n) for n in SUM_FEATURES])))
-            self._write(updated.withColumn("batch_id", F.lit(batch_id).cast("long")),
-                        self.lake.feature_history, "feature_history", batch_id, merge_schema=True)
-            clock.mark("features.history")
-            rows = updated.toPandas()
-            rows["active_days"] = rows["active_days"].map(lambda days: [int(d) for d in days])
-            rows["sums"] = rows["sums"].map(lambda sums: [float(v) for v in sums])
-            self.feature_store.push("customer_activity_push", rows, to=PushMode.ONLINE)
-            self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
-            metrics.record_push(self.last_pushed_ref_time)
-            clock.mark("features.push")
-        finally:
-            partial.unpersist()
+    def _push_features(self, silver, batch_id: int, clock: "_PhaseClock"):
+        """Merge the batch's decayed sums into the customers' state and push it to Feast's online store.
+
+        Returns the new state rows (applied to the in-memory state only once they are recorded).
+        A batch replayed after a crash whose rows were already recorded is not merged again: the
+        customers' present state is pushed (an upsert), which changes nothing.
+        """
+        from feast.data_source import PushMode
+
+        from churn.features import partial_sums_by_executors
+
+        partial = partial_sums_by_executors(silver).toPandas()
+        clock.mark("features.compute")
+        state = self.feature_state
+        replay = batch_id <= state.applied_batch
+        rows = state.current(partial["customer_id"]) if replay else state.merged(partial)
+        self.feature_store.push("customer_activity_push", rows, to=PushMode.ONLINE)
+        self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
+        metrics.record_push(self.last_pushed_ref_time)
+        clock.mark("features.push")
+        return None if replay else rows
+
+    def _record_features(self, rows, batch_id: int) -> None:
+        """Append the batch's new state rows to ``feature_history`` (idempotent per batch), then apply them."""
+        import pandas as pd
+
+        recorded = rows.assign(batch_id=batch_id, writer_id=self.silver_writer,
+                               written_at=pd.Timestamp.now(tz="UTC").floor("us"))
+        frame = self.spark.createDataFrame(recorded, HISTORY_DDL)
+        self._write(frame, self.lake.feature_history, "feature_history", batch_id, merge_schema=True)
+        self.feature_state.apply(rows, batch_id)
 
     @property
     def feature_store(self):

@@ -32,7 +32,7 @@ def test_numpy_and_spark_renderings_of_the_features_agree(simulated):
     the Spark one: the same events must give the same state."""
     import pandas as pd
 
-    from churn.features import partial_sums
+    from churn.features import partial_sums, partial_sums_by_executors
     from churn.spark import spark_session
 
     _, cols = simulated
@@ -42,14 +42,17 @@ def test_numpy_and_spark_renderings_of_the_features_agree(simulated):
                           for k, v in cols.items()})
     frame["data_bytes"] = frame["data_bytes"].astype("Int64")
     spark = spark_session(Settings(), app_name="features-agree")
-    rows = partial_sums(spark.createDataFrame(frame)).collect()
-    assert len(rows) == len(fast) > 100
+    events = spark.createDataFrame(frame)
+    rows = partial_sums(events).collect()
+    # the stream's rendering: numpy inside Spark's executors
+    by_executors = {r.customer_id: r for r in partial_sums_by_executors(events).collect()}
+    assert len(rows) == len(fast) == len(by_executors) > 100
     for r in rows:
-        mine = fast[r.customer_id]
-        assert mine["ref_time"] == pytest.approx(r.ref_time, abs=1e-3)
-        assert mine["active_days"] == list(r.active_days)
-        for name in SUM_FEATURES:
-            assert mine[name] == pytest.approx(getattr(r, name), rel=1e-9, abs=1e-9), name
+        for mine in (fast[r.customer_id], by_executors[r.customer_id].asDict()):
+            assert mine["ref_time"] == pytest.approx(r.ref_time, abs=1e-3)
+            assert list(mine["active_days"]) == list(r.active_days)
+            for name in SUM_FEATURES:
+                assert mine[name] == pytest.approx(getattr(r, name), rel=1e-9, abs=1e-9), name
 
 
 def test_matrix_equals_vector_row_by_row_on_real_states(simulated):
@@ -142,3 +145,36 @@ def test_reasons_are_the_largest_positive_contributions_in_plain_words():
     x[0, :] = np.nan
     (missing,) = model.reasons(x, top=3)
     assert sum(r["feature"] == "missing_features" for r in missing) <= 1
+
+
+def test_stream_state_merged_batch_by_batch_equals_the_computation_over_all_events(simulated):
+    """The streaming job's in-memory state: batches of events (out of time order, one of them
+    replayed after a reload from the recorded history) end in the same sums as all events at once."""
+    import pandas as pd
+
+    from streaming.feature_state import FeatureState
+
+    _, cols = simulated
+    order = np.random.default_rng(5).permutation(len(cols["event_time"]))
+    batches = np.array_split(order, 7)
+    state, recorded = FeatureState(), []
+    for batch_id, rows in enumerate(batches):
+        partial = partial_sums_numpy({k: v[rows] for k, v in cols.items()})
+        frame = pd.DataFrame([{"customer_id": c, **v} for c, v in partial.items()])
+        if batch_id == 4:  # a crash after batch 3 was recorded: reload the newest recorded row per customer
+            history = pd.concat(recorded).groupby("customer_id").tail(1)
+            state = FeatureState.from_history(history, applied_batch=3)
+            assert batch_id > state.applied_batch
+        new = state.merged(frame)
+        state.apply(new, batch_id)
+        recorded.append(new)
+    expected = partial_sums_numpy(cols)
+    got = state.current(list(expected))
+    assert len(got) == len(expected) > 100
+    for row in got.itertuples(index=False):
+        want = expected[row.customer_id]
+        assert row.ref_time == want["ref_time"]
+        assert row.active_days == want["active_days"]
+        for i, name in enumerate(SUM_FEATURES):
+            assert getattr(row, name) == pytest.approx(want[name], rel=1e-9, abs=1e-12), name
+            assert row.sums[i] == getattr(row, name)
