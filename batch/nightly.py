@@ -3,16 +3,20 @@
 Each step is a plain function; this module runs them in order with progress,
 stops at a failed quality gate (nothing is published, nothing is trained on
 unchecked data), and records the outcome as Prometheus metrics in a text file
-(``<run_dir>/metrics/batch.prom``, the node-exporter textfile format).
+(``<run_dir>/metrics/batch.prom``, the node-exporter textfile format), also pushed to the
+stack's Pushgateway, which Prometheus scrapes (alerts ``ChurnQualityGateFailed``, ``ChurnNightlyMissing``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
 from churn.config import Settings
+
+log = logging.getLogger("churn.nightly")
 
 
 @dataclass
@@ -42,7 +46,7 @@ def materialize_profiles(settings: Settings) -> str:
 
 
 def write_metrics(settings: Settings, report: NightlyReport) -> None:
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
     registry = CollectorRegistry()
     ok = Gauge("churn_batch_step_success", "1 if the step of the last nightly run succeeded", ["step"], registry=registry)
@@ -57,6 +61,12 @@ def write_metrics(settings: Settings, report: NightlyReport) -> None:
     path = settings.run_dir / "metrics" / "batch.prom"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)
+    p = settings.prometheus
+    try:  # Prometheus scrapes the Pushgateway (job "pushgateway"); the text file stays as a record
+        push_to_gateway(f"{p.host}:{p.pushgateway_port}", job="churn-nightly", registry=registry, timeout=5)
+    except OSError as e:
+        log.warning("nightly metrics not pushed to the Pushgateway at %s:%s (%s); they are in %s",
+                    p.host, p.pushgateway_port, e, path)
 
 
 def run_nightly(settings: Settings, date_from: date, date_to: date, trials: int | None = None,

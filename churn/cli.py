@@ -194,6 +194,8 @@ def simulate(
     customers: Optional[int] = typer.Option(None, help="Use only the first N customers of the table."),
     bad_ratio: float = typer.Option(0.0, help="Share of CDR messages that are invalid (each kind of contract violation in turn)."),
     duplicate_ratio: float = typer.Option(0.0, help="Share of CDRs sent twice (same event_id), as a retrying producer would."),
+    data_scale: float = typer.Option(1.0, help="Multiply every customer's data-session volume (a drift drill: "
+                                                "watch churn_drift_psi of the data_mb features rise)."),
     json_report: bool = typer.Option(False, "--json", help="Print the final report as JSON."),
 ) -> None:
     """Produce CDRs and churn labels for the IBM Telco customers to Kafka.
@@ -220,6 +222,7 @@ def simulate(
         seed=s.simulator.seed if seed is None else seed, start_s=start_s, end_s=horizon_end,
         precursor_days=s.simulator.precursor_days, customers=customers, csv_path=s.simulator.customers_csv,
         bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio, mode="live" if rate else "backfill",
+        data_scale=data_scale,
         labels_from_s=end_s if rate is not None else None,
     )
     _start_metrics(s.simulator.metrics_host, s.simulator.metrics_port)

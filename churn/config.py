@@ -70,6 +70,8 @@ class PrometheusSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 19090
     scrape_interval_s: int = 5
+    #: The Pushgateway that one-shot jobs (the nightly batch) push their metrics to; Prometheus scrapes it.
+    pushgateway_port: int = 19091
 
 
 class TopicSpec(BaseModel):
@@ -181,6 +183,10 @@ class ScoringSettings(BaseModel):
     """The scoring worker (``churn score``): batching, bands, alerting, the model registry."""
 
     app_id: str = "churn-scorer"
+    #: Drift (``churn.model.drift``): PSI over the last ``drift_window`` scored events, exported once
+    #: at least ``drift_min_events`` were seen.
+    drift_window: int = 20_000
+    drift_min_events: int = 2_000
     #: Where models and the champion pointer live (default ``<run_dir>/models``).
     registry_dir: Path | None = None
     #: Events per scoring batch, and the longest a batch waits to fill.

@@ -32,7 +32,7 @@ class TrainingSet:
 
 def simulated_training_set(settings: Settings, customers: int = 3000, days: float = 60.0, end_s: float | None = None,
                            lookahead_days: float = 7.0, seed: int | None = None,
-                           without_activity: float = 0.15) -> TrainingSet:
+                           without_activity: float = 0.15, data_scale: float = 1.0) -> TrainingSet:
     """Rows (profile + activity at an observation time, churned within ``lookahead_days``) from a simulation.
 
     A share ``without_activity`` of the rows have no activity features, as for a customer the stream
@@ -44,7 +44,8 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
     seed = settings.simulator.seed if seed is None else seed
     end_s = float(end_s if end_s is not None else (np.floor(time.time() / DAY) * DAY))
     sim = Simulator(seed=seed, start_s=end_s - days * DAY, end_s=end_s, customers=customers,
-                    precursor_days=settings.simulator.precursor_days, csv_path=settings.simulator.customers_csv)
+                    precursor_days=settings.simulator.precursor_days, csv_path=settings.simulator.customers_csv,
+                    data_scale=data_scale)
     ids = np.asarray(sim.pop.customer_id, dtype=object)
     parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -107,8 +107,20 @@ class ModelRegistry:
         with open(self.root / "history.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def save_drift_baseline(self, version: str, baseline) -> None:
+        """Store the training distribution of a version's inputs (``churn.model.drift``)."""
+        atomic_write(self.root / version / "drift_baseline.json", baseline.to_json().encode())
+
+    def drift_baseline(self, version: str):
+        """The version's ``DriftBaseline``, or None for a version trained before baselines were kept."""
+        from churn.model.drift import DriftBaseline
+
+        path = self.root / version / "drift_baseline.json"
+        return DriftBaseline.from_json(path.read_text()) if path.exists() else None
+
     def load_champion(self):
-        """The champion as a ``TreeModel`` with its version in ``meta['version']`` (None if there is none)."""
+        """The champion as a ``TreeModel`` with its version in ``meta['version']`` and its drift
+        baseline in ``meta['drift_baseline']`` (None if there is no champion)."""
         from churn.model.tree import TreeModel
 
         version = self.champion_version()
@@ -116,6 +128,7 @@ class ModelRegistry:
             return None
         model = TreeModel.from_bytes(self.model_bytes(version))
         model.meta["version"] = version
+        model.meta["drift_baseline"] = self.drift_baseline(version)
         return model
 
 

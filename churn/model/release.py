@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from churn.config import Settings
 from churn.model.card import importance, write_plots
+from churn.model.drift import DriftBaseline
 from churn.model.inputs import MODEL_FEATURES
 from churn.model.promotion import compare, decide
 from churn.model.registry import ModelRegistry
@@ -51,6 +52,8 @@ def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str
         "plots": ["roc.png", "calibration.png", "importance.png"],
     }
     version = registry.register(result.model.to_bytes(), card, version=registry.new_version(kind))
+    # what the model was trained on, for the live drift check (churn.model.drift)
+    registry.save_drift_baseline(version, DriftBaseline.fit(X, MODEL_FEATURES, result.model.predict(X)))
     write_plots(result.model, X_va, y_va, registry.root / version)
     (registry.promote if promote else registry.reject)(version, reason=reason)
     return Release(version=version, promoted=promote, reason=reason, metrics=cand, champion_metrics=champ)

@@ -66,6 +66,7 @@ class Simulator:
         mode: str = "backfill",
         clock: Callable[[], float] = time.time,
         labels_from_s: float | None = None,
+        data_scale: float = 1.0,
     ):
         if not 0.0 <= bad_ratio < 1.0:
             raise ValueError("bad_ratio must be in [0, 1)")
@@ -77,6 +78,8 @@ class Simulator:
         self.bad_ratio, self.duplicate_ratio = bad_ratio, duplicate_ratio
         self.clock = clock
         self.pop: Population = load_population(seed, csv_path, customers)
+        if data_scale != 1.0:  # a drift drill: everyone's data sessions grow (or shrink) by this factor
+            self.pop.mean_session_mb = self.pop.mean_session_mb * data_scale
         # Labels fall in [labels_from_s, end_s). By default late enough that a churner's whole
         # drift lies inside the window, if it fits; live runs pass their start, so labels flow at once.
         label_lo = labels_from_s if labels_from_s is not None else (

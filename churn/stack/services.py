@@ -18,6 +18,7 @@ from churn.config import PROJECT_ROOT, Settings
 from churn.stack.process import Service, StackError, tcp_open
 
 PROMETHEUS_TEMPLATE = PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.yml.tmpl"
+RULES_DIR = PROJECT_ROOT / "monitoring" / "prometheus" / "rules"
 
 
 def _which(binary: str) -> str:
@@ -158,6 +159,8 @@ def prometheus_config(s: Settings) -> str:
         simulator=f"127.0.0.1:{s.simulator.metrics_port}",
         streaming=f"127.0.0.1:{s.streaming.metrics_port}",
         scoring=f"{s.scoring.metrics_host}:{s.scoring.metrics_port}",
+        pushgateway=f"{s.prometheus.host}:{s.prometheus.pushgateway_port}",
+        rules_dir=RULES_DIR,
     )
 
 
@@ -184,6 +187,27 @@ def prometheus_service(s: Settings) -> Service:
 
     return Service(name="prometheus", run_dir=s.run_dir, host=p.host, ports={"CHURN_PROMETHEUS__PORT": p.port},
                    command=command, is_ready=is_ready, prepare=prepare)
+
+
+def pushgateway_service(s: Settings) -> Service:
+    """Debian's Prometheus Pushgateway: where the nightly batch (a one-shot job) leaves its metrics."""
+    p = s.prometheus
+    home = s.run_dir / "pushgateway"
+
+    def command() -> list[str]:
+        return [_which("prometheus-pushgateway"), f"--web.listen-address={p.host}:{p.pushgateway_port}",
+                f"--persistence.file={home / 'metrics.store'}"]
+
+    def is_ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{p.host}:{p.pushgateway_port}/-/ready", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    return Service(name="pushgateway", run_dir=s.run_dir, host=p.host,
+                   ports={"CHURN_PROMETHEUS__PUSHGATEWAY_PORT": p.pushgateway_port},
+                   command=command, is_ready=is_ready)
 
 
 def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: str, port: int,
@@ -224,7 +248,7 @@ def score_service(s: Settings) -> Service:
 
 def services(s: Settings) -> list[Service]:
     """The infrastructure, in start order; stopped in reverse."""
-    return [kafka_service(s), redis_service(s), prometheus_service(s)]
+    return [kafka_service(s), redis_service(s), pushgateway_service(s), prometheus_service(s)]
 
 
 def jobs(s: Settings) -> list[Service]:

@@ -124,6 +124,10 @@ class ScoringWorker:
                     if hw is not None and nxt is not None and nxt >= 0:
                         metrics.LAG.labels(str(p)).set(max(hw - nxt, 0))
 
+        @app.timer(interval=5.0)
+        async def report_drift():
+            self._guarded("drift", self._report_drift)
+
         @app.on_partitions_revoked.connect
         async def on_revoked(sender, revoked, **kwargs):
             self.ready().clear()  # a rebalance starts: hold batches until the new assignment is taken over
@@ -222,6 +226,15 @@ class ScoringWorker:
         metrics.BATCH_SIZE.observe(len(incoming))
         metrics.BATCH.observe(time.perf_counter() - t0)
         self._commit_due()
+
+    def _report_drift(self) -> None:
+        drift = self.scorer.drift
+        if drift is None:
+            return
+        metrics.DRIFT_EVENTS.set(drift.observed)
+        if drift.observed >= self.settings.scoring.drift_min_events:
+            for feature, value in drift.psi().items():
+                metrics.DRIFT_PSI.labels(feature).set(value)
 
     def _commit_due(self) -> None:
         committed = self.txn.maybe_commit()

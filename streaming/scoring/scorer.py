@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from churn.contracts import CDR, format_time, parse_time
-from churn.model.inputs import matrix
+from churn.model.drift import DriftMonitor
+from churn.model.inputs import MODEL_FEATURES, matrix
 from streaming.scoring.bands import BANDS, AlertRule, with_hysteresis
 from streaming.scoring.transactions import CustomerState
 
@@ -59,6 +60,18 @@ class BatchScorer:
         self.cfg = settings.scoring
         self.models, self.features, self.challenger, self.clock = models, features, challenger, clock
         self.rule = AlertRule(min_band=BANDS.index(settings.scoring.alert_min_band), cooldown_s=settings.scoring.cooldown_s)
+        self.drift: DriftMonitor | None = None  # inputs and risks of the last events vs the champion's training data
+        self._drift_version: str | None = None
+
+    def _observe_drift(self, model, X, risk) -> None:
+        version = model.meta["version"]
+        if version != self._drift_version:  # a new champion: compare with its own training data
+            baseline = model.meta.get("drift_baseline")
+            usable = baseline is not None and baseline.features[:-1] == MODEL_FEATURES
+            self.drift = DriftMonitor(baseline, self.cfg.drift_window) if usable else None
+            self._drift_version = version
+        if self.drift is not None:
+            self.drift.observe(X, risk)
 
     def score(self, events: list[Incoming], state: dict[int, dict[str, CustomerState]]) -> BatchResult:
         result = BatchResult()
@@ -81,6 +94,7 @@ class BatchScorer:
                    [looked.states.get(c["customer_id"]) for _, c, _ in valid],
                    [t for _, _, t in valid])
         risk = model.predict(X)
+        self._observe_drift(model, X, risk)
         shadow = self.challenger.predict_many(X) if self.challenger is not None else [None] * len(valid)
         result.model_s = time.perf_counter() - t0
 

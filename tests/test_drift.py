@@ -1,0 +1,60 @@
+"""Drift detection: a simulator whose customers' data usage grows is seen in the data features' PSI,
+and only there (the alert rule's threshold is ``PSI_ALERT``; tests/test_monitoring.py sees the
+alert in the real Prometheus)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from churn.config import Settings
+from churn.features import DAY
+from churn.model.bootstrap import simulated_training_set
+from churn.model.drift import PSI_ALERT, RISK, DriftBaseline, DriftMonitor
+from churn.model.inputs import MODEL_FEATURES
+from churn.model.release import train_and_release
+
+END = 1.79e9
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    s = Settings(run_dir=tmp_path_factory.mktemp("drift"))
+    ts = simulated_training_set(s, customers=1500, days=30, end_s=END, seed=1, without_activity=0.0)
+    release = train_and_release(s, ts.X, ts.y, ts.at_s, kind="drift-test", source="simulated", n_trials=0)
+    from churn.model.registry import ModelRegistry
+
+    model = ModelRegistry(s.scoring.registry_dir).load_champion()
+    assert model.meta["version"] == release.version
+    return s, model
+
+
+def live_psi(s, model, **simulator) -> dict[str, float]:
+    live = simulated_training_set(s, customers=1500, days=30, end_s=END + 10 * DAY, seed=2, without_activity=0.0,
+                                  **simulator)
+    monitor = DriftMonitor(model.meta["drift_baseline"], window=5000)
+    monitor.observe(live.X, model.predict(live.X))
+    assert monitor.observed == 1500
+    return monitor.psi()
+
+
+def test_the_release_keeps_a_baseline_of_every_model_input_and_the_risk(champion):
+    _, model = champion
+    baseline: DriftBaseline = model.meta["drift_baseline"]
+    assert baseline.features == [*MODEL_FEATURES, RISK]
+    assert DriftBaseline.from_json(baseline.to_json()).counts[0].tolist() == baseline.counts[0].tolist()
+    assert sum(baseline.counts[MODEL_FEATURES.index("calls_7d")]) == 1500
+
+
+def test_a_shift_in_data_usage_crosses_the_threshold_in_the_data_features_only(champion):
+    s, model = champion
+    same = live_psi(s, model)
+    shifted = live_psi(s, model, data_scale=5.0)
+    data = ["data_mb_1d", "data_mb_7d", "data_mb_30d"]  # (their 7d/30d trend is a ratio: unmoved)
+    usage = ["calls_7d", "call_minutes_7d", "sms_7d", "care_calls_30d", "offnet_share_7d"]
+    print({f: round(same[f], 3) for f in data + usage}, {f: round(shifted[f], 3) for f in data + usage})
+    for f in data:
+        assert same[f] < 0.1 < PSI_ALERT < shifted[f], f  # no drift without the shift; significant with it
+    for f in usage:
+        assert same[f] < 0.1 and shifted[f] < 0.1, f  # the rest of the behaviour did not move
+    assert max(v for k, v in same.items()) < PSI_ALERT  # a fresh sample of the same population: no alert
