@@ -63,10 +63,11 @@ def write_metrics(settings: Settings, report: NightlyReport) -> None:
     write_to_textfile(str(path), registry)
     p = settings.prometheus
     try:  # Prometheus scrapes the Pushgateway (job "pushgateway"); the text file stays as a record
-        push_to_gateway(f"{p.host}:{p.pushgateway_port}", job="churn-nightly", registry=registry, timeout=5)
+        push_to_gateway(f"{p.pushgateway_host}:{p.pushgateway_port}", job="churn-nightly", registry=registry,
+                        timeout=5)
     except OSError as e:
         log.warning("nightly metrics not pushed to the Pushgateway at %s:%s (%s); they are in %s",
-                    p.host, p.pushgateway_port, e, path)
+                    p.pushgateway_host, p.pushgateway_port, e, path)
 
 
 def run_nightly(settings: Settings, date_from: date, date_to: date, trials: int | None = None,

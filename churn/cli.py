@@ -149,6 +149,44 @@ def schemas_docs(check: bool = typer.Option(False, help="Fail if schemas/README.
     console.print(f"wrote {README_PATH}")
 
 
+monitoring_app = typer.Typer(help="Monitoring: Grafana dashboards (as code) and Prometheus rules.", no_args_is_help=True)
+app.add_typer(monitoring_app, name="monitoring")
+
+
+@monitoring_app.command("dashboards")
+def monitoring_dashboards(check: bool = typer.Option(False, help="Fail if a dashboard JSON file is out of date.")) -> None:
+    """Write monitoring/grafana/dashboards/*.json from monitoring/grafana/dashboards.py."""
+    from monitoring.grafana.dashboards import write
+
+    stale = write(check=check)
+    if check and stale:
+        _fail("out of date: " + ", ".join(p.name for p in stale) + "; run `churn monitoring dashboards`")
+    console.print("dashboards up to date" if not stale else "wrote " + ", ".join(p.name for p in stale))
+
+
+@monitoring_app.command("check")
+def monitoring_check() -> None:
+    """Run promtool on the Prometheus configs, the rules and the rules' unit tests."""
+    import subprocess
+    import tempfile
+
+    from churn.config import PROJECT_ROOT
+    from churn.stack.services import prometheus_config
+
+    folder = PROJECT_ROOT / "monitoring" / "prometheus"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "prometheus.yml"
+        local.write_text(prometheus_config(get_settings()))
+        runs = [["promtool", "check", "config", str(local)],
+                ["promtool", "check", "rules", *map(str, sorted((folder / "rules").glob("*.yml")))],
+                ["promtool", "test", "rules", str(folder / "tests" / "alerts_test.yml")]]
+        for cmd in runs:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            console.print(f"$ {' '.join(cmd[:3])} ...: {'ok' if done.returncode == 0 else 'FAILED'}")
+            if done.returncode:
+                _fail(done.stdout + done.stderr)
+
+
 @schemas_app.command("validate")
 def schemas_validate(
     contract: str = typer.Argument("cdr", help="cdr, churn_risk or churn_label"),

@@ -71,6 +71,7 @@ class PrometheusSettings(BaseModel):
     port: int = 19090
     scrape_interval_s: int = 5
     #: The Pushgateway that one-shot jobs (the nightly batch) push their metrics to; Prometheus scrapes it.
+    pushgateway_host: str = "127.0.0.1"
     pushgateway_port: int = 19091
 
 

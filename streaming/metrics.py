@@ -30,6 +30,10 @@ FRESHNESS_AT_PUSH = Histogram(
     "churn_stream_feature_push_lag_seconds", "At each push: push time minus the newest event time pushed",
     buckets=(0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60, 120, 300, 3600, 86400),
 )
+NEWEST_PUSHED = Gauge(
+    "churn_stream_newest_pushed_event_timestamp_seconds",
+    "Event time (epoch s) of the newest event whose features were pushed to Feast (freshness = time() - this)",
+)
 QUERY_UP = Gauge("churn_stream_query_active", "1 while the query runs", ["query"])
 
 
@@ -66,6 +70,7 @@ def record_batch(silver_rows: int, quarantined: dict[str, int]) -> None:
 
 
 def record_push(newest_event_time_s: float) -> None:
+    NEWEST_PUSHED.set(newest_event_time_s)
     lag = time.time() - newest_event_time_s
     FRESHNESS.set(lag)
     FRESHNESS_AT_PUSH.observe(lag)

@@ -91,3 +91,13 @@ def live_stack(live_env) -> Settings:
     gc.collect()  # destroy the tests' Kafka clients before their broker goes away (no reconnect noise)
     stack.down(settings)
     assert all(s.state == "stopped" for s in stack.status(settings))
+
+
+@pytest.fixture(scope="session")
+def bootstrap_registry(live_env, tmp_path_factory):
+    """One small bootstrap champion for the session; each test gets a copy of the registry."""
+    root = tmp_path_factory.mktemp("registry")
+    env = {**live_env, "CHURN_SCORING__REGISTRY_DIR": str(root)}
+    done = run_cli(["model", "bootstrap", "--customers", "2000", "--days", "60"], env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return root

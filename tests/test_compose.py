@@ -13,7 +13,8 @@ from churn.cli import app
 from churn.config import PROJECT_ROOT, Settings
 
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
-OFFICIAL = {"kafka": "apache/kafka:", "redis": "redis:", "prometheus": "prom/prometheus:"}
+OFFICIAL = {"kafka": "apache/kafka:", "redis": "redis:", "prometheus": "prom/prometheus:",
+            "pushgateway": "prom/pushgateway:", "grafana": "grafana/grafana:"}
 
 
 def host_port(mapping: str) -> tuple[int, int]:
@@ -34,6 +35,7 @@ def test_infrastructure_uses_official_images_on_the_local_stack_ports():
     assert host_port(services["kafka"]["ports"][0])[0] == s.kafka.port
     assert host_port(services["redis"]["ports"][0]) == (s.redis.port, 6379)
     assert host_port(services["prometheus"]["ports"][0]) == (s.prometheus.port, 9090)
+    assert host_port(services["pushgateway"]["ports"][0]) == (s.prometheus.pushgateway_port, 9091)
     # the EXTERNAL listener is the container port mapped to the host
     kafka_env = services["kafka"]["environment"]
     assert f":{host_port(services['kafka']['ports'][0])[1]}" in kafka_env["KAFKA_LISTENERS"]
@@ -72,3 +74,41 @@ def test_compose_prometheus_config_passes_promtool_and_scrapes_the_same_jobs():
     compose_jobs = {j["job_name"] for j in yaml.safe_load(path.read_text())["scrape_configs"]}
     template = (PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.yml.tmpl").read_text()
     assert compose_jobs == set(re.findall(r"job_name: (\S+)", template))
+
+
+def test_grafana_is_provisioned_with_the_repo_dashboards_and_prometheus():
+    grafana = COMPOSE["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
+    root = PROJECT_ROOT / "monitoring" / "grafana"
+    assert mounts["./monitoring/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = yaml.safe_load((root / "provisioning" / "dashboards" / "churn.yml").read_text())["providers"][0]
+    assert mounts["./monitoring/grafana/dashboards"] == provider["options"]["path"]
+    assert sorted(p.name for p in (root / "dashboards").glob("*.json")) == [
+        "churn-health.json", "churn-latency.json", "churn-model.json"]
+    source = yaml.safe_load((root / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    # the datasource reaches the prometheus service on its container port
+    assert source["url"] == f"http://prometheus:{host_port(COMPOSE['services']['prometheus']['ports'][0])[1]}"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in grafana.get("environment", {})  # credentials only from .env
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_compose_prometheus_loads_the_rules_the_local_stack_loads():
+    prometheus = COMPOSE["services"]["prometheus"]
+    mounts = dict(v.split(":")[:2] for v in prometheus["volumes"])
+    config = yaml.safe_load((PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.compose.yml").read_text())
+    rules_in_container = mounts["./monitoring/prometheus/rules"]
+    assert config["rule_files"] == [f"{rules_in_container}/*.yml"]
+    # the pushgateway target is the compose service on its container port, labels kept as pushed
+    push = next(j for j in config["scrape_configs"] if j["job_name"] == "pushgateway")
+    assert push["honor_labels"] is True
+    assert push["static_configs"][0]["targets"] == [
+        f"pushgateway:{host_port(COMPOSE['services']['pushgateway']['ports'][0])[1]}"]
+
+
+def test_the_nightly_job_is_one_shot_and_pushes_to_the_pushgateway():
+    nightly = COMPOSE["services"]["nightly"]
+    assert nightly["command"] == ["batch", "nightly"] and nightly["restart"] == "no"
+    assert nightly["profiles"] == ["nightly"]  # not started by `docker compose up`
+    env = nightly["environment"]
+    assert (env["CHURN_PROMETHEUS__PUSHGATEWAY_HOST"], int(env["CHURN_PROMETHEUS__PUSHGATEWAY_PORT"])) == (
+        "pushgateway", host_port(COMPOSE["services"]["pushgateway"]["ports"][0])[1])

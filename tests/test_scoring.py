@@ -28,16 +28,6 @@ from churn.simulator.produce import ProduceReport, StepProducer, run_backfill
 from churn.transport import consumer, end_offsets, ensure_topics
 
 
-@pytest.fixture(scope="session")
-def bootstrap_registry(live_env, tmp_path_factory):
-    """One small bootstrap champion for the session; each test gets a copy of the registry."""
-    root = tmp_path_factory.mktemp("registry")
-    env = {**live_env, "CHURN_SCORING__REGISTRY_DIR": str(root)}
-    done = run_cli(["model", "bootstrap", "--customers", "2000", "--days", "60"], env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return root
-
-
 @pytest.fixture
 def score_env(live_stack, live_env, bootstrap_registry, tmp_path):
     tag = uuid.uuid4().hex[:6]

@@ -159,7 +159,7 @@ def prometheus_config(s: Settings) -> str:
         simulator=f"127.0.0.1:{s.simulator.metrics_port}",
         streaming=f"127.0.0.1:{s.streaming.metrics_port}",
         scoring=f"{s.scoring.metrics_host}:{s.scoring.metrics_port}",
-        pushgateway=f"{s.prometheus.host}:{s.prometheus.pushgateway_port}",
+        pushgateway=f"{s.prometheus.pushgateway_host}:{s.prometheus.pushgateway_port}",
         rules_dir=RULES_DIR,
     )
 
@@ -195,17 +195,17 @@ def pushgateway_service(s: Settings) -> Service:
     home = s.run_dir / "pushgateway"
 
     def command() -> list[str]:
-        return [_which("prometheus-pushgateway"), f"--web.listen-address={p.host}:{p.pushgateway_port}",
+        return [_which("prometheus-pushgateway"), f"--web.listen-address={p.pushgateway_host}:{p.pushgateway_port}",
                 f"--persistence.file={home / 'metrics.store'}"]
 
     def is_ready() -> bool:
         try:
-            with urllib.request.urlopen(f"http://{p.host}:{p.pushgateway_port}/-/ready", timeout=1) as resp:
+            with urllib.request.urlopen(f"http://{p.pushgateway_host}:{p.pushgateway_port}/-/ready", timeout=1) as resp:
                 return resp.status == 200
         except OSError:
             return False
 
-    return Service(name="pushgateway", run_dir=s.run_dir, host=p.host,
+    return Service(name="pushgateway", run_dir=s.run_dir, host=p.pushgateway_host,
                    ports={"CHURN_PROMETHEUS__PUSHGATEWAY_PORT": p.pushgateway_port},
                    command=command, is_ready=is_ready)
 

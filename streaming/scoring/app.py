@@ -277,6 +277,9 @@ def _forget_partition(partition: int) -> None:
 def run(settings: Settings, loglevel: str = "info") -> None:
     """Start the worker (blocks until SIGTERM/SIGINT, which stop it after committing its transactions)."""
     logging.basicConfig(level=getattr(logging, loglevel.upper()), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from streaming.scoring.bands import BANDS
+
+    metrics.initialise(BANDS[BANDS.index(settings.scoring.alert_min_band):])
     start_http_server(settings.scoring.metrics_port, addr=settings.scoring.metrics_host)
     worker = ScoringWorker(settings)
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -31,3 +31,9 @@ AGENT_ERRORS = Counter("churn_score_agent_errors", "Exceptions caught in an agen
 DRIFT_PSI = Gauge("churn_drift_psi", "Population stability index of a model input (or the risk) over the last "
                   "scored events against the champion's training data (> 0.25: significant)", ["feature"])
 DRIFT_EVENTS = Gauge("churn_drift_window_events", "Scored events in the drift window")
+
+
+def initialise(alert_bands) -> None:
+    """Create the labelled series that must exist before their first event (so dashboards show 0, not nothing)."""
+    for band in alert_bands:
+        ALERTS.labels(band)

@@ -1,0 +1,178 @@
+"""The Grafana dashboards, as code (grafanalib): ``churn monitoring dashboards`` writes them to
+``monitoring/grafana/dashboards/*.json``, which Grafana provisions (``provisioning/``).
+
+Every panel reads the Prometheus datasource provisioned with uid ``prometheus``; each PromQL
+expression is either a recording rule of ``monitoring/prometheus/rules/recording.yml`` or a
+metric the streaming job, the scoring worker or the nightly batch exports. A test runs every
+expression against the real Prometheus of a running pipeline (tests/test_monitoring.py).
+
+>>> sorted(d.uid for d in DASHBOARDS)
+['churn-health', 'churn-latency', 'churn-model']
+>>> len(expressions()) > 20
+True
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grafanalib import core as g
+from grafanalib._gen import DashboardEncoder
+
+FOLDER = Path(__file__).parent / "dashboards"
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+
+
+def _targets(*queries: tuple[str, str]) -> list[g.Target]:
+    return [g.Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i), datasource=DATASOURCE)
+            for i, (expr, legend) in enumerate(queries)]
+
+
+def series(title: str, description: str, *queries: tuple[str, str], unit: str = "short", width: int = 12,
+           thresholds: list[tuple[float, str]] | None = None) -> g.TimeSeries:
+    """A time-series panel; ``queries`` are (PromQL, legend) pairs."""
+    steps = [{"value": None, "color": "green"}] + [{"value": v, "color": c} for v, c in (thresholds or [])]
+    return g.TimeSeries(title=title, description=description, dataSource=DATASOURCE, targets=_targets(*queries),
+                        unit=unit, gridPos=g.GridPos(h=8, w=width, x=0, y=0), thresholdsStyleMode="line" if thresholds else "off",
+                        thresholds=steps)
+
+
+def stat(title: str, description: str, expr: str, legend: str = "", unit: str = "short",
+         thresholds: list[tuple[float, str]] | None = None) -> g.Stat:
+    steps = [{"value": None, "color": "green"}] + [{"value": v, "color": c} for v, c in (thresholds or [])]
+    return g.Stat(title=title, description=description, dataSource=DATASOURCE, targets=_targets((expr, legend)),
+                  format=unit, gridPos=g.GridPos(h=4, w=6, x=0, y=0), thresholds=steps, reduceCalc="lastNotNull")
+
+
+def _laid_out(panels: list) -> list:
+    """Panels left to right, wrapping at Grafana's 24 columns; ids in order."""
+    x = y = row_h = 0
+    for i, p in enumerate(panels, start=1):
+        w, h = p.gridPos.w, p.gridPos.h
+        if x + w > 24:
+            x, y, row_h = 0, y + row_h, 0
+        p.gridPos = g.GridPos(h=h, w=w, x=x, y=y)
+        p.id = i
+        x, row_h = x + w, max(row_h, h)
+    return panels
+
+
+def dashboard(uid: str, title: str, description: str, panels: list) -> g.Dashboard:
+    return g.Dashboard(uid=uid, title=title, description=description, tags=["churn"], timezone="utc",
+                       refresh="10s", time=g.Time("now-30m", "now"), panels=_laid_out(panels)).auto_panel_ids()
+
+
+LATENCY = dashboard("churn-latency", "Churn: latency", "How fast a CDR becomes a score, an alert and a feature.", [
+    series("CDR produced → scored (end to end)",
+           "Kafka produce time of the CDR to the time its score (and any alert) was produced, in the same "
+           "transaction. Budget: p99 under 1 s (alert ChurnEndToEndLatencyHigh).",
+           ("churn:score_e2e_latency_seconds:p50", "p50"), ("churn:score_e2e_latency_seconds:p95", "p95"),
+           ("churn:score_e2e_latency_seconds:p99", "p99"), unit="s", thresholds=[(1.0, "red")]),
+    series("CDR produced → alert emitted",
+           "The same for the CDRs that raised a churn-risk alert (empty while no alerts are raised).",
+           ("churn:alert_e2e_latency_seconds:p50", "p50"), ("churn:alert_e2e_latency_seconds:p99", "p99"),
+           unit="s"),
+    series("Scoring a batch", "One scoring batch: feature lookup, both models, alert rules, produce.",
+           ("churn:score_batch_seconds:p99", "batch p99"),
+           ("histogram_quantile(0.99, sum by (le) (rate(churn_score_model_seconds_bucket[1m])))", "model call p99"),
+           unit="s", width=8),
+    series("Feast online lookup", "One batched read of profile and activity features from Feast's Redis store.",
+           ("churn:score_lookup_seconds:p99", "p99"),
+           ("histogram_quantile(0.5, sum by (le) (rate(churn_score_lookup_seconds_bucket[1m])))", "p50"),
+           unit="s", width=8),
+    series("Spark micro-batch duration", "Duration of the streaming job's micro-batches, per query.",
+           ("churn:stream_batch_duration_seconds:p99", "{{query}} p99"),
+           ("sum by (query) (rate(churn_stream_batch_duration_seconds_sum[5m])) / "
+            "sum by (query) (rate(churn_stream_batch_duration_seconds_count[5m]))", "{{query}} mean"),
+           unit="s", width=8),
+    series("Feature freshness",
+           "How old the newest event whose features reached Feast is (alert ChurnFeatureFreshnessStale over "
+           "2 min), and the age of the streaming features used by the scores.",
+           ("time() - churn_stream_newest_pushed_event_timestamp_seconds", "now − newest pushed event"),
+           ("churn:stream_feature_push_lag_seconds:p99", "at push, p99"),
+           ("histogram_quantile(0.5, sum by (le) (rate(churn_score_feature_freshness_seconds_bucket[5m])))",
+            "used by scores, p50"),
+           unit="s", width=24, thresholds=[(120, "red")]),
+])
+
+HEALTH = dashboard("churn-health", "Churn: throughput and health", "Events per stage, lag, dead letters, degradation.", [
+    series("Events per second, by stage",
+           "Rows read from Kafka by each streaming query, valid events written to Silver, CDRs scored.",
+           ("churn:stream_input_rows:rate1m", "stream {{query}} in"),
+           ("sum(rate(churn_stream_silver_rows_total[1m]))", "to Silver"),
+           ("churn:score_events:rate1m", "scored"), unit="ops"),
+    series("Scoring consumer lag, per partition", "CDRs on each cdr partition not yet scored (alert ChurnScorerLagGrowing).",
+           ("churn_score_consumer_lag", "partition {{partition}}"), ("churn:score_consumer_lag:sum", "total")),
+    series("Dead-lettered CDRs by reason", "Quarantined (Delta) and sent to cdr.dlq, per reason; share of input "
+           "(alert ChurnDeadLetterRateHigh over 5 %).",
+           ("sum by (reason) (rate(churn_stream_quarantined_rows_total[5m]))", "{{reason}}"), unit="ops"),
+    series("Degraded scores", "Scores made with cached features because the online store did not answer "
+           "(alert ChurnScorerDegraded).",
+           ("sum(rate(churn_score_degraded_events_total[5m]))", "degraded/s"),
+           ("min(churn_score_online_store_up)", "online store up")),
+    stat("Dead-letter share (5 min)", "Quarantined over input rows.", "churn:stream_quarantined_share:rate5m",
+         unit="percentunit", thresholds=[(0.05, "red")]),
+    stat("Duplicates dropped (total)", "Repeated event_ids dropped by the stream's de-duplication.",
+         "sum(churn_stream_duplicates_dropped_total)"),
+    stat("Last nightly quality gate", "1 = the Gold quality gate passed in the last nightly run "
+         "(alert ChurnQualityGateFailed).", "min(churn_batch_quality_gate_passed)",
+         thresholds=[(0.5, "green")]),
+    stat("Hours since the nightly run", "Alert ChurnNightlyMissing over 26 h.",
+         "(time() - max(churn_batch_last_run_timestamp_seconds)) / 3600", thresholds=[(26, "red")]),
+    series("Components up", "1 when Prometheus can scrape the component.",
+           ("up", "{{job}}"), ("churn_stream_query_active", "query {{query}}"), width=24),
+])
+
+MODEL = dashboard("churn-model", "Churn: model", "What the models say and whether the world still looks like training.", [
+    series("Alerts by band", "Churn-risk alerts emitted per minute, by band.",
+           ("sum by (band) (rate(churn_alerts_total[5m])) * 60", "{{band}}"), unit="short"),
+    g.Heatmap(title="Score distribution", description="Champion risk of scored events, per 0.05 bucket.",
+              dataSource=DATASOURCE, gridPos=g.GridPos(h=8, w=12, x=0, y=0), dataFormat="tsbuckets",
+              targets=[g.Target(expr="sum by (le) (rate(churn_score_risk_bucket[5m]))", legendFormat="{{le}}",
+                                format="heatmap", refId="A", datasource=DATASOURCE)]),
+    series("Online ROC AUC, champion vs challenger",
+           "Rolling ROC AUC on arriving churn labels (predict, then learn): the XGBoost champion and the river "
+           "online challenger.", ("churn_score_online_auc", "{{model}}"), unit="percentunit"),
+    series("Drift: PSI of the 10 most drifted inputs",
+           "Population stability index of each model input over the last scored events against the champion's "
+           "training data. < 0.1 stable, 0.1-0.25 moderate, > 0.25 significant (alert ChurnFeatureDrift).",
+           ("topk(10, churn_drift_psi)", "{{feature}}"), thresholds=[(0.1, "yellow"), (0.25, "red")]),
+    series("Drift: PSI of the risk", "The same for the champion's risk itself.",
+           ("churn_drift_psi{feature=\"risk\"}", "risk"), thresholds=[(0.1, "yellow"), (0.25, "red")], width=8),
+    series("Champion version", "1 for the model version each worker scores with.",
+           ("churn_score_model_info", "{{version}}"), width=8),
+    series("Labels learned", "Churn labels seen by the online evaluation, by outcome.",
+           ("sum by (churned) (increase(churn_score_labels_total[1h]))", "churned={{churned}}"), width=8),
+])
+
+DASHBOARDS = [LATENCY, HEALTH, MODEL]
+
+
+def as_json(d: g.Dashboard) -> str:
+    return json.dumps(d.to_json_data(), cls=DashboardEncoder, indent=2, sort_keys=True) + "\n"
+
+
+def expressions() -> list[tuple[str, str, str]]:
+    """(dashboard uid, panel title, PromQL) of every target of every panel, read from the JSON files."""
+    out = []
+    for path in sorted(FOLDER.glob("*.json")):
+        data = json.loads(path.read_text())
+        for panel in data["panels"]:
+            for target in panel.get("targets", []):
+                out.append((data["uid"], panel["title"], target["expr"]))
+    return out
+
+
+def write(folder: Path = FOLDER, check: bool = False) -> list[Path]:
+    """Write each dashboard's JSON; with ``check``, only report the files that are out of date."""
+    stale = []
+    for d in DASHBOARDS:
+        path = folder / f"{d.uid}.json"
+        text = as_json(d)
+        if not path.exists() or path.read_text() != text:
+            stale.append(path)
+            if not check:
+                folder.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    return stale
