@@ -718,7 +718,7 @@ def _stream_summary(s, timeout_s: float) -> bool:
 
     lake = s.streaming.lake_dir
     bronze, silver, quarantined = (table_rows(lake / t) for t in ("bronze", "silver", "quarantine"))
-    customers = len(DeltaTable(str(lake / "feature_history")).to_pyarrow_table(["customer_id"])
+    customers = len(DeltaTable(str(lake / "feature_history")).to_pyarrow_table(columns=["customer_id"])
                     .column("customer_id").unique()) if table_rows(lake / "feature_history") else 0
     console.print(f"lake {lake}: Bronze {bronze:,} = Silver {silver:,} + quarantined {quarantined:,} "
                   f"+ duplicates dropped {bronze - silver - quarantined:,}; features of {customers:,} customers in Feast")

@@ -73,6 +73,8 @@ class PrometheusSettings(BaseModel):
     #: The Pushgateway that one-shot jobs (the nightly batch) push their metrics to; Prometheus scrapes it.
     pushgateway_host: str = "127.0.0.1"
     pushgateway_port: int = 19091
+    #: The blackbox exporter through which Prometheus probes Kafka and Redis (TCP connect, Redis PING).
+    blackbox_port: int = 19115
 
 
 class TopicSpec(BaseModel):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian machine, idempotently:
-#   1. system packages (apt): redis-server, prometheus (with promtool), prometheus-pushgateway, kcat, a JDK and Maven if missing
+#   1. system packages (apt): redis-server, prometheus (with promtool), prometheus-pushgateway, prometheus-blackbox-exporter, kcat, a JDK and Maven if missing
 #   2. Python: .venv with exactly requirements.lock, plus this project (editable)
 #   3. JVM jars: each jvm/*/pom.xml fetched by Maven into .cache/jars/<name>
 # Each part records a stamp (a hash of its inputs) and is skipped when nothing changed,
@@ -19,6 +19,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
+command -v prometheus-blackbox-exporter >/dev/null || need+=(prometheus-blackbox-exporter)
 command -v kcat >/dev/null || need+=(kcat)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
@@ -28,7 +29,7 @@ if ((${#need[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # Debian starts packaged services; ours run on other ports, but do not leave theirs behind.
-  for svc in redis-server prometheus prometheus-pushgateway; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
+  for svc in redis-server prometheus prometheus-pushgateway prometheus-blackbox-exporter; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
 else
   say "system packages present"
 fi

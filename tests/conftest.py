@@ -32,7 +32,7 @@ def free_ports(n: int) -> list[int]:
 
 def stack_env(run_dir: Path) -> dict[str, str]:
     """Environment for a private stack: its own run directory and free ports."""
-    kafka, controller, redis, prometheus, pushgateway, stream_metrics, score_metrics = free_ports(7)
+    kafka, controller, redis, prometheus, pushgateway, blackbox, stream_metrics, score_metrics = free_ports(8)
     return {
         "CHURN_RUN_DIR": str(run_dir),
         "CHURN_KAFKA__PORT": str(kafka),
@@ -40,6 +40,7 @@ def stack_env(run_dir: Path) -> dict[str, str]:
         "CHURN_REDIS__PORT": str(redis),
         "CHURN_PROMETHEUS__PORT": str(prometheus),
         "CHURN_PROMETHEUS__PUSHGATEWAY_PORT": str(pushgateway),
+        "CHURN_PROMETHEUS__BLACKBOX_PORT": str(blackbox),
         "CHURN_SIMULATOR__METRICS_PORT": "0",
         "CHURN_STREAMING__METRICS_PORT": str(stream_metrics),
         "CHURN_SCORING__METRICS_PORT": str(score_metrics),

@@ -14,7 +14,8 @@ from churn.config import PROJECT_ROOT, Settings
 
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
 OFFICIAL = {"kafka": "apache/kafka:", "redis": "redis:", "prometheus": "prom/prometheus:",
-            "pushgateway": "prom/pushgateway:", "grafana": "grafana/grafana:"}
+            "pushgateway": "prom/pushgateway:", "grafana": "grafana/grafana:",
+            "blackbox": "prom/blackbox-exporter:"}
 
 
 def host_port(mapping: str) -> tuple[int, int]:
@@ -36,6 +37,7 @@ def test_infrastructure_uses_official_images_on_the_local_stack_ports():
     assert host_port(services["redis"]["ports"][0]) == (s.redis.port, 6379)
     assert host_port(services["prometheus"]["ports"][0]) == (s.prometheus.port, 9090)
     assert host_port(services["pushgateway"]["ports"][0]) == (s.prometheus.pushgateway_port, 9091)
+    assert host_port(services["blackbox"]["ports"][0]) == (s.prometheus.blackbox_port, 9115)
     # the EXTERNAL listener is the container port mapped to the host
     kafka_env = services["kafka"]["environment"]
     assert f":{host_port(services['kafka']['ports'][0])[1]}" in kafka_env["KAFKA_LISTENERS"]
@@ -103,6 +105,20 @@ def test_compose_prometheus_loads_the_rules_the_local_stack_loads():
     assert push["honor_labels"] is True
     assert push["static_configs"][0]["targets"] == [
         f"pushgateway:{host_port(COMPOSE['services']['pushgateway']['ports'][0])[1]}"]
+
+
+def test_compose_probes_kafka_and_redis_where_they_listen_inside_the_network():
+    config = yaml.safe_load((PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.compose.yml").read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    kafka_internal = COMPOSE["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(",")[0]
+    assert jobs["kafka"]["static_configs"][0]["targets"] == [kafka_internal.split("//")[1]]
+    assert jobs["redis"]["static_configs"][0]["targets"] == [
+        f"redis:{host_port(COMPOSE['services']['redis']['ports'][0])[1]}"]
+    blackbox = f"blackbox:{host_port(COMPOSE['services']['blackbox']['ports'][0])[1]}"
+    for name in ("kafka", "redis"):
+        assert jobs[name]["relabel_configs"][-1]["replacement"] == blackbox
+    modules = yaml.safe_load((PROJECT_ROOT / "monitoring" / "prometheus" / "blackbox.yml").read_text())["modules"]
+    assert {jobs["kafka"]["params"]["module"][0], jobs["redis"]["params"]["module"][0]} <= set(modules)
 
 
 def test_the_nightly_job_is_one_shot_and_pushes_to_the_pushgateway():

@@ -34,30 +34,33 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path):
     env = stack_env(tmp_path / "run")
     first = run_cli(["stack", "up"], env, timeout=180)
     assert first.returncode == 0, first.stderr + first.stdout
-    assert first.stdout.count("started (pid") == 3
     s = settings_from(env)
+    n = len(stack.services(s))  # Kafka, Redis, Pushgateway, blackbox exporter, Prometheus
+    assert n == 5
+    assert first.stdout.count("started (pid") == n
     infra = lambda: [st for st in stack.status(s) if st.name not in ("stream", "score")]  # noqa: E731 (jobs: not started by `up`)
     pids = {st.name: st.pid for st in infra()}
-    assert len(pids) == 3 and all(pids.values()) and all(st.state == "running" for st in infra())
+    assert len(pids) == n and all(pids.values()) and all(st.state == "running" for st in infra())
 
     second = run_cli(["stack", "up"], env, timeout=120)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("already running") == 3
+    assert second.stdout.count("already running") == n
     assert {st.name: st.pid for st in infra()} == pids  # same processes, nothing restarted
     assert "topic cdr            exists" in second.stdout
 
     status = run_cli(["stack", "status"], env)
-    assert status.returncode == 0 and status.stdout.count("running") >= 3
+    assert status.returncode == 0 and status.stdout.count("running") >= n
     assert f"127.0.0.1:{env['CHURN_KAFKA__PORT']}" in status.stdout
 
     down = run_cli(["stack", "down"], env, timeout=120)
     assert down.returncode == 0, down.stderr
-    assert down.stdout.count("stopped (pid") == 3
+    assert down.stdout.count("stopped (pid") == n
     assert _our_processes(tmp_path / "run") == []
-    for var in ("CHURN_KAFKA__PORT", "CHURN_REDIS__PORT", "CHURN_PROMETHEUS__PORT"):
+    for var in ("CHURN_KAFKA__PORT", "CHURN_REDIS__PORT", "CHURN_PROMETHEUS__PORT",
+                "CHURN_PROMETHEUS__PUSHGATEWAY_PORT", "CHURN_PROMETHEUS__BLACKBOX_PORT"):
         assert port_is_free("127.0.0.1", int(env[var]))
     again = run_cli(["stack", "down"], env)
-    assert again.returncode == 0 and again.stdout.count("not running") == 5  # the stack and its two jobs (stream, score)
+    assert again.returncode == 0 and again.stdout.count("not running") == n + 2  # and its two jobs (stream, score)
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path):

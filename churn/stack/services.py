@@ -19,6 +19,7 @@ from churn.stack.process import Service, StackError, tcp_open
 
 PROMETHEUS_TEMPLATE = PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.yml.tmpl"
 RULES_DIR = PROJECT_ROOT / "monitoring" / "prometheus" / "rules"
+BLACKBOX_CONFIG = PROJECT_ROOT / "monitoring" / "prometheus" / "blackbox.yml"
 
 
 def _which(binary: str) -> str:
@@ -161,6 +162,9 @@ def prometheus_config(s: Settings) -> str:
         scoring=f"{s.scoring.metrics_host}:{s.scoring.metrics_port}",
         pushgateway=f"{s.prometheus.pushgateway_host}:{s.prometheus.pushgateway_port}",
         rules_dir=RULES_DIR,
+        blackbox=f"{s.prometheus.host}:{s.prometheus.blackbox_port}",
+        kafka=f"{s.kafka.host}:{s.kafka.port}",
+        redis=f"{s.redis.host}:{s.redis.port}",
     )
 
 
@@ -210,6 +214,25 @@ def pushgateway_service(s: Settings) -> Service:
                    command=command, is_ready=is_ready)
 
 
+def blackbox_service(s: Settings) -> Service:
+    """Debian's blackbox exporter: Prometheus probes Kafka (TCP) and Redis (PING) through it."""
+    p = s.prometheus
+
+    def command() -> list[str]:
+        return [_which("prometheus-blackbox-exporter"), f"--config.file={BLACKBOX_CONFIG}",
+                f"--web.listen-address={p.host}:{p.blackbox_port}"]
+
+    def is_ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{p.host}:{p.blackbox_port}/-/healthy", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    return Service(name="blackbox", run_dir=s.run_dir, host=p.host, ports={"CHURN_PROMETHEUS__BLACKBOX_PORT": p.blackbox_port},
+                   command=command, is_ready=is_ready)
+
+
 def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: str, port: int,
                  stop_timeout_s: float) -> Service:
     """A ``churn`` subcommand run in the background as part of the stack (ready when its metrics answer)."""
@@ -248,7 +271,7 @@ def score_service(s: Settings) -> Service:
 
 def services(s: Settings) -> list[Service]:
     """The infrastructure, in start order; stopped in reverse."""
-    return [kafka_service(s), redis_service(s), pushgateway_service(s), prometheus_service(s)]
+    return [kafka_service(s), redis_service(s), pushgateway_service(s), blackbox_service(s), prometheus_service(s)]
 
 
 def jobs(s: Settings) -> list[Service]:

@@ -120,8 +120,10 @@ HEALTH = dashboard("churn-health", "Churn: throughput and health", "Events per s
          thresholds=[(0.5, "green")]),
     stat("Hours since the nightly run", "Alert ChurnNightlyMissing over 26 h.",
          "(time() - max(churn_batch_last_run_timestamp_seconds)) / 3600", thresholds=[(26, "red")]),
-    series("Components up", "1 when Prometheus can scrape the component.",
-           ("up", "{{job}}"), ("churn_stream_query_active", "query {{query}}"), width=24),
+    series("Components up", "1 when Prometheus can scrape the component; Kafka and Redis as probed by the "
+           "blackbox exporter (TCP connect, Redis PING).",
+           ("up", "{{job}}"), ("probe_success", "{{job}} answers ({{instance}})"),
+           ("churn_stream_query_active", "query {{query}}"), width=24),
 ])
 
 MODEL = dashboard("churn-model", "Churn: model", "What the models say and whether the world still looks like training.", [
