@@ -38,7 +38,9 @@ from scoring import bench_scoring  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 RUNS = 3
-RUNS_BY_BENCH = {"stream_catchup_rate": 1, "score": 1, "gold": 1}  # minutes per run on 2 cores
+SUSTAINED_RATES = [500, 1000, 2000, 4000]
+SUSTAINED_SECONDS = 60
+RUNS_BY_BENCH = {"stream_sustained": 1, "stream_catchup_rate": 1, "score": 1, "gold": 1}  # minutes per run on 2 cores
 DAY = 86400.0
 
 
@@ -99,11 +101,88 @@ def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
         "batch_duration_p99_s": round(pct(0.99), 1)}
 
 
+def bench_stream_sustained(s: Settings) -> dict:
+    """Streaming job under live traffic at fixed rates (wall-clock event times; Bronze, Silver,
+    features to Feast): for each rate, whether the consumer lag stays steady, micro-batch duration
+    p50/p99 and feature freshness p50/p99 (now minus the newest event time pushed to Feast, sampled
+    every second once the job has caught up with the start). The figure is the highest rate held."""
+    import threading
+
+    from churn import feature_store
+    from churn.simulator.produce import run_live
+    from churn.transport import end_offsets
+    from streaming.job import StreamingJob, committed_offsets
+
+    s = s.model_copy(deep=True)
+    tag = uuid.uuid4().hex[:6]
+    s.topics.cdr.name, s.topics.cdr_dlq.name = f"bench-cdr-{tag}", f"bench-dlq-{tag}"
+    s.topics.churn_labels.name = f"bench-labels-{tag}"
+    s.streaming.lake_dir = Path(tempfile.mkdtemp(prefix="churn-bench-lake-"))
+    s.streaming.checkpoint_dir = s.streaming.lake_dir / "_checkpoints"
+    s.streaming.starting_offsets = "latest"
+    ensure_topics(s)
+    feature_store.apply(s)
+    job = StreamingJob(s)
+    job.start()
+    silver = job.queries[1]
+    lag = lambda: sum(end_offsets(s, s.topics.cdr.name).values()) - sum(  # noqa: E731
+        committed_offsets(s.streaming.checkpoint_dir / "silver", s.topics.cdr.name).values())
+    out, held = {}, 0.0
+    try:
+        while silver.lastProgress is None:  # the first (empty) batch: Spark and Python workers warm
+            time.sleep(1)
+        for rate in SUSTAINED_RATES:
+            now = time.time()
+            sim = Simulator(seed=5, start_s=now, end_s=now + 30 * DAY, customers=2000, mode="live",
+                            labels_from_s=now)
+            stop = threading.Event()
+            producer = threading.Thread(target=run_live, args=(s, sim, rate, SUSTAINED_SECONDS, stop),
+                                        kwargs={"warn": lambda _m: None}, daemon=True)
+            first_batch = len(silver.recentProgress)
+            producer.start()
+            lags, fresh = [], []
+            started = time.time()
+            while producer.is_alive():
+                time.sleep(1)
+                lags.append(lag())
+                if job.last_pushed_ref_time > started:
+                    fresh.append(time.time() - job.last_pushed_ref_time)
+            producer.join()
+            batches = sorted(p["batchDuration"] / 1000 for p in silver.recentProgress[first_batch:]
+                             if p["numInputRows"])
+            third = max(len(lags) // 3, 1)
+            steady = bool(lags) and max(lags[-third:]) <= max(lags[third:2 * third]) + rate * 2 * s.streaming.trigger_s \
+                + rate * (batches[len(batches) // 2] if batches else 0)
+            pct = lambda xs, q: round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None  # noqa: E731
+            fresh.sort()
+            out[f"stream_sustained_{rate}_freshness_p99"] = (pct(fresh, 0.99) if fresh else -1.0, "s", {
+                "rate": rate, "seconds": SUSTAINED_SECONDS, "lag_steady": steady, "lag_end": lags[-1] if lags else None,
+                "lag_max": max(lags) if lags else None, "freshness_p50_s": pct(fresh, 0.5),
+                "batch_duration_p50_s": pct(batches, 0.5), "batch_duration_p99_s": pct(batches, 0.99),
+                "batches": len(batches)})
+            print(f"rate {rate}/s: steady={steady} lag end {lags[-1] if lags else None} max {max(lags) if lags else None}, "
+                  f"freshness p50 {pct(fresh, 0.5)} p99 {pct(fresh, 0.99)} s, batches p50 {pct(batches, 0.5)} "
+                  f"p99 {pct(batches, 0.99)} s", flush=True)
+            if not steady:
+                break
+            held = rate
+            deadline = time.time() + 120
+            while lag() > 0 and time.time() < deadline:  # drain before the next rate
+                time.sleep(1)
+    finally:
+        job.stop()
+        job.spark.stop()
+    out["stream_sustained_rate"] = (held, "events/s", {"rates_tried": SUSTAINED_RATES[:len(out)],
+                                                       "seconds_each": SUSTAINED_SECONDS})
+    return out
+
+
 def main(selector: str = "") -> None:
     # name -> (function, what it needs: None, "settings" (default ones, no stack) or "stack")
     benches = {"simulator_generate_rate": (bench_simulator_generate, None),
                "simulator_produce_rate": (bench_simulator_produce, "stack"),
                "stream_catchup_rate": (bench_stream_catchup, "stack"),
+               "stream_sustained": (bench_stream_sustained, "stack"),
                "score": (bench_scoring, "stack"),
                "gold": (bench_gold, "settings")}
     chosen = {n: b for n, b in benches.items() if selector in n}
