@@ -70,19 +70,25 @@ def bench_simulator_produce(s: Settings) -> tuple[float, str, dict]:
     return report.rate, "events/s", {"events": report.cdr_messages}
 
 
-def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
-    """Streaming job catching up on ~130,000 CDRs (1.2 simulated days) already in Kafka (Bronze,
-    Silver, quarantine, features merged and pushed to Feast): events/s end to end, batch durations."""
-    from streaming.job import StreamingJob
-
+def _stream_bench_settings(s: Settings) -> Settings:
+    """A copy of the settings with the streaming benchmark's own topics (created) and lake."""
     s = s.model_copy(deep=True)
     tag = uuid.uuid4().hex[:6]
     s.topics.cdr.name, s.topics.cdr_dlq.name = f"bench-cdr-{tag}", f"bench-dlq-{tag}"
     s.topics.churn_labels.name = f"bench-labels-{tag}"
     s.streaming.lake_dir = Path(tempfile.mkdtemp(prefix="churn-bench-lake-"))
     s.streaming.checkpoint_dir = s.streaming.lake_dir / "_checkpoints"
-    s.streaming.max_offsets_per_trigger = 30_000
     ensure_topics(s)
+    return s
+
+
+def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
+    """Streaming job catching up on ~130,000 CDRs (1.2 simulated days) already in Kafka (Bronze,
+    Silver, quarantine, features merged and pushed to Feast): events/s end to end, batch durations."""
+    from streaming.job import StreamingJob
+
+    s = _stream_bench_settings(s)
+    s.streaming.max_offsets_per_trigger = 30_000
     end = time.time() - DAY
     report = run_backfill(s, Simulator(seed=2, start_s=end - 1.2 * DAY, end_s=end, bad_ratio=0.01))
     from churn import feature_store
@@ -115,14 +121,8 @@ def bench_stream_sustained(s: Settings) -> dict:
     from churn.transport import end_offsets
     from streaming.job import StreamingJob, committed_offsets
 
-    s = s.model_copy(deep=True)
-    tag = uuid.uuid4().hex[:6]
-    s.topics.cdr.name, s.topics.cdr_dlq.name = f"bench-cdr-{tag}", f"bench-dlq-{tag}"
-    s.topics.churn_labels.name = f"bench-labels-{tag}"
-    s.streaming.lake_dir = Path(tempfile.mkdtemp(prefix="churn-bench-lake-"))
-    s.streaming.checkpoint_dir = s.streaming.lake_dir / "_checkpoints"
+    s = _stream_bench_settings(s)
     s.streaming.starting_offsets = "latest"
-    ensure_topics(s)
     feature_store.apply(s)
     job = StreamingJob(s)
     job.start()

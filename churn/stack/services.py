@@ -152,6 +152,15 @@ def redis_service(s: Settings) -> Service:
                    command=command, is_ready=is_ready)
 
 
+def _answers(url: str) -> bool:
+    """True if ``url`` answers HTTP 200 within a second (a service's readiness endpoint)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def prometheus_config(s: Settings) -> str:
     """The stack's scrape config: ``monitoring/prometheus/prometheus.yml.tmpl`` with our ports."""
     return PROMETHEUS_TEMPLATE.read_text().format(
@@ -183,11 +192,7 @@ def prometheus_service(s: Settings) -> Service:
         ]
 
     def is_ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{p.host}:{p.port}/-/ready", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return _answers(f"http://{p.host}:{p.port}/-/ready")
 
     return Service(name="prometheus", run_dir=s.run_dir, host=p.host, ports={"CHURN_PROMETHEUS__PORT": p.port},
                    command=command, is_ready=is_ready, prepare=prepare)
@@ -203,11 +208,7 @@ def pushgateway_service(s: Settings) -> Service:
                 f"--persistence.file={home / 'metrics.store'}"]
 
     def is_ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{p.pushgateway_host}:{p.pushgateway_port}/-/ready", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return _answers(f"http://{p.pushgateway_host}:{p.pushgateway_port}/-/ready")
 
     return Service(name="pushgateway", run_dir=s.run_dir, host=p.pushgateway_host,
                    ports={"CHURN_PROMETHEUS__PUSHGATEWAY_PORT": p.pushgateway_port},
@@ -223,14 +224,10 @@ def blackbox_service(s: Settings) -> Service:
                 f"--web.listen-address={p.host}:{p.blackbox_port}"]
 
     def is_ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{p.host}:{p.blackbox_port}/-/healthy", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return _answers(f"http://{p.host}:{p.blackbox_port}/-/healthy")
 
-    return Service(name="blackbox", run_dir=s.run_dir, host=p.host, ports={"CHURN_PROMETHEUS__BLACKBOX_PORT": p.blackbox_port},
-                   command=command, is_ready=is_ready)
+    return Service(name="blackbox", run_dir=s.run_dir, host=p.host,
+                   ports={"CHURN_PROMETHEUS__BLACKBOX_PORT": p.blackbox_port}, command=command, is_ready=is_ready)
 
 
 def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: str, port: int,
@@ -243,11 +240,7 @@ def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: s
         return [str(Path(sys.executable).parent / "churn"), *args]
 
     def is_ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return _answers(f"http://{host}:{port}/metrics")
 
     config = Path(os.environ.get("CHURN_CONFIG", "churn.toml")).resolve()
     env = {"CHURN_CONFIG": str(config)} if config.exists() else {}

@@ -29,20 +29,23 @@ def _targets(*queries: tuple[str, str]) -> list[g.Target]:
             for i, (expr, legend) in enumerate(queries)]
 
 
+def _steps(thresholds: list[tuple[float, str]] | None) -> list[dict]:
+    """Grafana threshold steps: green below the first (value, colour)."""
+    return [{"value": None, "color": "green"}] + [{"value": v, "color": c} for v, c in (thresholds or [])]
+
+
 def series(title: str, description: str, *queries: tuple[str, str], unit: str = "short", width: int = 12,
            thresholds: list[tuple[float, str]] | None = None) -> g.TimeSeries:
     """A time-series panel; ``queries`` are (PromQL, legend) pairs."""
-    steps = [{"value": None, "color": "green"}] + [{"value": v, "color": c} for v, c in (thresholds or [])]
     return g.TimeSeries(title=title, description=description, dataSource=DATASOURCE, targets=_targets(*queries),
-                        unit=unit, gridPos=g.GridPos(h=8, w=width, x=0, y=0), thresholdsStyleMode="line" if thresholds else "off",
-                        thresholds=steps)
+                        unit=unit, gridPos=g.GridPos(h=8, w=width, x=0, y=0),
+                        thresholdsStyleMode="line" if thresholds else "off", thresholds=_steps(thresholds))
 
 
 def stat(title: str, description: str, expr: str, legend: str = "", unit: str = "short",
          thresholds: list[tuple[float, str]] | None = None) -> g.Stat:
-    steps = [{"value": None, "color": "green"}] + [{"value": v, "color": c} for v, c in (thresholds or [])]
     return g.Stat(title=title, description=description, dataSource=DATASOURCE, targets=_targets((expr, legend)),
-                  format=unit, gridPos=g.GridPos(h=4, w=6, x=0, y=0), thresholds=steps, reduceCalc="lastNotNull")
+                  format=unit, gridPos=g.GridPos(h=4, w=6, x=0, y=0), thresholds=_steps(thresholds), reduceCalc="lastNotNull")
 
 
 def _laid_out(panels: list) -> list:
