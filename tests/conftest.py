@@ -102,3 +102,26 @@ def bootstrap_registry(live_env, tmp_path_factory):
     done = run_cli(["model", "bootstrap", "--customers", "2000", "--days", "60"], env, timeout=300)
     assert done.returncode == 0, done.stderr
     return root
+
+
+def private_pipeline_env(live_env: dict, registry: Path, tmp_path: Path, **extra: str) -> tuple[dict, Settings]:
+    """Settings for one test's own pipeline on the session stack: its own topics, lake, checkpoints,
+    scorer group, copy of the model registry and Feast project (applied), plus ``extra`` variables."""
+    import shutil
+    import uuid
+
+    tag = uuid.uuid4().hex[:6]
+    shutil.copytree(registry, tmp_path / "models")
+    env = {**live_env,
+           "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake"),
+           "CHURN_STREAMING__CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+           "CHURN_TOPICS__CDR__NAME": f"cdr-{tag}", "CHURN_TOPICS__CDR_DLQ__NAME": f"dlq-{tag}",
+           "CHURN_TOPICS__CHURN_SCORES__NAME": f"scores-{tag}", "CHURN_TOPICS__CHURN_ALERTS__NAME": f"alerts-{tag}",
+           "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}",
+           "CHURN_SCORING__APP_ID": f"scorer-{tag}", "CHURN_SCORING__REGISTRY_DIR": str(tmp_path / "models"),
+           "CHURN_FEAST__PROJECT": f"p{tag}", **extra}
+    s = settings_from(env)
+    ensure_topics(s)
+    applied = run_cli(["features", "apply"], env, timeout=180)
+    assert applied.returncode == 0, applied.stderr
+    return env, s

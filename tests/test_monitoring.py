@@ -6,20 +6,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import time
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
 import yaml
-from conftest import CHURN_BIN, run_cli, settings_from
+from conftest import CHURN_BIN, private_pipeline_env, run_cli
 
 from churn.config import PROJECT_ROOT
-from churn.transport import ensure_topics
 from monitoring.grafana.dashboards import DASHBOARDS, FOLDER, expressions, write
 
 GRAFANA = PROJECT_ROOT / "monitoring" / "grafana"
@@ -86,22 +83,7 @@ def values(result: list) -> list[float]:
 @pytest.fixture
 def pipeline_env(live_stack, live_env, bootstrap_registry, tmp_path):
     """The pipeline on the stack's own metrics ports (the ones its Prometheus scrapes)."""
-    tag = uuid.uuid4().hex[:6]
-    shutil.copytree(bootstrap_registry, tmp_path / "models")
-    env = {**live_env,
-           "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake"),
-           "CHURN_STREAMING__CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
-           "CHURN_TOPICS__CDR__NAME": f"cdr-{tag}", "CHURN_TOPICS__CDR_DLQ__NAME": f"dlq-{tag}",
-           "CHURN_TOPICS__CHURN_SCORES__NAME": f"scores-{tag}", "CHURN_TOPICS__CHURN_ALERTS__NAME": f"alerts-{tag}",
-           "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}",
-           "CHURN_SCORING__APP_ID": f"scorer-{tag}", "CHURN_SCORING__REGISTRY_DIR": str(tmp_path / "models"),
-           "CHURN_SCORING__DRIFT_MIN_EVENTS": "1000",
-           "CHURN_FEAST__PROJECT": f"m{tag}"}
-    s = settings_from(env)
-    ensure_topics(s)
-    applied = run_cli(["features", "apply"], env, timeout=180)
-    assert applied.returncode == 0, applied.stderr
-    return env, s
+    return private_pipeline_env(live_env, bootstrap_registry, tmp_path, CHURN_SCORING__DRIFT_MIN_EVENTS="1000")
 
 
 def test_every_dashboard_expression_returns_data_from_the_real_prometheus(pipeline_env, tmp_path):

@@ -4,7 +4,6 @@ starved of Redis, handed a new champion, and shown a customer turning churny."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +16,7 @@ import orjson
 import pandas as pd
 import pytest
 from confluent_kafka import TopicPartition
-from conftest import CHURN_BIN, free_ports, recent_evening, run_cli, settings_from
+from conftest import CHURN_BIN, free_ports, private_pipeline_env, recent_evening, run_cli
 
 from churn.contracts import CHURN_RISK, CHURN_SCORE, format_time
 from churn.features import DAY, SUM_FEATURES, partial_sums_numpy
@@ -25,29 +24,14 @@ from churn.model.inputs import ACTIVITY_FEATURES
 from churn.model.registry import ModelRegistry
 from churn.simulator import Simulator
 from churn.simulator.produce import ProduceReport, StepProducer, run_backfill
-from churn.transport import consumer, end_offsets, ensure_topics
+from churn.transport import consumer, end_offsets
 
 
 @pytest.fixture
 def score_env(live_stack, live_env, bootstrap_registry, tmp_path):
-    tag = uuid.uuid4().hex[:6]
-    shutil.copytree(bootstrap_registry, tmp_path / "models")
-    env = {**live_env,
-           "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake"),
-           "CHURN_TOPICS__CDR__NAME": f"cdr-{tag}",
-           "CHURN_TOPICS__CHURN_SCORES__NAME": f"scores-{tag}",
-           "CHURN_TOPICS__CHURN_ALERTS__NAME": f"alerts-{tag}",
-           "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}",
-           "CHURN_SCORING__APP_ID": f"scorer-{tag}",
-           "CHURN_SCORING__REGISTRY_DIR": str(tmp_path / "models"),
-           "CHURN_SCORING__SESSION_TIMEOUT_S": "6",
-           "CHURN_SCORING__METRICS_PORT": str(free_ports(1)[0]),
-           "CHURN_FEAST__PROJECT": f"s{tag}"}
-    s = settings_from(env)
-    ensure_topics(s)
-    applied = run_cli(["features", "apply"], env, timeout=180)
-    assert applied.returncode == 0, applied.stderr
-    return env, s
+    return private_pipeline_env(live_env, bootstrap_registry, tmp_path,
+                                CHURN_SCORING__SESSION_TIMEOUT_S="6",
+                                CHURN_SCORING__METRICS_PORT=str(free_ports(1)[0]))
 
 
 def start_worker(env: dict, log, **extra) -> subprocess.Popen:

@@ -198,36 +198,27 @@ def prometheus_service(s: Settings) -> Service:
                    command=command, is_ready=is_ready, prepare=prepare)
 
 
+def _prometheus_tool(s: Settings, name: str, binary: str, host: str, port_env: str, port: int, ready_path: str,
+                     *args: str) -> Service:
+    """A Debian binary of the Prometheus project listening on ``host:port``, ready when ``ready_path`` answers."""
+    return Service(name=name, run_dir=s.run_dir, host=host, ports={port_env: port},
+                   command=lambda: [_which(binary), f"--web.listen-address={host}:{port}", *args],
+                   is_ready=lambda: _answers(f"http://{host}:{port}{ready_path}"))
+
+
 def pushgateway_service(s: Settings) -> Service:
     """Debian's Prometheus Pushgateway: where the nightly batch (a one-shot job) leaves its metrics."""
     p = s.prometheus
-    home = s.run_dir / "pushgateway"
-
-    def command() -> list[str]:
-        return [_which("prometheus-pushgateway"), f"--web.listen-address={p.pushgateway_host}:{p.pushgateway_port}",
-                f"--persistence.file={home / 'metrics.store'}"]
-
-    def is_ready() -> bool:
-        return _answers(f"http://{p.pushgateway_host}:{p.pushgateway_port}/-/ready")
-
-    return Service(name="pushgateway", run_dir=s.run_dir, host=p.pushgateway_host,
-                   ports={"CHURN_PROMETHEUS__PUSHGATEWAY_PORT": p.pushgateway_port},
-                   command=command, is_ready=is_ready)
+    return _prometheus_tool(s, "pushgateway", "prometheus-pushgateway", p.pushgateway_host,
+                            "CHURN_PROMETHEUS__PUSHGATEWAY_PORT", p.pushgateway_port, "/-/ready",
+                            f"--persistence.file={s.run_dir / 'pushgateway' / 'metrics.store'}")
 
 
 def blackbox_service(s: Settings) -> Service:
     """Debian's blackbox exporter: Prometheus probes Kafka (TCP) and Redis (PING) through it."""
     p = s.prometheus
-
-    def command() -> list[str]:
-        return [_which("prometheus-blackbox-exporter"), f"--config.file={BLACKBOX_CONFIG}",
-                f"--web.listen-address={p.host}:{p.blackbox_port}"]
-
-    def is_ready() -> bool:
-        return _answers(f"http://{p.host}:{p.blackbox_port}/-/healthy")
-
-    return Service(name="blackbox", run_dir=s.run_dir, host=p.host,
-                   ports={"CHURN_PROMETHEUS__BLACKBOX_PORT": p.blackbox_port}, command=command, is_ready=is_ready)
+    return _prometheus_tool(s, "blackbox", "prometheus-blackbox-exporter", p.host, "CHURN_PROMETHEUS__BLACKBOX_PORT",
+                            p.blackbox_port, "/-/healthy", f"--config.file={BLACKBOX_CONFIG}")
 
 
 def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: str, port: int,
