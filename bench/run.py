@@ -35,6 +35,7 @@ from churn.simulator.produce import run_backfill  # noqa: E402
 from churn.transport import ensure_topics  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from feast_processor import bench_stream_vs_feast_processor  # noqa: E402
 from gold import bench_gold  # noqa: E402
 from scoring import bench_scoring  # noqa: E402
 
@@ -42,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 12000, 16000]
 SUSTAINED_SECONDS = 60
-RUNS_BY_BENCH = {"stream_sustained": 1, "stream_catchup_rate": 1, "score": 1, "gold": 1}  # minutes per run on 2 cores
+RUNS_BY_BENCH = {"stream_sustained": 1, "stream_vs_feast_processor": 1, "stream_catchup_rate": 1, "score": 1, "gold": 1}  # minutes per run on 2 cores
 DAY = 86400.0
 
 
@@ -181,12 +182,20 @@ def bench_stream_sustained(s: Settings) -> dict:
     return out
 
 
+def bench_stream_vs_feast(s: Settings) -> dict:
+    """Our streaming job vs Feast's contrib SparkKafkaProcessor on the same topic and Redis, with the
+    same feature code and batch cap: events/s of each, the ratio, and the share of customers whose
+    served features equal the batch computation over every event (bench/feast_processor.py)."""
+    return bench_stream_vs_feast_processor(s, _stream_bench_settings)
+
+
 def main(selector: str = "") -> None:
     # name -> (function, what it needs: None, "settings" (default ones, no stack) or "stack")
     benches = {"simulator_generate_rate": (bench_simulator_generate, None),
                "simulator_produce_rate": (bench_simulator_produce, "stack"),
                "stream_catchup_rate": (bench_stream_catchup, "stack"),
                "stream_sustained": (bench_stream_sustained, "stack"),
+               "stream_vs_feast_processor": (bench_stream_vs_feast, "stack"),
                "score": (bench_scoring, "stack"),
                "gold": (bench_gold, "settings")}
     chosen = {n: b for n, b in benches.items() if selector in n}

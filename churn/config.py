@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
@@ -193,7 +193,7 @@ class ScoringSettings(BaseModel):
     #: Where models and the champion pointer live (default ``<run_dir>/models``).
     registry_dir: Path | None = None
     #: Events per scoring batch, and the longest a batch waits to fill.
-    batch_max: int = 1000
+    batch_max: int = 4000
     batch_within_s: float = 0.02
     #: How often each partition's transaction commits (outputs become visible to read_committed readers).
     commit_interval_s: float = 0.1
@@ -210,6 +210,9 @@ class ScoringSettings(BaseModel):
     #: Online-store lookups: attempts and first backoff before scoring degraded.
     lookup_attempts: int = 3
     lookup_backoff_s: float = 0.05
+    #: How features are read: ``redis`` reads Feast's Redis hashes directly in Feast's format (fast
+    #: path), ``feast`` calls ``FeatureStore.get_online_features`` (``churn.online_reader``).
+    online_reader: Literal["redis", "feast"] = "redis"
     reasons: int = 3
     model_check_interval_s: float = 1.0
     metrics_host: str = "127.0.0.1"

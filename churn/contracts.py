@@ -111,57 +111,90 @@ def _types_of(spec: dict) -> list[str]:
 
 
 def _compile_value_check(spec: dict) -> Check:
-    """One property's checks (type, enum, range, length, pattern, format, items) as a closure."""
+    """One property's checks (type, enum, range, length, pattern, format, items) as a closure.
+
+    Only the constraints the property has become steps, so a value costs one call per constraint
+    (the scorer and the streaming job validate every CDR: this is on their hot path).
+    """
     types = _types_of(spec)
-    type_tests = [_JSON_TYPES[t] for t in types]
-    enum = spec.get("enum")
-    enum_set = set(enum) if enum is not None else None
-    minimum, maximum = spec.get("minimum"), spec.get("maximum")
-    min_len, max_len = spec.get("minLength"), spec.get("maxLength")
-    pattern = re.compile(spec["pattern"]) if "pattern" in spec else None
-    is_datetime = spec.get("format") == "date-time"
-    max_items = spec.get("maxItems")
-    item_check = _compile_object_check(spec["items"]) if "items" in spec else None
     nullable = "null" in types
+    steps: list[Check] = []
+    type_tests = [_JSON_TYPES[t] for t in types if t != "null"]
+    if type_tests:
+        expected = " or ".join(t for t in types if t != "null")
+        is_type = type_tests[0] if len(type_tests) == 1 else (lambda v: any(test(v) for test in type_tests))
+
+        def type_step(value, name):
+            if is_type(value):
+                return None
+            if isinstance(value, float) and not math.isfinite(value):
+                return Violation(WRONG_TYPE, name, f"{name} must be a finite number, got {value!r}")
+            return Violation(WRONG_TYPE, name, f"{name} must be {expected}, got {type(value).__name__} {value!r:.40}")
+
+        steps.append(type_step)
+    enum = spec.get("enum")
+    if enum is not None:
+        enum_set = set(enum)
+        allowed = ", ".join(str(e) for e in enum if e is not None)
+        steps.append(lambda v, name: None if v in enum_set else
+                     Violation(UNKNOWN_VALUE, name, f"{name} must be one of {allowed}; got {v!r:.40}"))
+    minimum, maximum = spec.get("minimum"), spec.get("maximum")
+    if minimum is not None:
+        low_code = NEGATIVE_VALUE if minimum == 0 else OUT_OF_RANGE
+        steps.append(lambda v, name: None if v >= minimum else
+                     Violation(low_code, name, f"{name} must be >= {minimum}, got {v!r}"))
+    if maximum is not None:
+        steps.append(lambda v, name: None if v <= maximum else
+                     Violation(OUT_OF_RANGE, name, f"{name} must be <= {maximum}, got {v!r}"))
+    min_len, max_len = spec.get("minLength"), spec.get("maxLength")
+    if min_len is not None or max_len is not None:
+        lo, hi = min_len or 0, max_len if max_len is not None else math.inf
+
+        def length_step(v, name):
+            n = len(v)
+            if n < lo:
+                return Violation(OUT_OF_RANGE, name, f"{name} must have at least {lo} characters")
+            if n > hi:
+                return Violation(OUT_OF_RANGE, name, f"{name} must have at most {hi} characters")
+            return None
+
+        steps.append(length_step)
+    if "pattern" in spec:
+        search = re.compile(spec["pattern"]).search
+        steps.append(lambda v, name: None if search(v) else
+                     Violation(BAD_FORMAT, name, f"{name} must match {spec['pattern']}; got {v!r:.40}"))
+    if spec.get("format") == "date-time":
+        def datetime_step(v, name):
+            try:
+                parse_time(v)
+            except ValueError:
+                return Violation(BAD_FORMAT, name, f"{name} must be an RFC 3339 date-time with a time zone; got {v!r:.40}")
+            return None
+
+        steps.append(datetime_step)
+    max_items = spec.get("maxItems")
+    if max_items is not None:
+        steps.append(lambda v, name: None if len(v) <= max_items else
+                     Violation(OUT_OF_RANGE, name, f"{name} must have at most {max_items} items"))
+    if "items" in spec:
+        item_check = _compile_object_check(spec["items"])
+
+        def items_step(v, name):
+            for i, item in enumerate(v):
+                bad = item_check(item, f"{name}[{i}]")
+                if bad is not None:
+                    return bad
+            return None
+
+        steps.append(items_step)
 
     def check(value: Any, name: str) -> Violation | None:
         if value is None and nullable:
             return None
-        if type_tests and not any(test(value) for test in type_tests):
-            if isinstance(value, float) and not math.isfinite(value):
-                return Violation(WRONG_TYPE, name, f"{name} must be a finite number, got {value!r}")
-            expected = " or ".join(t for t in types if t != "null")
-            return Violation(
-                WRONG_TYPE, name, f"{name} must be {expected}, got {type(value).__name__} {value!r:.40}"
-            )
-        if enum_set is not None and value not in enum_set:
-            allowed = ", ".join(str(e) for e in enum if e is not None)
-            return Violation(UNKNOWN_VALUE, name, f"{name} must be one of {allowed}; got {value!r:.40}")
-        if minimum is not None and value < minimum:
-            code = NEGATIVE_VALUE if minimum == 0 else OUT_OF_RANGE
-            return Violation(code, name, f"{name} must be >= {minimum}, got {value!r}")
-        if maximum is not None and value > maximum:
-            return Violation(OUT_OF_RANGE, name, f"{name} must be <= {maximum}, got {value!r}")
-        if min_len is not None and len(value) < min_len:
-            return Violation(OUT_OF_RANGE, name, f"{name} must have at least {min_len} characters")
-        if max_len is not None and len(value) > max_len:
-            return Violation(OUT_OF_RANGE, name, f"{name} must have at most {max_len} characters")
-        if pattern is not None and not pattern.search(value):
-            return Violation(BAD_FORMAT, name, f"{name} must match {pattern.pattern}; got {value!r:.40}")
-        if is_datetime:
-            try:
-                parse_time(value)
-            except ValueError:
-                return Violation(
-                    BAD_FORMAT, name, f"{name} must be an RFC 3339 date-time with a time zone; got {value!r:.40}"
-                )
-        if max_items is not None and len(value) > max_items:
-            return Violation(OUT_OF_RANGE, name, f"{name} must have at most {max_items} items")
-        if item_check is not None:
-            for i, item in enumerate(value):
-                bad = item_check(item, f"{name}[{i}]")
-                if bad is not None:
-                    return bad
+        for step in steps:
+            bad = step(value, name)
+            if bad is not None:
+                return bad
         return None
 
     return check

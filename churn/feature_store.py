@@ -151,4 +151,5 @@ def unpack_activity(ref_time, active_days, sums) -> dict | None:
 
     if ref_time is None or sums is None:
         return None
-    return {"ref_time": ref_time, "active_days": list(active_days or []), **dict(zip(SUM_FEATURES, sums))}
+    return {"ref_time": ref_time, "active_days": list(active_days or []), "sums": list(sums),
+            **dict(zip(SUM_FEATURES, sums))}

@@ -369,3 +369,35 @@ def test_two_workers_share_partitions_and_one_stopping_hands_over_without_loss_o
             if w.poll() is None:
                 w.send_signal(signal.SIGTERM)
                 w.wait(timeout=60)
+
+
+def test_direct_redis_reader_returns_what_feast_get_online_features_returns(score_env):
+    """The scorer's fast path reads Feast's Redis hashes itself: it must agree with Feast's own API,
+    value for value, for pushed customers, customers with a profile only, and unknown ones."""
+    from churn.feature_store import ACTIVITY_ONLINE, store
+    from churn.model.inputs import PROFILE_COLUMNS
+    from churn.online_reader import FeastRedisReader, FeastSdkReader
+
+    _, s = score_env
+    end = recent_evening()
+    sim = Simulator(seed=43, start_s=end - 20 * DAY, end_s=end, customers=40)
+    cols = _silver_columns(sim)
+    pushed = list(dict.fromkeys(cols["customer_id"]))[:5]
+    states = {c: _states_for(cols, c, [end])[0] for c in pushed}
+    for c, state in states.items():
+        _push(s, c, state)
+    profile_only = [c for c in sim.pop.customer_id if c not in states][:3]
+    customers = [*pushed, *profile_only, "no-such-customer"]
+    fast, sdk = FeastRedisReader.from_settings(s), FeastSdkReader(store(s))
+    for view, names in (("customer_activity", ACTIVITY_ONLINE), ("customer_profile", PROFILE_COLUMNS)):
+        got, expected = fast.read(view, names, customers), sdk.read(view, names, customers)
+        assert got == expected, view
+    activity = fast.read("customer_activity", ACTIVITY_ONLINE, customers)
+    for c, row in zip(pushed, activity):
+        assert row["ref_time"] == states[c]["ref_time"]
+        assert row["sums"] == [states[c][n] for n in SUM_FEATURES]
+        assert row["active_days"] == states[c]["active_days"]
+    assert activity[len(pushed):] == [None] * (len(profile_only) + 1)
+    profiles = fast.read("customer_profile", PROFILE_COLUMNS, customers)
+    assert all(p is not None and p["tenure_months"] is not None for p in profiles[:-1])
+    assert profiles[-1] is None

@@ -77,8 +77,11 @@ def vector(profile: Mapping | None, state: Mapping | None, at_s: float) -> list[
     return x
 
 
-def matrix(profiles: Sequence[Mapping | None], states: Sequence[Mapping | None], at_s: Sequence[float]) -> np.ndarray:
+def matrix(profiles: Sequence[Mapping | np.ndarray | None], states: Sequence[Mapping | None],
+           at_s: Sequence[float]) -> np.ndarray:
     """Vectors of many (profile, state, time) rows as one float32 matrix: ``vector`` row by row, vectorised.
+
+    A profile may also be given as its ``profile_vector`` (the scorer computes it once per customer).
 
     >>> state = {"ref_time": 0.0, "active_days": [0], **{n: 1.0 for n in SUM_FEATURES}}
     >>> rows = [({"tenure_months": 3}, state, 3600.0), (None, None, 0.0), ({"contract": "One year"}, state, 0.0)]
@@ -86,11 +89,15 @@ def matrix(profiles: Sequence[Mapping | None], states: Sequence[Mapping | None],
     >>> slow = np.array([vector(*r) for r in rows], dtype=np.float32)
     >>> bool(np.allclose(fast, slow, rtol=1e-6, equal_nan=True))
     True
+    >>> bool(np.array_equal(matrix([profile_vector(rows[0][0])], [state], [3600.0]), fast[:1], equal_nan=True))
+    True
     """
     n = len(at_s)
     out = np.full((n, len(MODEL_FEATURES)), np.nan, dtype=np.float64)
     for i, profile in enumerate(profiles):
-        if profile:
+        if isinstance(profile, np.ndarray):
+            out[i, :_N_PROFILE] = profile
+        elif profile:
             out[i, :_N_PROFILE] = _profile_part(profile)
     out[:, _N_PROFILE:] = activity_matrix(states, at_s)
     return out.astype(np.float32)
@@ -101,12 +108,25 @@ _TAUS = np.array([HORIZONS[name.rsplit("_", 1)[1]] for name in SUM_FEATURES])
 _SUM_INDEX = {name: i for i, name in enumerate(SUM_FEATURES)}
 
 
+def profile_vector(profile: Mapping) -> np.ndarray:
+    """The profile part of a model input (the leading ``MODEL_FEATURES``), for ``matrix``."""
+    return np.array(_profile_part(profile), dtype=np.float64)
+
+
 def _profile_part(profile: Mapping) -> list[float]:
     x = [_NAN if profile.get(c) is None else float(profile[c]) for c in PROFILE_NUMERIC]
     for col, value in CATEGORY_FEATURES.values():
         got = profile.get(col)
         x.append(_NAN if got is None else float(got == value))
     return x
+
+
+def _sums_of(state: Mapping) -> list[float]:
+    """A state's sums in ``SUM_FEATURES`` order: its packed ``sums`` if it has them, else by name."""
+    packed = state.get("sums")
+    if packed is not None:
+        return packed
+    return [_NAN if state.get(name) is None else state[name] for name in SUM_FEATURES]
 
 
 def activity_matrix(states: Sequence[Mapping | None], at_s: Sequence[float]) -> np.ndarray:
@@ -119,8 +139,7 @@ def activity_matrix(states: Sequence[Mapping | None], at_s: Sequence[float]) -> 
         return out
     rows = np.flatnonzero(have)
     ref = np.array([float(states[i]["ref_time"]) for i in rows])
-    sums = np.array([[states[i].get(name, _NAN) if states[i].get(name) is not None else _NAN
-                      for name in SUM_FEATURES] for i in rows], dtype=float)
+    sums = np.array([_sums_of(states[i]) for i in rows], dtype=float)
     age = np.maximum(at[rows] - ref, 0.0)
     decayed = sums * np.exp(-age[:, None] / _TAUS[None, :])
     cols = {name: decayed[:, j] for j, name in enumerate(SUM_FEATURES)}

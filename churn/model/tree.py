@@ -92,7 +92,8 @@ class TreeModel:
         return xgb.DMatrix(self.aligned(X), feature_names=self.features, missing=np.nan)
 
     def margin(self, X) -> np.ndarray:
-        return self.booster.predict(self._dmatrix(X), output_margin=True)
+        # in-place prediction: no DMatrix built per call (that cost ~10 % of the scorer's time)
+        return self.booster.inplace_predict(self.aligned(X), predict_type="margin", missing=np.nan)
 
     def predict(self, X) -> np.ndarray:
         """Calibrated churn probability of each row."""
@@ -111,13 +112,19 @@ class TreeModel:
         out = []
         for row, c in zip(X, contrib):
             missing = np.isnan(row)
-            reasons = [{"feature": self.features[i], "contribution": round(float(c[i]), 4),
-                        "text": describe(self.features[i], float(row[i]))} for i in np.flatnonzero(~missing)]
-            if missing.any():  # what the model made of absent features is one reason, not dozens
-                reasons.append({"feature": "missing_features", "contribution": round(float(c[missing].sum()), 4),
-                                "text": "no recent activity data for this customer yet"})
-            reasons.sort(key=lambda r: -r["contribution"])
-            out.append([r for r in reasons[:top] if r["contribution"] > 0])
+            # largest first; ties keep feature order, and what the model made of absent features
+            # (one reason, not dozens) comes after present features of equal weight
+            ranked = sorted(((round(float(c[i]), 4), int(i)) for i in np.flatnonzero(~missing)), key=lambda t: -t[0])
+            candidates = ranked[:top]
+            if missing.any():
+                candidates.append((round(float(c[missing].sum()), 4), None))
+                candidates.sort(key=lambda t: -t[0])
+            out.append([
+                {"feature": self.features[i], "contribution": value, "text": describe(self.features[i], float(row[i]))}
+                if i is not None else
+                {"feature": "missing_features", "contribution": value,
+                 "text": "no recent activity data for this customer yet"}
+                for value, i in candidates[:top] if value > 0])
         return out
 
     # -- storage ----------------------------------------------------------------------------

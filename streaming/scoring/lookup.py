@@ -1,9 +1,12 @@
 """Batch feature lookups from Feast's online store, with retries, a last-known cache and degraded scoring.
 
 One call per scoring batch fetches every customer's packed activity state
-(``customer_activity``: ``ref_time``, ``active_days``, ``sums``). Profiles
-(``customer_profile``) change only when the nightly job materializes them, so
-they are fetched on first sight of a customer and again after ``profile_ttl_s``.
+(``customer_activity``: ``ref_time``, ``active_days``, ``sums``) through a
+reader of ``churn.online_reader`` (Feast's storage format read directly from
+Redis by default). Profiles (``customer_profile``) change only when the nightly
+job materializes them, so they are fetched on first sight of a customer and
+again after ``profile_ttl_s``; each is kept as its model-input row
+(``churn.model.inputs.profile_vector``), computed once.
 
 If the store cannot be read after ``attempts`` tries (backoff doubling from
 ``backoff_s``), the batch is scored with the last values this worker saw for
@@ -18,15 +21,17 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from churn.feature_store import ACTIVITY_ONLINE, unpack_activity
-from churn.model.inputs import PROFILE_COLUMNS
+from churn.model.inputs import PROFILE_COLUMNS, profile_vector
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Lookup:
-    profiles: dict[str, dict | None]
+    profiles: dict[str, np.ndarray | None]  # each customer's profile as model-input row (None: unknown)
     states: dict[str, dict | None]
     degraded: bool = False
     seconds: float = 0.0
@@ -34,20 +39,14 @@ class Lookup:
 
 
 class OnlineFeatures:
-    def __init__(self, fs, attempts: int = 3, backoff_s: float = 0.05, profile_ttl_s: float = 600.0,
+    def __init__(self, reader, attempts: int = 3, backoff_s: float = 0.05, profile_ttl_s: float = 600.0,
                  cache_size: int = 200_000, clock=time.monotonic, sleep=time.sleep):
-        self.fs, self.attempts, self.backoff_s, self.profile_ttl_s = fs, attempts, backoff_s, profile_ttl_s
+        self.reader, self.attempts, self.backoff_s, self.profile_ttl_s = reader, attempts, backoff_s, profile_ttl_s
         self.clock, self.sleep = clock, sleep
         self._profiles: OrderedDict[str, tuple[float, dict | None]] = OrderedDict()
         self._states: OrderedDict[str, dict | None] = OrderedDict()
         self.cache_size = cache_size
         self.store_up = True
-
-    def _read(self, view: str, names: list[str], customers: list[str]) -> dict[str, list]:
-        return self.fs.get_online_features(
-            features=[f"{view}:{n}" for n in names],
-            entity_rows=[{"customer_id": c} for c in customers],
-        ).to_dict()
 
     def _with_retries(self, fn):
         delay = self.backoff_s
@@ -71,16 +70,16 @@ class OnlineFeatures:
         now = self.clock()
         stale = [c for c in customers if c not in self._profiles or now - self._profiles[c][0] > self.profile_ttl_s]
         try:
-            data = self._with_retries(lambda: self._read("customer_activity", ACTIVITY_ONLINE, customers))
-            for i, c in enumerate(data["customer_id"]):
-                state = unpack_activity(data["ref_time"][i], data["active_days"][i], data["sums"][i])
+            rows = self._with_retries(lambda: self.reader.read("customer_activity", ACTIVITY_ONLINE, customers))
+            for c, row in zip(customers, rows):
+                state = None if row is None else unpack_activity(row["ref_time"], row["active_days"], row["sums"])
                 out.states[c] = state
                 self._remember(self._states, c, state)
             if stale:
-                data = self._with_retries(lambda: self._read("customer_profile", PROFILE_COLUMNS, stale))
-                for i, c in enumerate(data["customer_id"]):
-                    profile = {n: data[n][i] for n in PROFILE_COLUMNS}
-                    self._remember(self._profiles, c, (now, profile if profile["tenure_months"] is not None else None))
+                rows = self._with_retries(lambda: self.reader.read("customer_profile", PROFILE_COLUMNS, stale))
+                for c, row in zip(stale, rows):
+                    known = row is not None and row["tenure_months"] is not None
+                    self._remember(self._profiles, c, (now, profile_vector(row) if known else None))
         except Exception as exc:
             out.degraded = True
             out.errors.append(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,193 @@
+"""Side by side on the same topic and the same Redis: our streaming job vs Feast's contrib
+``SparkKafkaProcessor`` ingesting the same activity features.
+
+Both catch up on the same CDRs already in Kafka, with the same micro-batch cap
+(``maxOffsetsPerTrigger``) and the same feature code (``partial_sums_by_executors``,
+the numpy rendering run inside Spark's executors). Feast's processor is given a
+``StreamFeatureView`` whose transformation is that feature code, as Feast's
+documentation shows for Spark stream feature views.
+
+What each does per micro-batch:
+
+* ours: Bronze (every record), validation, Silver (deduplicated), quarantine and
+  ``cdr.dlq``, each customer's decayed sums *merged* with their state, pushed to
+  Feast and appended to the offline history; exactly once across restarts;
+* Feast's: ``from_json`` of the value, the transformation, the newest row per
+  customer written to the online store. Nothing is kept between batches, so each
+  batch's sums *replace* the customer's values: after more than one batch the
+  served features are those of the customer's last batch, not of their history.
+
+Reported: events/s for each, their ratio, and the share of customers whose
+served features equal the batch computation over every event (rel 1e-6).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+from churn.config import Settings
+
+DAY = 86400.0
+BATCH_ROWS = 30_000
+#: Where SparkKafkaProcessor checkpoints: hard-coded in Feast (``/tmp/checkpoint/``), shared by every
+#: processor on the machine, so a second run resumes from the first one's offsets unless it is removed.
+FEAST_CHECKPOINT = Path("/tmp/checkpoint")
+
+
+def _feast_processor_view(s: Settings, batch_path: Path):
+    """A StreamFeatureView on the CDR topic whose transformation is our feature code."""
+    from feast import Field, FileSource, KafkaSource
+    from feast.data_format import JsonFormat
+    from feast.stream_feature_view import stream_feature_view
+    from feast.types import Array, Float64, Int64
+
+    from churn.features import SUM_FEATURES
+    from feature_repo.entities import customer
+    from streaming.parse import CONTRACT_COLUMNS
+
+    source = KafkaSource(
+        name="cdr_kafka", timestamp_field="event_time", topic=s.topics.cdr.name,
+        kafka_bootstrap_servers=s.kafka.bootstrap_servers,
+        message_format=JsonFormat(schema_json=", ".join(f"{n} {d}" for n, _, d in CONTRACT_COLUMNS)),
+        batch_source=FileSource(name="cdr_kafka_batch", path=str(batch_path), timestamp_field="feature_time"),
+    )
+
+    @stream_feature_view(
+        entities=[customer], ttl=timedelta(days=90), mode="spark", timestamp_field="feature_time", source=source,
+        schema=[Field(name="ref_time", dtype=Float64), Field(name="active_days", dtype=Array(Int64))]
+        + [Field(name=n, dtype=Float64) for n in SUM_FEATURES] + [Field(name="sums", dtype=Array(Float64))],
+    )
+    def customer_activity_feast(df):
+        from pyspark.sql import functions as F
+
+        from churn.features import SUM_FEATURES, partial_sums_by_executors
+
+        sums = partial_sums_by_executors(df.where(F.col("customer_id").isNotNull()))
+        return (sums.withColumn("feature_time", F.timestamp_seconds("ref_time"))
+                .withColumn("active_days", F.col("active_days").cast("array<bigint>"))
+                .withColumn("sums", F.array(*[F.col(n) for n in SUM_FEATURES])))
+
+    return customer_activity_feast
+
+
+def _run_feast_processor(s: Settings, total: int) -> tuple[float, dict]:
+    """Feast's SparkKafkaProcessor from the earliest offset until it has read ``total`` records."""
+    from feast.infra.contrib.spark_kafka_processor import SparkKafkaProcessor, SparkProcessorConfig
+
+    from churn import feature_store
+    from churn.spark import spark_session
+    from feature_repo.entities import customer
+
+    batch_path = Path(tempfile.mkdtemp(prefix="churn-bench-feast-")) / "activity.parquet"
+    fs = feature_store.store(s)
+    view = _feast_processor_view(s, batch_path)
+    fs.apply([customer, view])
+    shutil.rmtree(FEAST_CHECKPOINT, ignore_errors=True)
+    spark = spark_session(s, app_name="feast-spark-kafka-processor")
+    config = SparkProcessorConfig(mode="spark", source="kafka", spark_session=spark,
+                                  processing_time="0 seconds", query_timeout=1)
+    processor = SparkKafkaProcessor(fs=fs, sfv=view, config=config, stream_source_options={
+        "startingOffsets": "earliest", "maxOffsetsPerTrigger": str(BATCH_ROWS), "failOnDataLoss": "false"})
+    started = time.perf_counter()
+    query = processor.ingest_stream_feature_view()  # returns after query_timeout; the query runs on
+    try:
+        while True:
+            read = sum(p["numInputRows"] for p in query.recentProgress)
+            if read >= total:
+                break
+            if query.exception() is not None:
+                raise RuntimeError(f"SparkKafkaProcessor failed: {query.exception()}")
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - started
+        batches = [p for p in query.recentProgress if p["numInputRows"]]
+    finally:
+        query.stop()
+        spark.stop()
+        shutil.rmtree(FEAST_CHECKPOINT, ignore_errors=True)
+    durations = sorted(p["batchDuration"] / 1000 for p in batches)
+    return total / elapsed, {"elapsed_s": round(elapsed, 1), "batches": len(batches),
+                             "batch_duration_p50_s": round(durations[len(durations) // 2], 1)}
+
+
+def _run_ours(s: Settings) -> tuple[float, dict]:
+    from streaming.job import StreamingJob
+
+    job = StreamingJob(s, available_now=True)
+    started = time.perf_counter()
+    job.start()
+    for q in job.queries:
+        q.awaitTermination()
+    elapsed = time.perf_counter() - started
+    batches = [p for p in job.queries[1].recentProgress if p["numInputRows"]]
+    job.spark.stop()
+    durations = sorted(p["batchDuration"] / 1000 for p in batches)
+    return elapsed, {"elapsed_s": round(elapsed, 1), "batches": len(batches),
+                     "batch_duration_p50_s": round(durations[len(durations) // 2], 1)}
+
+
+def _served_correctly(s: Settings, view: str, truth: dict[str, dict], at_most: int = 2000) -> float:
+    """Share of customers whose served sums equal ``truth`` (the batch computation) to rel 1e-6."""
+    from churn.features import SUM_FEATURES
+    from churn.online_reader import FeastRedisReader
+
+    customers = sorted(truth)[:at_most]
+    rows = FeastRedisReader.from_settings(s).read(view, ["ref_time", "sums"], customers)
+    good = 0
+    for c, row in zip(customers, rows):
+        if row is None or row["sums"] is None:
+            continue
+        expected = np.array([truth[c][n] for n in SUM_FEATURES])
+        good += bool(np.allclose(row["sums"], expected, rtol=1e-6, atol=1e-9)
+                     and abs(row["ref_time"] - truth[c]["ref_time"]) < 1e-3)
+    return good / len(customers)
+
+
+def bench_stream_vs_feast_processor(base: Settings, stream_settings) -> dict:
+    """Our streaming job vs Feast's SparkKafkaProcessor, same topic, same Redis, same feature code:
+    events/s of each (catch-up on the same CDRs), ratio, and whether the served features are right."""
+    from churn import feature_store
+    from churn.features import partial_sums_numpy
+    from churn.simulator import Simulator
+    from churn.simulator.produce import run_backfill
+
+    s = stream_settings(base)
+    s.streaming.max_offsets_per_trigger = BATCH_ROWS
+    end = time.time() - DAY
+    sim = Simulator(seed=2, start_s=end - 1.2 * DAY, end_s=end)
+    report = run_backfill(s, sim)
+    total = report.cdr_messages
+    # the truth: the batch computation over every event (the simulator is deterministic)
+    replay = Simulator(seed=2, start_s=end - 1.2 * DAY, end_s=end)
+    ids = np.asarray(replay.pop.customer_id, dtype=object)
+    parts = [step.good.silver_columns(ids) for step in replay.backfill_steps()]
+    truth = partial_sums_numpy({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
+    feature_store.apply(s)
+    ours_elapsed, ours = _run_ours(s)
+    ours_correct = _served_correctly(s, "customer_activity", truth)
+
+    theirs_settings = s.model_copy(deep=True)
+    theirs_settings.feast.project = f"feastproc{uuid.uuid4().hex[:6]}"  # same Redis, its own keys
+    theirs_rate, theirs = _run_feast_processor(theirs_settings, total)
+    theirs_correct = _served_correctly(theirs_settings, "customer_activity_feast", truth)
+    ours_rate = total / ours_elapsed
+    detail = {"events": total, "batch_rows_max": BATCH_ROWS,
+              "ours": {**ours, "events_per_s": round(ours_rate), "customers_served_correctly": ours_correct},
+              "feast_spark_kafka_processor": {**theirs, "events_per_s": round(theirs_rate),
+                                              "customers_served_correctly": theirs_correct}}
+    print(detail, flush=True)
+    return {
+        "stream_vs_feast_processor_ours_rate": (ours_rate, "events/s", detail),
+        "stream_vs_feast_processor_feast_rate": (theirs_rate, "events/s", detail),
+        "stream_vs_feast_processor_ratio": (ours_rate / theirs_rate, "x", detail),
+        "stream_vs_feast_processor_ours_correct_share": (ours_correct, "share", {}),
+        "stream_vs_feast_processor_feast_correct_share": (theirs_correct, "share", {}),
+    }
+

@@ -1,0 +1,119 @@
+"""Batch reads from Feast's Redis online store, for the scorer's hot path.
+
+Two readers with one interface, ``read(view, names, customer_ids)`` returning one
+row per customer (a dict of the named features, or None where the store holds
+nothing for that customer):
+
+* ``FeastSdkReader`` calls ``FeatureStore.get_online_features``: Feast's
+  general-purpose path, which builds protobuf requests and responses per entity
+  and converts every value through its type map;
+* ``FeastRedisReader`` reads the same Redis hashes Feast wrote, in Feast's own
+  storage format (keys from Feast's ``_redis_key``, field names from Feast's
+  ``_mmh3``, values as Feast's ``ValueProto``), with one pipelined ``HMGET`` per
+  customer and keys cached per customer. It is what Feast's Go and Java feature
+  servers do. A test reads every customer both ways and asserts equal values,
+  so a change in Feast's format fails the test instead of the scores.
+
+Measured for 1,000-event batches (~890 customers): SDK reader about 60 ms,
+Redis reader about 20 ms (``bench/run.py score_lookup``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import redis
+
+
+class FeastSdkReader:
+    """Feast's ``get_online_features`` (the reference the fast reader is tested against)."""
+
+    def __init__(self, fs):
+        self.fs = fs
+
+    def read(self, view: str, names: Sequence[str], customer_ids: Sequence[str]) -> list[dict | None]:
+        data = self.fs.get_online_features(
+            features=[f"{view}:{n}" for n in names],
+            entity_rows=[{"customer_id": c} for c in customer_ids],
+        ).to_dict()
+        rows = []
+        for i in range(len(customer_ids)):
+            row = {n: data[n][i] for n in names}
+            rows.append(None if all(v is None for v in row.values()) else row)
+        return rows
+
+
+def _python_value(proto) -> Any:
+    """A Feast ``ValueProto`` as a Python value (scalars and lists; None if unset)."""
+    kind = proto.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    value = getattr(proto, kind)
+    return list(value.val) if kind.endswith("_list_val") else value
+
+
+class FeastRedisReader:
+    """Feast's Redis online store read directly in Feast's storage format (see the module doc)."""
+
+    def __init__(self, project: str, host: str, port: int, key_cache: int = 200_000,
+                 socket_timeout_s: float = 2.0):
+        from feast.infra.online_stores.helpers import _mmh3
+
+        self.project = project
+        self._mmh3 = _mmh3
+        self.client = redis.Redis(host=host, port=port, socket_timeout=socket_timeout_s,
+                                  socket_connect_timeout=socket_timeout_s)
+        self._keys: OrderedDict[str, bytes] = OrderedDict()
+        self._fields: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
+        self.key_cache = key_cache
+
+    @classmethod
+    def from_settings(cls, settings) -> "FeastRedisReader":
+        return cls(settings.feast.project, settings.redis.host, settings.redis.port)
+
+    def _key(self, customer_id: str) -> bytes:
+        key = self._keys.get(customer_id)
+        if key is None:
+            from feast.infra.online_stores.helpers import _redis_key
+            from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+            from feast.protos.feast.types.Value_pb2 import Value
+
+            entity = EntityKey(join_keys=["customer_id"], entity_values=[Value(string_val=customer_id)])
+            key = self._keys[customer_id] = _redis_key(self.project, entity, entity_key_serialization_version=3)
+            if len(self._keys) > self.key_cache:
+                self._keys.popitem(last=False)
+        return key
+
+    def _hash_fields(self, view: str, names: Sequence[str]) -> list[bytes]:
+        spec = (view, tuple(names))
+        fields = self._fields.get(spec)
+        if fields is None:
+            fields = self._fields[spec] = [self._mmh3(f"{view}:{n}") for n in names]
+        return fields
+
+    def read(self, view: str, names: Sequence[str], customer_ids: Sequence[str]) -> list[dict | None]:
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        fields = self._hash_fields(view, names)
+        pipe = self.client.pipeline(transaction=False)
+        for c in customer_ids:
+            pipe.hmget(self._key(c), fields)
+        rows: list[dict | None] = []
+        proto = Value()
+        for values in pipe.execute():
+            if all(v is None for v in values):
+                rows.append(None)
+                continue
+            row = {}
+            for name, raw in zip(names, values):
+                if raw is None:
+                    row[name] = None
+                else:
+                    proto.ParseFromString(raw)
+                    row[name] = _python_value(proto)
+            rows.append(row)
+        return rows
+
+    def close(self) -> None:
+        self.client.close()
