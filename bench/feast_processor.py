@@ -187,7 +187,7 @@ def bench_stream_vs_feast_processor(base: Settings, stream_settings) -> dict:
         "stream_vs_feast_processor_ours_rate": (ours_rate, "events/s", detail),
         "stream_vs_feast_processor_feast_rate": (theirs_rate, "events/s", detail),
         "stream_vs_feast_processor_ratio": (ours_rate / theirs_rate, "x", detail),
-        "stream_vs_feast_processor_ours_correct_share": (ours_correct, "share", {}),
-        "stream_vs_feast_processor_feast_correct_share": (theirs_correct, "share", {}),
+        "stream_vs_feast_processor_ours_correct_pct": (100 * ours_correct, "% of customers", {}),
+        "stream_vs_feast_processor_feast_correct_pct": (100 * theirs_correct, "% of customers", {}),
     }
 

@@ -194,7 +194,7 @@ class ScoringSettings(BaseModel):
     registry_dir: Path | None = None
     #: Events per scoring batch, and the longest a batch waits to fill.
     batch_max: int = 4000
-    batch_within_s: float = 0.02
+    batch_within_s: float = 0.005
     #: How often each partition's transaction commits (outputs become visible to read_committed readers).
     commit_interval_s: float = 0.1
     #: Consumer-group session timeout: how soon a dead worker's partitions move.

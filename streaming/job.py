@@ -98,7 +98,7 @@ class StreamingJob:
         self._lock = threading.Lock()
         self._feature_store = None
         self._feature_state: FeatureState | None = None
-        self._writers = ThreadPoolExecutor(4, thread_name_prefix="delta-write")
+        self._writers = ThreadPoolExecutor(5, thread_name_prefix="delta-write")
         self.last_pushed_ref_time = 0.0
         self.queries = []
 
@@ -240,17 +240,6 @@ class StreamingJob:
                                 if r.reason is None and r.max_t}
             clock.mark("validate+dedup")
             state_rows = self._push_features(silver, batch_id, clock) if good else None
-            # the Delta writes (and dead letters) are independent: Spark runs them as concurrent jobs
-            writes = [lambda: self._write(silver, self.lake.silver, "silver", batch_id, "event_date")]
-            if state_rows is not None:
-                writes.append(lambda: self._record_features(state_rows, batch_id))
-            if bad:
-                writes.append(lambda: self._write(quarantine, self.lake.quarantine, "quarantine", batch_id,
-                                                  "quarantine_date"))
-                writes.append(lambda: self._dead_letter(quarantine))
-            for future in [self._writers.submit(write) for write in writes]:
-                future.result()
-            clock.mark("silver+history+quarantine+dlq")
             max_t = max(max_by_partition.values(), default=None)
             accounting = self.spark.createDataFrame(
                 [(batch_id, total, good, total - good, json.dumps(dict(bad)),
@@ -259,10 +248,21 @@ class StreamingJob:
                 "batch_id long, rows long, silver_rows long, quarantined_rows long, quarantined_by_reason string, "
                 "max_event_time timestamp, max_event_time_by_partition string, watermark_by_partition string",
             ).withColumn("recorded_at", F.current_timestamp()).withColumn("day", F.to_date("recorded_at"))
-            self._write(accounting, self.lake.batches, "batches", batch_id, "day")
+            # The Delta writes (and dead letters) are independent, each idempotent per batch: Spark runs
+            # them as concurrent jobs (the accounting row alone, written after the others, cost ~1 s a batch)
+            writes = [lambda: self._write(silver, self.lake.silver, "silver", batch_id, "event_date"),
+                      lambda: self._write(accounting, self.lake.batches, "batches", batch_id, "day")]
+            if state_rows is not None:
+                writes.append(lambda: self._record_features(state_rows, batch_id))
+            if bad:
+                writes.append(lambda: self._write(quarantine, self.lake.quarantine, "quarantine", batch_id,
+                                                  "quarantine_date"))
+                writes.append(lambda: self._dead_letter(quarantine))
+            for future in [self._writers.submit(write) for write in writes]:
+                future.result()
+            clock.mark("silver+history+quarantine+dlq+accounting")
             with self._lock:
                 self._max_event_time[batch_id] = max_by_partition
-            clock.mark("accounting")
             metrics.record_batch(good, dict(bad))
             log.info("batch %d: %d rows, %d to silver, %d quarantined in %s", batch_id, total, good,
                      total - good, clock)

@@ -81,12 +81,15 @@ class ProduceReport:
 class StepProducer:
     """Produces steps; counts delivery failures (librdkafka reports only errors)."""
 
-    def __init__(self, settings: Settings, report: ProduceReport, producer: Producer | None = None):
+    def __init__(self, settings: Settings, report: ProduceReport, producer: Producer | None = None,
+                 **producer_config):
+        """``producer_config``: librdkafka settings that replace the defaults of ``churn.transport``,
+        e.g. ``**{"linger.ms": 5}`` for a real-time feed."""
         self.report = report
         self.cdr_topic = settings.topics.cdr.name
         self.label_topic = settings.topics.churn_labels.name
         self.producer = producer or make_producer(
-            settings, **{"delivery.report.only.error": True, "on_delivery": self._on_delivery}
+            settings, **{"delivery.report.only.error": True, "on_delivery": self._on_delivery, **producer_config}
         )
 
     def _on_delivery(self, err: KafkaError | None, msg) -> None:
