@@ -116,7 +116,9 @@ def _run_feast_processor(s: Settings, total: int) -> tuple[float, dict]:
                              "batch_duration_p50_s": round(durations[len(durations) // 2], 1)}
 
 
-def _run_ours(s: Settings) -> tuple[float, dict]:
+def stream_catch_up(s: Settings) -> tuple[float, list[float]]:
+    """Our streaming job on everything in Kafka, to the end (available-now): elapsed seconds and the
+    durations of the silver query's batches that read rows, sorted."""
     from streaming.job import StreamingJob
 
     job = StreamingJob(s, available_now=True)
@@ -125,10 +127,14 @@ def _run_ours(s: Settings) -> tuple[float, dict]:
     for q in job.queries:
         q.awaitTermination()
     elapsed = time.perf_counter() - started
-    batches = [p for p in job.queries[1].recentProgress if p["numInputRows"]]
+    durations = sorted(p["batchDuration"] / 1000 for p in job.queries[1].recentProgress if p["numInputRows"])
     job.spark.stop()
-    durations = sorted(p["batchDuration"] / 1000 for p in batches)
-    return elapsed, {"elapsed_s": round(elapsed, 1), "batches": len(batches),
+    return elapsed, durations
+
+
+def _run_ours(s: Settings) -> tuple[float, dict]:
+    elapsed, durations = stream_catch_up(s)
+    return elapsed, {"elapsed_s": round(elapsed, 1), "batches": len(durations),
                      "batch_duration_p50_s": round(durations[len(durations) // 2], 1)}
 
 

@@ -35,7 +35,7 @@ from churn.simulator.produce import run_backfill  # noqa: E402
 from churn.transport import ensure_topics  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from feast_processor import bench_stream_vs_feast_processor  # noqa: E402
+from feast_processor import bench_stream_vs_feast_processor, stream_catch_up  # noqa: E402
 from gold import bench_gold  # noqa: E402
 from scoring import bench_scoring  # noqa: E402
 
@@ -86,8 +86,6 @@ def _stream_bench_settings(s: Settings) -> Settings:
 def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
     """Streaming job catching up on ~130,000 CDRs (1.2 simulated days) already in Kafka (Bronze,
     Silver, quarantine, features merged and pushed to Feast): events/s end to end, batch durations."""
-    from streaming.job import StreamingJob
-
     s = _stream_bench_settings(s)
     s.streaming.max_offsets_per_trigger = 30_000
     end = time.time() - DAY
@@ -95,14 +93,7 @@ def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
     from churn import feature_store
 
     feature_store.apply(s)
-    job = StreamingJob(s, available_now=True)
-    started = time.perf_counter()
-    job.start()
-    for q in job.queries:
-        q.awaitTermination()
-    elapsed = time.perf_counter() - started
-    durations = sorted(p["batchDuration"] / 1000 for p in job.queries[1].recentProgress if p["numInputRows"])
-    job.spark.stop()
+    elapsed, durations = stream_catch_up(s)
     pct = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))]  # noqa: E731
     return report.cdr_messages / elapsed, "events/s", {
         "events": report.cdr_messages, "elapsed_s": round(elapsed, 1), "silver_batches": len(durations),
