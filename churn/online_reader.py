@@ -14,8 +14,8 @@ nothing for that customer):
   servers do. A test reads every customer both ways and asserts equal values,
   so a change in Feast's format fails the test instead of the scores.
 
-Measured reading 1,000 customers' activity state: Feast's API 40 ms, the direct
-reader 17 ms (median of 7; ``bench/run.py score``, figures ``score_lookup_*``).
+Measured reading 1,000 customers' activity state: Feast's API 42-46 ms, the direct
+reader 18-22 ms (medians of 7 in two runs; ``bench/run.py score``, figures ``score_lookup_*``).
 """
 
 from __future__ import annotations
