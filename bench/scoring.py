@@ -132,10 +132,7 @@ def _push_activity(s: Settings, sim: Simulator) -> list[str]:
     from churn.features import SUM_FEATURES, partial_sums_arrays
     from streaming.feature_state import FeatureState
 
-    ids = np.asarray(sim.pop.customer_id, dtype=object)
-    parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    customers, ref, sums, days = partial_sums_arrays(cols)
+    customers, ref, sums, days = partial_sums_arrays(sim.silver_columns())  # run_backfill's slices
     partial = pd.DataFrame(sums, columns=SUM_FEATURES)
     partial.insert(0, "customer_id", customers.astype(object))
     partial.insert(1, "ref_time", ref)

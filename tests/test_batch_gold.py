@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,9 +27,7 @@ def lake(tmp_path_factory):
 
     spark = spark_session(settings, app_name="gold-test")
     sim = Simulator(seed=51, start_s=END - 4 * DAY, end_s=END, customers=250)
-    ids = np.asarray(sim.pop.customer_id, dtype=object)
-    parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    cols = sim.silver_columns(slice_s=6 * 3600.0)
     spark.createDataFrame(silver_frame(cols)).write.format("delta").partitionBy("event_date").save(
         LakePaths(root / "lake").silver)
     return settings, spark, cols

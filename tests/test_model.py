@@ -21,9 +21,7 @@ END = 1.79e9
 @pytest.fixture(scope="module")
 def simulated():
     sim = Simulator(seed=3, start_s=END - 20 * DAY, end_s=END, customers=150)
-    ids = np.asarray(sim.pop.customer_id, dtype=object)
-    parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    cols = sim.silver_columns(slice_s=6 * 3600.0)
     return sim, cols
 
 

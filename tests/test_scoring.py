@@ -159,12 +159,6 @@ def test_kill_9_and_restart_scores_every_cdr_exactly_once_without_duplicate_aler
         assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
 
-def _silver_columns(sim) -> dict:
-    ids = np.asarray(sim.pop.customer_id, dtype=object)
-    parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def _states_for(cols: dict, customer: str, times: list[float]) -> list[dict]:
     """A customer's activity state read at each of ``times`` (numpy rendering of the features)."""
     keep = cols["customer_id"] == customer
@@ -202,7 +196,7 @@ def test_a_customer_turning_churny_gets_an_alert_whose_reasons_name_the_behaviou
     model = registry.load_champion()
     end = recent_evening()
     sim = Simulator(seed=41, start_s=end - 90 * DAY, end_s=end, customers=300, labels_from_s=end - 30 * DAY)
-    cols = _silver_columns(sim)
+    cols = sim.silver_columns(slice_s=6 * 3600.0)
     profiles = profile_frame().set_index("customer_id").to_dict("index")
     # a churner the model finds safe on its profile and normal behaviour, risky on its drift
     chosen = None
@@ -381,7 +375,7 @@ def test_direct_redis_reader_returns_what_feast_get_online_features_returns(scor
     _, s = score_env
     end = recent_evening()
     sim = Simulator(seed=43, start_s=end - 20 * DAY, end_s=end, customers=40)
-    cols = _silver_columns(sim)
+    cols = sim.silver_columns(slice_s=6 * 3600.0)
     pushed = list(dict.fromkeys(cols["customer_id"]))[:5]
     states = {c: _states_for(cols, c, [end])[0] for c in pushed}
     for c, state in states.items():

@@ -47,8 +47,7 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
                     precursor_days=settings.simulator.precursor_days, csv_path=settings.simulator.customers_csv,
                     data_scale=data_scale)
     ids = np.asarray(sim.pop.customer_id, dtype=object)
-    parts = [step.good.silver_columns(ids) for step in sim.backfill_steps(slice_s=6 * 3600.0)]
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    cols = sim.silver_columns(slice_s=6 * 3600.0)
     rng = np.random.default_rng([seed, 11])
     observe = sim.label_s - rng.uniform(0.0, lookahead_days * DAY, len(ids))
     at = dict(zip(ids.tolist(), observe.tolist()))

@@ -95,6 +95,14 @@ class Simulator:
         self._bad_kinds = list(BAD_KINDS)
 
     # -- the two walks through time -------------------------------------------------------
+    def silver_columns(self, slice_s: float = 3600.0) -> dict[str, np.ndarray]:
+        """Every good event from the simulated now to ``end_s`` as Silver's columns, concatenated
+        (``backfill_steps`` then ``EventBatch.silver_columns``; the same events a backfill with the
+        same ``slice_s`` produces). Advances the simulation like ``backfill_steps``."""
+        ids = np.asarray(self.pop.customer_id, dtype=object)
+        parts = [step.good.silver_columns(ids) for step in self.backfill_steps(slice_s=slice_s)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     def backfill_steps(self, slice_s: float = 3600.0, until_s: float | None = None) -> Iterator[Step]:
         """Steps from the simulated now to ``until_s`` (default ``end_s``) in slices of ``slice_s``.
 
