@@ -93,7 +93,8 @@ def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
     from churn import feature_store
 
     feature_store.apply(s)
-    elapsed, durations = stream_catch_up(s)
+    elapsed, progress = stream_catch_up(s)
+    durations = sorted(p["batchDuration"] / 1000 for p in progress if p["numInputRows"])
     pct = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))]  # noqa: E731
     return report.cdr_messages / elapsed, "events/s", {
         "events": report.cdr_messages, "elapsed_s": round(elapsed, 1), "silver_batches": len(durations),

@@ -172,6 +172,9 @@ class StreamingSettings(BaseModel):
     bronze_trigger_s: float = 5.0
     #: Most Kafka records per micro-batch (bounds batch duration when catching up).
     max_offsets_per_trigger: int = 200_000
+    #: The same for Bronze, which is not on the freshness path: larger batches when catching up
+    #: spread its fixed cost per batch (a Delta commit) over more records.
+    bronze_max_offsets_per_trigger: int = 1_000_000
     #: Events older than (newest event time seen before this batch - allowed lateness) are quarantined as late.
     allowed_lateness_s: float = 3600.0
     #: Duplicates of an event_id are recognised if they arrive within this processing-time window.

@@ -89,7 +89,7 @@ def profile_frame(csv_path: Path | None = None) -> pd.DataFrame:
 
 def apply(settings: Settings) -> list[str]:
     """Write the profile table, register every definition in ``feature_repo/``, load profiles online."""
-    from feature_repo.activity import activity_history, activity_push, customer_activity
+    from feature_repo.activity import activity_history, activity_push, customer_activity, customer_activity_named
     from feature_repo.entities import customer
     from feature_repo.profile import customer_profile, profile_source
 
@@ -98,7 +98,8 @@ def apply(settings: Settings) -> list[str]:
     profile_frame(settings.simulator.customers_csv).to_parquet(lake / "profile.parquet", index=False)
     (FEATURE_REPO / "feature_store.yaml").write_text(feature_store_yaml(settings))
     fs = store(settings)
-    objects = [customer, profile_source, customer_profile, activity_history, activity_push, customer_activity]
+    objects = [customer, profile_source, customer_profile, activity_history, activity_push, customer_activity,
+               customer_activity_named]
     fs.apply(objects)
     fs.materialize(start_date=datetime(2019, 1, 1, tzinfo=timezone.utc), end_date=datetime.now(timezone.utc),
                    feature_views=["customer_profile"])
@@ -109,12 +110,12 @@ def is_applied(settings: Settings) -> bool:
     """True if the registry holds this project's definitions as they are in ``feature_repo/`` now."""
     if not registry_path(settings).exists():
         return False
-    from feature_repo.activity import customer_activity
+    from feature_repo.activity import customer_activity, customer_activity_named
     from feature_repo.profile import customer_profile
 
     try:
         fs = store(settings)
-        for view in (customer_activity, customer_profile):
+        for view in (customer_activity, customer_activity_named, customer_profile):
             registered = fs.get_feature_view(view.name)
             if {f.name for f in registered.features} != {f.name for f in view.features}:
                 return False
@@ -130,15 +131,16 @@ def ensure_applied(settings: Settings) -> None:
 
 
 def online_activity(fs, customer_ids: list[str]) -> dict[str, dict]:
-    """Pushed activity values per customer (None where nothing was pushed yet)."""
+    """Pushed activity per customer, by ``churn.features`` name (values None where nothing was pushed yet)."""
     from churn.features import SUM_FEATURES
 
-    names = ["ref_time", "active_days", *SUM_FEATURES]
+    nothing = dict.fromkeys(["ref_time", "active_days", "sums", *SUM_FEATURES])
     data = fs.get_online_features(
-        features=[f"customer_activity:{n}" for n in names],
+        features=[f"customer_activity:{n}" for n in ACTIVITY_ONLINE],
         entity_rows=[{"customer_id": c} for c in customer_ids],
     ).to_dict()
-    return {c: {n: data[n][i] for n in names} for i, c in enumerate(data["customer_id"])}
+    return {c: unpack_activity(*(data[n][i] for n in ACTIVITY_ONLINE)) or dict(nothing)
+            for i, c in enumerate(data["customer_id"])}
 
 
 #: What the scorer reads per customer: the packed activity state (see ``feature_repo/activity.py``).

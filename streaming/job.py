@@ -31,11 +31,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 
 from churn.config import Settings
+from churn.feature_store import ACTIVITY_ONLINE
 from churn.features import SUM_FEATURES
 from churn.lake import LakePaths
 from streaming import metrics
@@ -111,7 +112,8 @@ class StreamingJob:
         self.lake = LakePaths(Path(st.lake_dir))
         self.checkpoints = Path(st.checkpoint_dir)
         self.silver_writer = _app_id(self.checkpoints, "silver")
-        self._may_replay_upto = -1
+        # batches at most this old may have run (and written) before this process: see ``_write``
+        self._may_replay_upto = last_planned_batch(self.checkpoints / "silver")
         self._max_event_time: dict[int, dict[int, float]] = {}
         self._lock = threading.Lock()
         self._feature_store = None
@@ -121,14 +123,14 @@ class StreamingJob:
         self.queries = []
 
     # -- sources ---------------------------------------------------------------------------
-    def _kafka(self):
+    def _kafka(self, max_offsets: int):
         s = self.settings
         return (
             self.spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", s.kafka.bootstrap_servers)
             .option("subscribe", s.topics.cdr.name)
             .option("startingOffsets", s.streaming.starting_offsets)
-            .option("maxOffsetsPerTrigger", str(s.streaming.max_offsets_per_trigger))
+            .option("maxOffsetsPerTrigger", str(max_offsets))
             .option("includeHeaders", "true")
             .option("kafka.fetch.max.wait.ms", str(s.streaming.kafka_fetch_max_wait_ms))
             .load()
@@ -143,7 +145,7 @@ class StreamingJob:
     def start_bronze(self):
         from pyspark.sql import functions as F
 
-        rows = self._kafka().select(
+        rows = self._kafka(self.settings.streaming.bronze_max_offsets_per_trigger).select(
             "key", "value", "headers", "topic", "partition", "offset",
             F.col("timestamp").alias("kafka_timestamp"), F.col("timestampType").alias("kafka_timestamp_type"),
             F.current_timestamp().alias("ingest_time"),
@@ -162,11 +164,9 @@ class StreamingJob:
         from pyspark.sql import functions as F
 
         self._load_progress()
-        self._may_replay_upto = last_planned_batch(self.checkpoints / "silver")
         st = self.settings.streaming
-        parsed = self._kafka().select("key", "value", "partition", "offset", "timestamp").mapInArrow(
-            validate_arrow, SPARK_DDL
-        )
+        parsed = self._kafka(st.max_offsets_per_trigger).select(
+            "key", "value", "partition", "offset", "timestamp").mapInArrow(validate_arrow, SPARK_DDL)
         deduped = (
             parsed.withColumn(
                 "dedup_key",
@@ -270,7 +270,6 @@ class StreamingJob:
             max_by_partition = {r.kafka_partition: r.max_t.timestamp() for r in verdicts
                                 if r.reason is None and r.max_t}
             clock.mark("validate+dedup")
-            state_rows = self._push_features(silver, batch_id, clock) if good else None
             max_t = max(max_by_partition.values(), default=None)
             accounting = self.spark.createDataFrame(
                 [(batch_id, total, good, total - good, json.dumps(dict(bad)),
@@ -279,19 +278,26 @@ class StreamingJob:
                 "batch_id long, rows long, silver_rows long, quarantined_rows long, quarantined_by_reason string, "
                 "max_event_time timestamp, max_event_time_by_partition string, watermark_by_partition string",
             ).withColumn("recorded_at", F.current_timestamp()).withColumn("day", F.to_date("recorded_at"))
-            # The Delta writes (and dead letters) are independent, each idempotent per batch: Spark runs
-            # them as concurrent jobs (the accounting row alone, written after the others, cost ~1 s a batch)
+            # The Delta writes and dead letters are independent and each idempotent per batch, so Spark runs
+            # them as concurrent jobs, started now: they overlap the feature work below (a Spark job, then
+            # Python on the driver). The batch ends when all of them are done.
             writes = [lambda: self._write(silver, self.lake.silver, "silver", batch_id, "event_date"),
                       lambda: self._write(accounting, self.lake.batches, "batches", batch_id, "day")]
-            if state_rows is not None:
-                writes.append(lambda: self._record_features(state_rows, batch_id))
             if bad:
                 writes.append(lambda: self._write(quarantine, self.lake.quarantine, "quarantine", batch_id,
                                                   "quarantine_date"))
                 writes.append(lambda: self._dead_letter(quarantine))
-            for future in [self._writers.submit(write) for write in writes]:
-                future.result()
-            clock.mark("silver+history+quarantine+dlq+accounting")
+            pending = [self._writers.submit(write) for write in writes]
+            try:
+                if good:
+                    self._push_features(silver, batch_id, clock,
+                                        record=lambda rows: pending.append(self._writers.submit(
+                                            self._record_features, rows, batch_id)))
+            finally:  # never leave a write running into the next batch, even when the push failed
+                wait(pending)
+            for future in pending:
+                future.result()  # raises the first failure: the batch fails and is replayed on restart
+            clock.mark("delta writes+dlq (after the push)")
             with self._lock:
                 self._max_event_time[batch_id] = max_by_partition
             metrics.record_batch(good, dict(bad))
@@ -330,12 +336,13 @@ class StreamingJob:
                  state.applied_batch)
         return state
 
-    def _push_features(self, silver, batch_id: int, clock: "_PhaseClock"):
+    def _push_features(self, silver, batch_id: int, clock: "_PhaseClock", record) -> None:
         """Merge the batch's decayed sums into the customers' state and push it to Feast's online store.
 
-        Returns the new state rows (applied to the in-memory state only once they are recorded).
-        A batch replayed after a crash whose rows were already recorded is not merged again: the
-        customers' present state is pushed (an upsert), which changes nothing.
+        ``record(rows)`` is called with the new state rows before the push (so their Delta write runs
+        alongside it); they are applied to the in-memory state only once recorded. A batch replayed
+        after a crash whose rows were already recorded is not merged again: the customers' present
+        state is pushed (an upsert), which changes nothing.
         """
         from feast.data_source import PushMode
 
@@ -346,11 +353,13 @@ class StreamingJob:
         state = self.feature_state
         replay = batch_id <= state.applied_batch
         rows = state.current(partial["customer_id"]) if replay else state.merged(partial)
-        self.feature_store.push("customer_activity_push", rows, to=PushMode.ONLINE)
+        if not replay:
+            record(rows)
+        self.feature_store.push("customer_activity_push", rows[["customer_id", "feature_time", *ACTIVITY_ONLINE]],
+                                to=PushMode.ONLINE)
         self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
         metrics.record_push(self.last_pushed_ref_time)
         clock.mark("features.push")
-        return None if replay else rows
 
     def _record_features(self, rows, batch_id: int) -> None:
         """Append the batch's new state rows to ``feature_history`` (idempotent per batch), then apply them."""

@@ -246,3 +246,45 @@ def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(str
             assert got[name] == pytest.approx(expected[name], rel=1e-9, abs=1e-9), (customer, name)
     history = table(lake / "feature_history", ["customer_id", "batch_id"])
     assert history.num_rows >= len(batch)  # every push is also in the offline history
+
+
+def test_a_batch_replayed_after_a_restart_is_written_once_and_new_batches_always(tmp_path):
+    """The Delta writes' idempotence (``StreamingJob._write``) on real Delta tables: a batch that may
+    have run before the restart (its offsets are logged) and was committed is skipped; one that was not
+    committed, a new batch, and another checkpoint's (writer's) batch of the same id are written."""
+    from churn.config import Settings
+    from churn.spark import spark_session
+    from streaming.job import StreamingJob
+
+    lake, checkpoints = tmp_path / "lake", tmp_path / "checkpoints"
+    s = Settings(streaming={"lake_dir": str(lake), "checkpoint_dir": str(checkpoints)})
+    (checkpoints / "silver" / "offsets").mkdir(parents=True)
+    for batch_id in range(4):  # Spark logged the offsets of batches 0..3 before the "crash"
+        (checkpoints / "silver" / "offsets" / str(batch_id)).write_text("v1\n")
+    spark = spark_session(s, "test-idempotent-writes")
+    path = str(lake / "silver")
+
+    def rows(batch_id: int, n: int = 3):
+        return spark.createDataFrame([(batch_id, i) for i in range(n)], "batch_id long, i long")
+
+    def written() -> Counter:
+        return Counter(table(path, ["batch_id"]).column("batch_id").to_pylist())
+
+    first = StreamingJob(s, spark=spark)
+    assert first._may_replay_upto == 3
+    first._write(rows(2), path, "silver", 2)
+    first._write(rows(3), path, "silver", 3)
+    assert written() == {2: 3, 3: 3}
+
+    restarted = StreamingJob(s, spark=spark)  # same checkpoint, so the same writer
+    assert restarted.silver_writer == first.silver_writer
+    restarted._write(rows(3), path, "silver", 3)  # the replayed batch: already committed, skipped
+    restarted._write(rows(1, 2), path, "silver", 1)  # logged but never committed: written
+    restarted._write(rows(4), path, "silver", 4)  # new
+    assert written() == {1: 2, 2: 3, 3: 3, 4: 3}
+
+    other = StreamingJob(s.model_copy(update={"streaming": s.streaming.model_copy(
+        update={"checkpoint_dir": tmp_path / "fresh-checkpoints"})}), spark=spark)
+    assert other.silver_writer != first.silver_writer and other._may_replay_upto == -1
+    other._write(rows(3), path, "silver", 3)  # a fresh start's batch 3 is not the old writer's
+    assert written() == {1: 2, 2: 3, 3: 6, 4: 3}
