@@ -88,12 +88,13 @@ def _run_feast_processor(s: Settings, total: int) -> tuple[float, dict]:
     from churn.spark import spark_session
     from feature_repo.entities import customer
 
+    # the session first: with none, Feast's apply of a Spark stream view starts one without our jars
+    spark = spark_session(s, app_name="feast-spark-kafka-processor")
     batch_path = Path(tempfile.mkdtemp(prefix="churn-bench-feast-")) / "activity.parquet"
     fs = feature_store.store(s)
     view = _feast_processor_view(s, batch_path)
     fs.apply([customer, view])
     shutil.rmtree(FEAST_CHECKPOINT, ignore_errors=True)
-    spark = spark_session(s, app_name="feast-spark-kafka-processor")
     config = SparkProcessorConfig(mode="spark", source="kafka", spark_session=spark,
                                   processing_time="0 seconds", query_timeout=1)
     processor = SparkKafkaProcessor(fs=fs, sfv=view, config=config, stream_source_options={
@@ -156,7 +157,17 @@ def _in_fresh_process(fn, *args):
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
+        return pool.apply(_reporting_failures, (fn, *args))
+
+
+def _reporting_failures(fn, *args):
+    """``fn(*args)``, its failure turned into one that crosses the process boundary (Spark's don't pickle)."""
+    import traceback
+
+    try:
+        return fn(*args)
+    except BaseException:
+        raise RuntimeError(traceback.format_exc()) from None
 
 
 def _served_correctly(s: Settings, view: str, truth: dict[str, dict], at_most: int = 2000) -> float:

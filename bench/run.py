@@ -41,9 +41,9 @@ from scoring import bench_scoring  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 RUNS = 3
-SUSTAINED_RATES = [4000, 8000, 12000, 16000]
+SUSTAINED_RATES = [8000, 16000, 24000, 32000, 50000]
 SUSTAINED_SECONDS = 60
-RUNS_BY_BENCH = {"stream_sustained": 1, "stream_vs_feast_processor": 1, "stream_catchup_rate": 1, "score": 1, "gold": 1}  # minutes per run on 2 cores
+RUNS_BY_BENCH = {"stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "gold": 1}  # minutes per run on 2 cores
 DAY = 86400.0
 
 

@@ -15,8 +15,8 @@ Two queries, each with its own stable checkpoint:
   reason and original bytes; one accounting row per batch goes to ``batches``.
   Features: the batch's decayed sums per customer are merged into the customers'
   state held in memory (``streaming.feature_state``) and pushed to Feast's online
-  store *before* the Delta writes, so freshness does not wait for them; the new
-  state rows are then appended to ``feature_history`` (Feast's offline source).
+  store while the batch's Delta writes run, so freshness does not wait for them;
+  the new state rows are also appended to ``feature_history`` (Feast's offline source).
   Every Delta write is tagged with the writer and the batch id (``_write``), so a
   batch replayed after a crash changes nothing it already wrote.
 
