@@ -403,7 +403,13 @@ class StreamingJob:
          .option("topic", s.topics.cdr_dlq.name).save())
 
     # -- running ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """What the first batch would otherwise do: Feast's definitions applied and its store opened,
+        the customers' feature state loaded. Fails early (before any query starts) if Feast is not usable."""
+        _ = self.feature_store, self.feature_state  # both are opened on first use
+
     def start(self) -> None:
+        self.prepare()
         self.spark.streams.addListener(metrics.MetricsListener())
         self.start_bronze()
         self.start_silver()
