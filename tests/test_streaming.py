@@ -247,6 +247,19 @@ def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(str
     history = table(lake / "feature_history", ["customer_id", "batch_id"])
     assert history.num_rows >= len(batch)  # every push is also in the offline history
 
+    # offline, by name (customer_activity_named): each customer's newest recorded row is what Feast serves
+    import pandas as pd
+
+    some = sorted(batch)[:25]
+    named = fs.get_historical_features(
+        entity_df=pd.DataFrame({"customer_id": some, "event_timestamp": pd.Timestamp.now(tz="UTC")}),
+        features=[f"customer_activity_named:{n}" for n in ("ref_time", *SUM_FEATURES)],
+    ).to_df().set_index("customer_id")
+    for customer in some:
+        assert named.loc[customer, "ref_time"] == pytest.approx(online[customer]["ref_time"], abs=1e-6)
+        for name in SUM_FEATURES:
+            assert named.loc[customer, name] == pytest.approx(online[customer][name], rel=1e-9, abs=1e-9)
+
 
 def test_a_batch_replayed_after_a_restart_is_written_once_and_new_batches_always(tmp_path):
     """The Delta writes' idempotence (``StreamingJob._write``) on real Delta tables: a batch that may
