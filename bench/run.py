@@ -233,10 +233,10 @@ def main(selector: str = "") -> None:
             for fig, (values, unit, extra) in figures.items():
                 results[fig] = {
                     "name": fig,
-                    "value": round(statistics.median(values), 1),
+                    "value": round(statistics.median(values), 3 if unit == "x" else 1),  # ratios: 0.48, not 0.5
                     "unit": unit,
                     "statistic": f"median of {runs}",
-                    "runs": [round(v, 1) for v in values],
+                    "runs": [round(v, 3 if unit == "x" else 1) for v in values],
                     "detail": {k: v for k, v in extra.items() if v is not None},
                     "description": (fn.__doc__ or "").strip(),
                     "command": "make bench  # " + shlex.join(["python", "bench/run.py", selector or name]),
