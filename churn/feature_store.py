@@ -130,19 +130,6 @@ def ensure_applied(settings: Settings) -> None:
         apply(settings)
 
 
-def online_activity(fs, customer_ids: list[str]) -> dict[str, dict]:
-    """Pushed activity per customer, by ``churn.features`` name (values None where nothing was pushed yet)."""
-    from churn.features import SUM_FEATURES
-
-    nothing = dict.fromkeys(["ref_time", "active_days", "sums", *SUM_FEATURES])
-    data = fs.get_online_features(
-        features=[f"customer_activity:{n}" for n in ACTIVITY_ONLINE],
-        entity_rows=[{"customer_id": c} for c in customer_ids],
-    ).to_dict()
-    return {c: unpack_activity(*(data[n][i] for n in ACTIVITY_ONLINE)) or dict(nothing)
-            for i, c in enumerate(data["customer_id"])}
-
-
 #: What the scorer reads per customer: the packed activity state (see ``feature_repo/activity.py``).
 ACTIVITY_ONLINE = ["ref_time", "active_days", "sums"]
 
@@ -155,3 +142,16 @@ def unpack_activity(ref_time, active_days, sums) -> dict | None:
         return None
     return {"ref_time": ref_time, "active_days": list(active_days or []), "sums": list(sums),
             **dict(zip(SUM_FEATURES, sums))}
+
+
+def online_activity(fs, customer_ids: list[str]) -> dict[str, dict]:
+    """Pushed activity per customer, by ``churn.features`` name (values None where nothing was pushed yet)."""
+    from churn.features import SUM_FEATURES
+
+    nothing = dict.fromkeys(["ref_time", "active_days", "sums", *SUM_FEATURES])
+    data = fs.get_online_features(
+        features=[f"customer_activity:{n}" for n in ACTIVITY_ONLINE],
+        entity_rows=[{"customer_id": c} for c in customer_ids],
+    ).to_dict()
+    return {c: unpack_activity(*(data[n][i] for n in ACTIVITY_ONLINE)) or dict(nothing)
+            for i, c in enumerate(data["customer_id"])}

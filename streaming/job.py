@@ -290,9 +290,10 @@ class StreamingJob:
             pending = [self._writers.submit(write) for write in writes]
             try:
                 if good:
-                    self._push_features(silver, batch_id, clock,
-                                        record=lambda rows: pending.append(self._writers.submit(
-                                            self._record_features, rows, batch_id)))
+                    rows, replay = self._state_after(silver, batch_id, clock)
+                    if not replay:  # recorded alongside the push
+                        pending.append(self._writers.submit(self._record_features, rows, batch_id))
+                    self._push_features(rows, clock)
             finally:  # never leave a write running into the next batch, even when the push failed
                 wait(pending)
             for future in pending:
@@ -336,25 +337,25 @@ class StreamingJob:
                  state.applied_batch)
         return state
 
-    def _push_features(self, silver, batch_id: int, clock: "_PhaseClock", record) -> None:
-        """Merge the batch's decayed sums into the customers' state and push it to Feast's online store.
+    def _state_after(self, silver, batch_id: int, clock: "_PhaseClock"):
+        """The batch's decayed sums merged into the customers' state: ``(rows, replay)``.
 
-        ``record(rows)`` is called with the new state rows before the push (so their Delta write runs
-        alongside it); they are applied to the in-memory state only once recorded. A batch replayed
-        after a crash whose rows were already recorded is not merged again: the customers' present
-        state is pushed (an upsert), which changes nothing.
+        The rows are applied to the in-memory state only once recorded (``_record_features``). A
+        batch replayed after a crash whose rows were already recorded (``replay``) is not merged
+        again: its rows are the customers' present state, and pushing them changes nothing.
         """
-        from feast.data_source import PushMode
-
         from churn.features import partial_sums_by_executors
 
         partial = partial_sums_by_executors(silver).toPandas()
         clock.mark("features.compute")
         state = self.feature_state
         replay = batch_id <= state.applied_batch
-        rows = state.current(partial["customer_id"]) if replay else state.merged(partial)
-        if not replay:
-            record(rows)
+        return (state.current(partial["customer_id"]) if replay else state.merged(partial)), replay
+
+    def _push_features(self, rows, clock: "_PhaseClock") -> None:
+        """State rows to Feast's online store (an upsert), and the freshness metric."""
+        from feast.data_source import PushMode
+
         self.feature_store.push("customer_activity_push", rows[["customer_id", "feature_time", *ACTIVITY_ONLINE]],
                                 to=PushMode.ONLINE)
         self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
