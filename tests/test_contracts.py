@@ -79,6 +79,21 @@ def test_each_class_of_bad_event_has_its_reason(name, event, reason):
     assert violation.detail  # words for a person, not just a code
 
 
+def test_values_of_unusual_python_types_are_judged_as_before_by_the_steps():
+    """The compiled check's inline tests use exact types; a NumPy float or a str subclass fails them and is
+    then judged by the property's own step, as JSON Schema would judge the value."""
+    import numpy as np
+
+    class Text(str):
+        pass
+
+    assert CDR.validate({**VOICE, "duration_s": np.float64(61.0), "customer_id": Text("c-1")}, now=NOW) is None
+    assert CDR.validate({**VOICE, "duration_s": np.float64(-1.0)}, now=NOW).reason == "negative_value:duration_s"
+    assert CDR.validate({**VOICE, "event_id": Text("a b")}, now=NOW).reason == "bad_format:event_id"
+    assert CDR.validate({**DATA, "data_bytes": 5.0}, now=NOW) is None  # an integral float is an integer
+    assert CDR.validate({**VOICE, "dropped": 0}, now=NOW).reason == "wrong_type:dropped"  # not a boolean
+
+
 def test_future_skew_is_a_bound_not_a_ban():
     assert CDR.validate({**VOICE, "event_time": format_time(NOW + 299)}, now=NOW) is None
     assert CDR.validate({**VOICE, "event_time": format_time(NOW + 301)}, now=NOW).reason == "future_event_time:event_time"
