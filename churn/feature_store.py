@@ -134,14 +134,15 @@ def ensure_applied(settings: Settings) -> None:
 ACTIVITY_ONLINE = ["ref_time", "active_days", "sums"]
 
 
-def unpack_activity(ref_time, active_days, sums) -> dict | None:
-    """A customer's activity state (``churn.features`` names) from its packed online values."""
+def unpack_activity(ref_time, active_days, sums, named: bool = True) -> dict | None:
+    """A customer's activity state from its packed online values, each sum also under its ``churn.features``
+    name unless ``named`` is False (the model inputs read the packed ``sums``: the scorer skips the names)."""
     from churn.features import SUM_FEATURES
 
     if ref_time is None or sums is None:
         return None
-    return {"ref_time": ref_time, "active_days": list(active_days or []), "sums": list(sums),
-            **dict(zip(SUM_FEATURES, sums))}
+    state = {"ref_time": ref_time, "active_days": list(active_days or []), "sums": list(sums)}
+    return {**state, **dict(zip(SUM_FEATURES, sums))} if named else state
 
 
 def online_activity(fs, customer_ids: list[str]) -> dict[str, dict]:

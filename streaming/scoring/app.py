@@ -334,4 +334,8 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     # keeping it out of the garbage collector's scans made scoring ~25 % faster in-process.
     gc.collect()
     gc.freeze()
+    # A batch allocates tens of thousands of short-lived objects; at Python's default (a young collection
+    # every 700 allocations) the collector's passes cost ~30 % of a batch's feature lookup. Every
+    # 10,000, a lookup of 1,000 customers took 29 µs per customer instead of 41-47 (profiled in-process).
+    gc.set_threshold(10_000, 10, 10)
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

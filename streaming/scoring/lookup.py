@@ -72,7 +72,8 @@ class OnlineFeatures:
         try:
             rows = self._with_retries(lambda: self.reader.read("customer_activity", ACTIVITY_ONLINE, customers))
             for c, row in zip(customers, rows):
-                state = None if row is None else unpack_activity(row["ref_time"], row["active_days"], row["sums"])
+                state = None if row is None else unpack_activity(row["ref_time"], row["active_days"], row["sums"],
+                                                                 named=False)
                 out.states[c] = state
                 self._remember(self._states, c, state)
             if stale:
