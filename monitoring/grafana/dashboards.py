@@ -84,11 +84,18 @@ LATENCY = dashboard("churn-latency", "Churn: latency", "How fast a CDR becomes a
            ("churn:score_lookup_seconds:p99", "p99"),
            ("histogram_quantile(0.5, sum by (le) (rate(churn_score_lookup_seconds_bucket[1m])))", "p50"),
            unit="s", width=8),
+    series("Scorer transaction commits",
+           "Committing the scorer's transactions (scores, alerts and offsets of each partition; every "
+           "COMMIT_INTERVAL_S) and how long a batch waited for the commit in flight: part of the latency tail.",
+           ("histogram_quantile(0.99, sum by (le) (rate(churn_score_commit_seconds_bucket[1m])))", "commit p99"),
+           ("histogram_quantile(0.99, sum by (le) (rate(churn_score_commit_wait_seconds_bucket[1m])))",
+            "batch wait p99"),
+           unit="s", width=8),
     series("Spark micro-batch duration", "Duration of the streaming job's micro-batches, per query.",
            ("churn:stream_batch_duration_seconds:p99", "{{query}} p99"),
            ("sum by (query) (rate(churn_stream_batch_duration_seconds_sum[5m])) / "
             "sum by (query) (rate(churn_stream_batch_duration_seconds_count[5m]))", "{{query}} mean"),
-           unit="s", width=8),
+           unit="s", width=24),
     series("Feature freshness",
            "How old the newest event whose features reached Feast is (alert ChurnFeatureFreshnessStale over "
            "2 min), and the age of the streaming features used by the scores.",

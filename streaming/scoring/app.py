@@ -116,7 +116,10 @@ class ScoringWorker:
         async def score(stream):
             async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within_s):
                 await self.ready().wait()
-                await self._commit_done()  # a batch never overlaps a commit
+                if self._commit_task is not None:  # a batch never overlaps a commit
+                    waited = time.perf_counter()
+                    await self._commit_done()
+                    metrics.COMMIT_WAIT.observe(time.perf_counter() - waited)
                 self._guarded("score", self.score_batch, events)
 
         @app.agent(labels, name="learn")
@@ -274,8 +277,10 @@ class ScoringWorker:
             await asyncio.wait([self._commit_task])
 
     def _commit_due(self) -> None:
+        started = time.perf_counter()
         committed = self.txn.maybe_commit()
         if committed:
+            metrics.COMMIT.observe(time.perf_counter() - started)
             metrics.TRANSACTIONS.inc(committed)
 
     def learn_labels(self, events) -> None:

@@ -22,6 +22,10 @@ RISK = Histogram("churn_score_risk", "Champion risk of scored events", buckets=t
 MODEL_INFO = Gauge("churn_score_model_info", "1 for the champion version in use", ["version"])
 FRESHNESS = Histogram("churn_score_feature_freshness_seconds", "Age of the newest streaming feature used per score",
                       buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 900, 3600, 86400))
+COMMIT = Histogram("churn_score_commit_seconds", "Committing the due partitions' transactions (on the commit thread)",
+                   buckets=_LATENCY_BUCKETS)
+COMMIT_WAIT = Histogram("churn_score_commit_wait_seconds", "How long a batch waited for the commit in flight",
+                        buckets=_LATENCY_BUCKETS)
 TRANSACTIONS = Counter("churn_score_transactions", "Kafka transactions committed (scores, alerts and offsets)")
 LAG = Gauge("churn_score_consumer_lag", "CDRs not yet scored on each owned partition", ["partition"])
 PARTITIONS = Gauge("churn_score_owned_partitions", "cdr partitions this worker owns")
