@@ -115,8 +115,10 @@ def _types_of(spec: dict) -> list[str]:
 def _compile_value_check(spec: dict) -> Check:
     """One property's checks (type, enum, range, length, pattern, format, items) as a closure.
 
-    Only the constraints the property has become steps, so a value costs one call per constraint
-    (the scorer and the streaming job validate every CDR: this is on their hot path).
+    Only the constraints the property has become steps. The closure runs them in turn (array items
+    are checked this way); ``_compile_object_check`` instead inlines each step's test (``passes``)
+    and calls a step only when its test fails (the scorer and the streaming job validate every CDR:
+    this is on their hot path).
     """
     types = _types_of(spec)
     nullable = "null" in types
