@@ -238,8 +238,8 @@ def _compile_object_check(schema: dict) -> Check:
     inline expression, and a property's step (the closure that words the violation) is called only
     when its expression is false, so a valid event costs no function call per constraint. A step
     decides: where its expression is false but the step finds nothing wrong (a value of an unusual
-    Python type), checking goes on. This made a valid CDR's validation ~3x faster (the streaming job
-    and the scorer validate every CDR).
+    Python type), checking goes on. This made a valid CDR's check ~2.4x faster, 5.5 -> 2.3 µs (the
+    streaming job and the scorer validate every CDR).
     """
     required = list(schema.get("required", []))
     props = [(name, _compile_value_check(spec)) for name, spec in schema.get("properties", {}).items()]
@@ -275,8 +275,8 @@ def _compile_object_check(schema: dict) -> Check:
             if expression is None:
                 lines += call
                 continue
-            for const, value in constants.items():
-                namespace[f"{const}_{i}_{j}"] = value
+            for const, constant in constants.items():
+                namespace[f"{const}_{i}_{j}"] = constant
                 expression = re.sub(rf"\b{const}\b", f"{const}_{i}_{j}", expression)
             lines.append(f"{indent}if not ({expression}):")
             lines += ["    " + line for line in call]
