@@ -152,7 +152,7 @@ def _run_ours(s: Settings) -> tuple[float, dict]:
     return elapsed, {"elapsed_s": round(elapsed, 1), **batch_summary(progress)}
 
 
-def _in_fresh_process(fn, *args):
+def in_fresh_process(fn, *args):
     """``fn(*args)`` in a new interpreter, so a new JVM: each system starts cold, as an operator starts
     it, and neither inherits the JVM the other warmed up (the JIT, loaded classes, Python workers)."""
     import multiprocessing
@@ -207,12 +207,12 @@ def bench_stream_vs_feast_processor(base: Settings, stream_settings) -> dict:
     truth = partial_sums_numpy(replay.silver_columns())
 
     feature_store.apply(s)
-    ours_elapsed, ours = _in_fresh_process(_run_ours, s)
+    ours_elapsed, ours = in_fresh_process(_run_ours, s)
     ours_correct = _served_correctly(s, "customer_activity", truth)
 
     theirs_settings = s.model_copy(deep=True)
     theirs_settings.feast.project = f"feastproc{uuid.uuid4().hex[:6]}"  # same Redis, its own keys
-    theirs_rate, theirs = _in_fresh_process(_run_feast_processor, theirs_settings, total)
+    theirs_rate, theirs = in_fresh_process(_run_feast_processor, theirs_settings, total)
     theirs_correct = _served_correctly(theirs_settings, "customer_activity_feast", truth)
     ours_rate = total / ours_elapsed
     detail = {"events": total, "batch_rows_max": BATCH_ROWS,

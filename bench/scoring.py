@@ -162,6 +162,40 @@ def _lookup_times(s: Settings, customers: list[str], runs: int = 7) -> tuple[tup
     return out[0], out[1]
 
 
+def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:
+    """Faust alone (bench/faust_alone.py): CDRs/s that one Faust worker, built as the scoring worker
+    builds it, takes in the scoring agent's batches from a backlog of ~150,000 and discards. No
+    lookup, no model, no output: the ceiling of one `churn score` worker on this machine."""
+    tmp = Path(tempfile.mkdtemp(prefix="churn-bench-faust-alone-"))
+    tag = uuid.uuid4().hex[:6]
+    s = _topics(base, tag)
+    end = time.time() - DAY
+    backlog = run_backfill(s, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end)).cdr_messages
+    from conftest import free_ports
+
+    env = _env(s, tag, tmp / "models", tmp / "lake", free_ports(1)[0])
+    out = tmp / "rate.json"
+    wanted = int(backlog * 0.95)  # the first batch is not counted (the clock starts with it)
+    log = open(tmp / "faust.log", "ab")
+    script = str(Path(__file__).resolve().parent / "faust_alone.py")
+    worker = subprocess.Popen([sys.executable, script, str(wanted), str(out)], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not out.exists():
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError(f"Faust did not take {wanted} events; see {tmp / 'faust.log'}")
+            time.sleep(0.5)
+        took = orjson.loads(out.read_bytes())
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return took["events"] / took["seconds"], "events/s", {
+        "events": took["events"], "backlog": backlog, "batch_max": base.scoring.batch_max,
+        "batch_within_ms": base.scoring.batch_within_s * 1000}
+
+
 def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     """Scoring worker: catch-up throughput (batched vs naive), latency at 25/50/75 % of max, RSS."""
     from churn import feature_store

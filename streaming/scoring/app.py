@@ -55,6 +55,37 @@ def disable_faust_offset_commits() -> None:
     faust_aiokafka.Consumer._commit = _offsets_are_committed_in_our_transactions
 
 
+def faust_app(settings: Settings) -> faust.App:
+    """The worker's Faust app, before its agents: group membership and consumption only, with Faust's own
+    offset commits turned off (see the module doc). ``bench/faust_alone.py`` measures it bare."""
+    s, cfg = settings, settings.scoring
+    disable_faust_offset_commits()
+    datadir = s.run_dir / "faust" / cfg.app_id  # not the working directory
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        cfg.app_id,
+        broker=f"kafka://{s.kafka.bootstrap_servers}",
+        processing_guarantee="at_least_once",
+        store="memory://",
+        datadir=str(datadir),
+        web_enabled=False,
+        topic_replication_factor=s.topics.replication_factor,
+        topic_allow_declare=False,
+        broker_session_timeout=cfg.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, cfg.session_timeout_s / 4),
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        stream_buffer_maxsize=max(4 * cfg.batch_max, 4096),
+        table_standby_replicas=0,
+        producer_acks=-1,
+    )
+
+
+def raw_topic(app: faust.App, name: str):
+    """A topic whose keys and values reach the agent as the bytes on the wire (we parse them ourselves)."""
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
 class ScoringWorker:
     def __init__(self, settings: Settings, feature_store=None):
         from churn import feature_store as fs_module
@@ -87,30 +118,9 @@ class ScoringWorker:
 
     def _build_app(self) -> faust.App:
         s, cfg = self.settings, self.settings.scoring
-        disable_faust_offset_commits()
-        datadir = s.run_dir / "faust" / cfg.app_id  # not the working directory
-        datadir.parent.mkdir(parents=True, exist_ok=True)
-        app = faust.App(
-            cfg.app_id,
-            broker=f"kafka://{s.kafka.bootstrap_servers}",
-            processing_guarantee="at_least_once",
-            store="memory://",
-            datadir=str(datadir),
-            web_enabled=False,
-            topic_replication_factor=s.topics.replication_factor,
-            topic_allow_declare=False,
-            broker_session_timeout=cfg.session_timeout_s,
-            broker_heartbeat_interval=min(3.0, cfg.session_timeout_s / 4),
-            broker_commit_interval=1.0,
-            consumer_auto_offset_reset="earliest",
-            stream_buffer_maxsize=max(4 * cfg.batch_max, 4096),
-            table_standby_replicas=0,
-            producer_acks=-1,
-        )
-        cdr = app.topic(s.topics.cdr.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                        value_serializer="raw")
-        labels = app.topic(s.topics.churn_labels.name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                           value_serializer="raw")
+        app = faust_app(s)
+        cdr = raw_topic(app, s.topics.cdr.name)
+        labels = raw_topic(app, s.topics.churn_labels.name)
 
         @app.agent(cdr, name="score")
         async def score(stream):

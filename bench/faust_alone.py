@@ -1,0 +1,50 @@
+"""Faust alone: how fast one Faust worker, built as the scoring worker builds it, takes CDRs from ``cdr``.
+
+The agent takes the same batches as the scoring agent (``batch_max``, ``batch_within_s``) and does
+nothing with them, so the rate it reaches is a ceiling for ``churn score`` on this machine: whatever
+the scoring costs, a worker cannot consume faster than Faust hands it events.
+
+    python bench/faust_alone.py EVENTS OUT_JSON   # with the CHURN_* environment of the worker
+
+It writes ``{"events": n, "seconds": s}`` (events after the first batch, and the time from the first
+batch until at least ``EVENTS`` of them) to ``OUT_JSON``
+and then keeps running until stopped (``bench_faust_alone`` in ``bench/scoring.py`` stops it).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import faust
+
+from churn.config import get_settings
+from streaming.scoring.app import faust_app, raw_topic
+
+
+def main(events: int, out: Path) -> None:
+    settings = get_settings()
+    cfg = settings.scoring
+    app = faust_app(settings)
+    counted = {"events": 0, "first_batch_at": None}
+
+    @app.agent(raw_topic(app, settings.topics.cdr.name), name="discard")
+    async def discard(stream):
+        async for batch in stream.take_events(cfg.batch_max, within=cfg.batch_within_s):
+            now = time.perf_counter()
+            if counted["first_batch_at"] is None:  # the clock starts here: this batch's events are not counted
+                counted["first_batch_at"] = now
+                continue
+            counted["events"] += len(batch)
+            if counted["events"] >= events and not out.exists():
+                partial = out.with_suffix(".partial")  # renamed once written: the reader never sees half of it
+                partial.write_text(json.dumps({"events": counted["events"], "seconds": now - counted["first_batch_at"]}))
+                partial.replace(out)
+
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), Path(sys.argv[2]))
