@@ -190,6 +190,7 @@ def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
+        log.close()
     shutil.rmtree(tmp, ignore_errors=True)
     return took["events"] / took["seconds"], "events/s", {
         "events": took["events"], "backlog": backlog, "batch_max": base.scoring.batch_max,

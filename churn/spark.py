@@ -48,6 +48,10 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         .config("spark.databricks.delta.snapshotPartitions", str(sp.shuffle_partitions))
         .config("spark.default.parallelism", str(sp.shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Parquet timestamps as UTC instants (TIMESTAMP_MICROS), not Spark's legacy INT96: readers that
+        # go by the Parquet files alone (Feast's offline store reads the tables' files with dask) got
+        # INT96 as naive times, and Feast's point-in-time join then mixed naive and UTC times
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     )
     for key, value in sp.conf.items():
         builder = builder.config(key, value)
