@@ -7,8 +7,8 @@ the scoring costs, a worker cannot consume faster than Faust hands it events.
     python bench/faust_alone.py EVENTS OUT_JSON   # with the CHURN_* environment of the worker
 
 It writes ``{"events": n, "seconds": s}`` (events after the first batch, and the time from the first
-batch until at least ``EVENTS`` of them) to ``OUT_JSON``
-and then keeps running until stopped (``bench_faust_alone`` in ``bench/scoring.py`` stops it).
+batch until at least ``EVENTS`` of them) to ``OUT_JSON``, then keeps running until stopped
+(``bench_faust_alone`` in ``bench/scoring.py`` stops it).
 """
 
 from __future__ import annotations
