@@ -138,6 +138,8 @@ def _push_activity(s: Settings, sim: Simulator) -> list[str]:
     partial.insert(1, "ref_time", ref)
     partial["active_days"] = days
     rows = FeatureState().merged(partial)
+    ends = end_offsets(s, s.topics.cdr.name)  # the states cover everything produced so far, as the stream's would
+    rows["covered_offsets"] = [[ends.get(p, 0) for p in range(s.topics.cdr.partitions)]] * len(rows)
     feature_store.store(s).push("customer_activity_push", rows, to=PushMode.ONLINE)
     return list(rows["customer_id"])
 

@@ -227,6 +227,19 @@ class ScoringSettings(BaseModel):
     online_reader: Literal["redis", "feast"] = "redis"
     reasons: int = 3
     model_check_interval_s: float = 1.0
+    #: The overlay (``streaming.scoring.overlay``): the most CDRs kept that the streaming job's pushed state
+    #: does not cover yet (beyond it the oldest are dropped and decisions lacking them are marked degraded),
+    #: and how many customers' last inputs are kept (exact decisions while the stream is ahead of the worker).
+    overlay_max_events: int = 200_000
+    overlay_own_states: int = 100_000
+    #: A customer without any CDR for this long is scored again at the current time (going quiet is what
+    #: churners do); the worker looks for such customers every ``rescore_check_s``, at most
+    #: ``rescore_max_per_check`` at a time.
+    rescore_after_s: float = 6 * 3600.0
+    rescore_check_s: float = 1.0
+    rescore_max_per_check: int = 2000
+    #: Write each decision's activity state into its score record (``activity_state``): for audits and tests.
+    record_inputs: bool = False
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 19103
 

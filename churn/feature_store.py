@@ -131,7 +131,15 @@ def ensure_applied(settings: Settings) -> None:
 
 
 #: What the scorer reads per customer: the packed activity state (see ``feature_repo/activity.py``).
-ACTIVITY_ONLINE = ["ref_time", "active_days", "sums"]
+#: ``covered_offsets``: per ``cdr`` partition, the Kafka offset up to which (exclusive) the state holds every
+#: counted CDR (the end of the micro-batch it was computed in); the scorer adds what comes after.
+ACTIVITY_ONLINE = ["ref_time", "active_days", "sums", "covered_offsets"]
+
+
+def covered_offsets_key(settings: Settings) -> str:
+    """The Redis hash where the streaming job records, after each push, the offsets its pushed states
+    cover (partition -> offset), so that the scorer can drop what it buffered below them."""
+    return f"{settings.feast.project}:stream:covered_offsets"
 
 
 def unpack_activity(ref_time, active_days, sums, named: bool = True) -> dict | None:
@@ -154,5 +162,5 @@ def online_activity(fs, customer_ids: list[str]) -> dict[str, dict]:
         features=[f"customer_activity:{n}" for n in ACTIVITY_ONLINE],
         entity_rows=[{"customer_id": c} for c in customer_ids],
     ).to_dict()
-    return {c: unpack_activity(*(data[n][i] for n in ACTIVITY_ONLINE)) or dict(nothing)
+    return {c: unpack_activity(*(data[n][i] for n in ("ref_time", "active_days", "sums"))) or dict(nothing)
             for i, c in enumerate(data["customer_id"])}

@@ -135,6 +135,35 @@ def merge_sums(ref_a, sums_a, ref_b, sums_b):
     return ref, sums_a * decay(ref_a) + sums_b * decay(ref_b)
 
 
+def event_weights(cols) -> np.ndarray:
+    """Each event's weight in every measure (one row per event, ``MEASURES`` order). ``cols`` maps
+    Silver column -> array, as for ``Measure.numpy_weights``."""
+    return np.column_stack([spec.numpy_weights(cols) for spec in MEASURES.values()])
+
+
+def event_sums(weights: np.ndarray) -> np.ndarray:
+    """Events' own sums at their own times (``SUM_FEATURES`` order) from their ``event_weights``: each
+    measure's weight once per horizon (an event decays from its own time on)."""
+    return np.repeat(weights, len(HORIZONS), axis=1)
+
+
+def fold_events(ref, sums, times, own_sums):
+    """Many customers' states with one more event each, vectorised: ``merge_sums`` of each state with
+    a single event (``own_sums`` a row of ``event_sums`` at time ``times``). ``ref`` is NaN where a
+    customer has no state yet (its ``sums`` row is ignored). Returns ``(ref_time, sums)``.
+
+    >>> ones = np.ones((2, len(SUM_FEATURES)))
+    >>> ref, sums = fold_events(np.array([10.0, np.nan]), ones, np.array([20.0, 5.0]), ones)
+    >>> ref.tolist(), bool(np.allclose(sums, merge_sums(np.array([10.0, 5.0]), ones * [[1], [0]], ref, ones)[1]))
+    ([20.0, 5.0], True)
+    """
+    ref, times = np.asarray(ref, dtype=float), np.asarray(times, dtype=float)
+    known = ~np.isnan(ref)
+    new_ref = np.where(known, np.fmax(ref, times), times)
+    base = np.where(known[:, None], sums * np.exp(-(new_ref - np.where(known, ref, new_ref))[:, None] / SUM_TAUS), 0.0)
+    return new_ref, base + own_sums * np.exp(-(new_ref - times)[:, None] / SUM_TAUS)
+
+
 def merge_active_days(a, b, ref_time: float) -> list[int]:
     """The union of two lists of active days, keeping the window that ends at ``ref_time``."""
     today = int(ref_time // DAY)

@@ -32,7 +32,7 @@ from churn.features import SUM_FEATURES, merge_active_days, merge_sums
 #: Columns of ``feature_history`` (Spark DDL); Feast reads ``feature_time`` and the view's fields.
 HISTORY_DDL = ", ".join(
     ["customer_id string", "ref_time double", *(f"{n} double" for n in SUM_FEATURES), "active_days array<int>",
-     "feature_time timestamp", "sums array<double>", "batch_id bigint", "writer_id string",
+     "feature_time timestamp", "sums array<double>", "covered_offsets array<bigint>", "batch_id bigint", "writer_id string",
      "written_at timestamp"])
 
 

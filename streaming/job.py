@@ -125,6 +125,7 @@ class StreamingJob:
         self._max_event_time: dict[int, dict[int, float]] = {}
         self._lock = threading.Lock()
         self._feature_store = None
+        self._redis = None
         self._feature_state: FeatureState | None = None
         self._writers = ThreadPoolExecutor(5, thread_name_prefix="delta-write")
         self.last_pushed_ref_time = 0.0
@@ -302,9 +303,11 @@ class StreamingJob:
             try:
                 if good:
                     rows, replay = self._state_after(silver, batch_id, clock)
+                    covered = self.covered_offsets(batch_id)
+                    rows["covered_offsets"] = [covered] * len(rows)
                     if not replay:  # recorded alongside the push
                         pending.append(self._writers.submit(self._record_features, rows, batch_id))
-                    self._push_features(rows, clock)
+                    self._push_features(rows, clock, covered)
             finally:  # never leave a write running into the next batch, even when the push failed
                 wait(pending)
             for future in pending:
@@ -363,12 +366,25 @@ class StreamingJob:
         replay = batch_id <= state.applied_batch
         return (state.current(partial["customer_id"]) if replay else state.merged(partial)), replay
 
-    def _push_features(self, rows, clock: "_PhaseClock") -> None:
-        """State rows to Feast's online store (an upsert), and the freshness metric."""
+    def covered_offsets(self, batch_id: int) -> list[int]:
+        """Per ``cdr`` partition, the offset where ``batch_id`` ends (exclusive), from the silver query's offset
+        log, which Spark writes before it runs the batch: the state after this batch holds every counted CDR
+        below these offsets."""
+        lines = (self.checkpoints / "silver" / "offsets" / str(batch_id)).read_text().splitlines()
+        ends = {int(p): int(o) for p, o in json.loads(lines[-1]).get(self.settings.topics.cdr.name, {}).items()}
+        return [ends.get(p, 0) for p in range(max(ends, default=-1) + 1)]
+
+    def _push_features(self, rows, clock: "_PhaseClock", covered: list[int]) -> None:
+        """State rows to Feast's online store (an upsert), then the offsets they cover (for the scorer's
+        overlay: ``streaming.scoring.overlay``), and the freshness metric."""
         from feast.data_source import PushMode
+
+        from churn.feature_store import covered_offsets_key
 
         self.feature_store.push("customer_activity_push", rows[["customer_id", "feature_time", *ACTIVITY_ONLINE]],
                                 to=PushMode.ONLINE)
+        if covered:
+            self.redis.hset(covered_offsets_key(self.settings), mapping={str(p): o for p, o in enumerate(covered)})
         self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
         metrics.record_push(self.last_pushed_ref_time)
         clock.mark("features.push")
@@ -382,6 +398,15 @@ class StreamingJob:
         frame = self.spark.createDataFrame(recorded, HISTORY_DDL)
         self._write(frame, self.lake.feature_history, "feature_history", batch_id, merge_schema=True)
         self.feature_state.apply(rows, batch_id)
+
+    @property
+    def redis(self):
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis(host=self.settings.redis.host, port=self.settings.redis.port,
+                                      socket_timeout=10, socket_connect_timeout=10)
+        return self._redis
 
     @property
     def feature_store(self):

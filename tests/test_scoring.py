@@ -167,13 +167,16 @@ def _states_for(cols: dict, customer: str, times: list[float]) -> list[dict]:
 
 
 def _push(s, customer: str, state: dict) -> None:
+    """Push ``state`` as the streaming job would: covering every CDR on the topic so far."""
     from feast.data_source import PushMode
 
     from churn.feature_store import store
 
+    ends = end_offsets(s, s.topics.cdr.name)
     row = {"customer_id": customer, "feature_time": pd.Timestamp(state["ref_time"], unit="s", tz="UTC"),
            "ref_time": state["ref_time"], "active_days": [state["active_days"]], "batch_id": 0,
-           **{n: state[n] for n in SUM_FEATURES}, "sums": [[state[n] for n in SUM_FEATURES]]}
+           **{n: state[n] for n in SUM_FEATURES}, "sums": [[state[n] for n in SUM_FEATURES]],
+           "covered_offsets": [[ends.get(p, 0) for p in range(s.topics.cdr.partitions)]]}
     frame = pd.DataFrame({k: (v if isinstance(v, list) else [v]) for k, v in row.items()})
     store(s).push("customer_activity_push", frame, to=PushMode.ONLINE)
 

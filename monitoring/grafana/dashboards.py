@@ -96,14 +96,28 @@ LATENCY = dashboard("churn-latency", "Churn: latency", "How fast a CDR becomes a
            ("sum by (query) (rate(churn_stream_batch_duration_seconds_sum[5m])) / "
             "sum by (query) (rate(churn_stream_batch_duration_seconds_count[5m]))", "{{query}} mean"),
            unit="s", width=24),
-    series("Feature freshness",
+    series("Feast staleness",
            "How old the newest event whose features reached Feast is (alert ChurnFeatureFreshnessStale over "
-           "2 min), and the age of the streaming features used by the scores.",
+           "2 min). Decisions do not wait for it: the scorer adds the CDRs Feast lacks (next panels).",
            ("time() - churn_stream_newest_pushed_event_timestamp_seconds", "now − newest pushed event"),
            ("churn:stream_feature_push_lag_seconds:p99", "at push, p99"),
-           ("histogram_quantile(0.5, sum by (le) (rate(churn_score_feature_freshness_seconds_bucket[5m])))",
-            "used by scores, p50"),
-           unit="s", width=24, thresholds=[(120, "red")]),
+           unit="s", width=12, thresholds=[(120, "red")]),
+    series("CDRs left out of decisions",
+           "Valid CDRs up to the trigger that a decision's input lacked (must be 0; above 0 only when the "
+           "overlay's cap was reached because the streaming job stopped), and inexact decisions by cause.",
+           ("sum(rate(churn_score_events_not_included_total[5m]))", "left out/s"),
+           ("sum by (basis) (rate(churn_score_inexact_decisions_total[5m]))", "inexact: {{basis}}"),
+           unit="ops", width=12, thresholds=[(0.0001, "red")]),
+    series("Scorer overlay",
+           "CDRs the scorer holds because the streaming job's pushed state does not cover them yet, dropped "
+           "at the cap, and CDRs added per decision on top of the pushed state (p99).",
+           ("sum(churn_score_overlay_buffered_events)", "buffered"),
+           ("sum(churn_score_overlay_dropped_events)", "dropped at the cap"),
+           ("histogram_quantile(0.99, sum by (le) (rate(churn_score_overlay_added_events_bucket[5m])))",
+            "added per decision, p99"), width=12),
+    series("Rescored quiet customers",
+           "Customers scored again at the current time after SCORING__RESCORE_AFTER_S without a CDR.",
+           ("sum(rate(churn_score_rescored_total[5m]))", "rescored/s"), unit="ops", width=12),
 ])
 
 HEALTH = dashboard("churn-health", "Churn: throughput and health", "Events per stage, lag, dead letters, degradation.", [
@@ -117,8 +131,8 @@ HEALTH = dashboard("churn-health", "Churn: throughput and health", "Events per s
     series("Dead-lettered CDRs by reason", "Quarantined (Delta) and sent to cdr.dlq, per reason; share of input "
            "(alert ChurnDeadLetterRateHigh over 5 %).",
            ("sum by (reason) (rate(churn_stream_quarantined_rows_total[5m]))", "{{reason}}"), unit="ops"),
-    series("Degraded scores", "Scores made with cached features because the online store did not answer "
-           "(alert ChurnScorerDegraded).",
+    series("Degraded scores", "Decisions marked degraded: the online store did not answer, or the input was not "
+           "exactly the CDRs up to the trigger (alert ChurnScorerDegraded).",
            ("sum(rate(churn_score_degraded_events_total[5m]))", "degraded/s"),
            ("min(churn_score_online_store_up)", "online store up")),
     stat("Dead-letter share (5 min)", "Quarantined over input rows.", "churn:stream_quarantined_share:rate5m",

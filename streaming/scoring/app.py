@@ -1,9 +1,14 @@
 """The Faust app that scores every CDR: agents, rebalance hooks and exactly-once output wired together.
 
 * agent ``score`` takes CDRs from ``cdr`` in batches (``take_events``), scores
-  each batch (``BatchScorer``: one online-store lookup, one model call) and
-  writes every score to ``churn-scores`` and every alert to ``churn-alerts``
-  inside the transaction of the CDR's partition (``PartitionTransactions``);
+  each batch (``BatchScorer``: one online-store lookup, the CDRs the store does
+  not cover yet added from the overlay, one model call) and writes every score
+  to ``churn-scores`` and every alert to ``churn-alerts`` inside the
+  transaction of the CDR's partition (``PartitionTransactions``);
+* timer ``rescore_quiet`` scores customers without a CDR for
+  ``scoring.rescore_after_s`` at the current time, into the same transactions;
+* timer ``release_covered`` drops the overlay's CDRs once the streaming job's
+  pushed state covers them (the offsets it records in Redis);
 * agent ``learn`` takes churn labels, scores the labelled customer with the
   champion and the online challenger (predict, then learn) and exports each
   model's rolling ROC AUC;
@@ -29,11 +34,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+import redis
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import start_http_server
 
 from churn.config import Settings
 from churn.contracts import CHURN_LABEL, parse_time
+from churn.feature_store import covered_offsets_key
 from churn.model.inputs import matrix
 from churn.model.online import OnlineChallenger, ProgressiveEvaluator
 from churn.model.registry import ChampionWatcher, ModelRegistry
@@ -106,6 +113,9 @@ class ScoringWorker:
         self.challenger = OnlineChallenger()
         self.evaluators = {"champion": ProgressiveEvaluator(), "challenger": ProgressiveEvaluator()}
         self.scorer = BatchScorer(settings, self.models, self.features, self.challenger)
+        self._redis = redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=2.0,
+                                  socket_connect_timeout=2.0)
+        self._covered_key = covered_offsets_key(settings)
         self.txn: PartitionTransactions | None = None
         self.state: dict = {}
         # Set once this worker's partitions are taken over (producers fenced, state restored), cleared
@@ -150,6 +160,17 @@ class ScoringWorker:
                     if hw is not None and nxt is not None and nxt >= 0:
                         metrics.LAG.labels(str(p)).set(max(hw - nxt, 0))
 
+        @app.timer(interval=cfg.rescore_check_s)
+        async def rescore_quiet():
+            if self.txn is not None and self.ready().is_set():
+                await self._commit_done()  # like a batch: never while a commit is in flight
+                if self.txn is not None and self.ready().is_set():
+                    self._guarded("rescore", self.rescore_due)
+
+        @app.timer(interval=1.0)
+        async def release_covered():
+            self._guarded("overlay", self.release_covered)
+
         @app.timer(interval=5.0)
         async def report_drift():
             self._guarded("drift", self._report_drift)
@@ -163,6 +184,7 @@ class ScoringWorker:
                 await asyncio.get_running_loop().run_in_executor(None, self.txn.revoke, mine)
                 for p in mine:
                     self.state.pop(p, None)
+                    self.scorer.overlay.forget(p)
                     _forget_partition(p)
             metrics.PARTITIONS.set(len(self.txn.producers) if self.txn else 0)
 
@@ -178,6 +200,7 @@ class ScoringWorker:
                 await loop.run_in_executor(None, self.txn.revoke, gone)
                 for p in gone:
                     self.state.pop(p, None)
+                    self.scorer.overlay.forget(p)
                     _forget_partition(p)
             restored = await loop.run_in_executor(None, self.txn.assign, mine)
             self.state.update(restored)
@@ -226,22 +249,11 @@ class ScoringWorker:
         if not incoming:
             return
         result = self.scorer.score(incoming, self.state)
-        scores_topic, alerts_topic = self.settings.topics.churn_scores.name, self.settings.topics.churn_alerts.name
-        for out in result.scored:
-            key = out.customer_id.encode()
-            txn.produce(out.partition, scores_topic, key, out.score, to_partition=out.partition)
-            metrics.E2E.observe(out.latency_s)
-            if out.alert is not None:
-                txn.produce(out.partition, alerts_topic, key, out.alert)
-                metrics.ALERTS.labels(out.band).inc()
-                metrics.ALERT_E2E.observe(out.latency_s)
+        self._emit(txn, result)
         for reason, n in result.invalid.items():
             metrics.INVALID.labels(reason).inc(n)
         n = len(result.scored)
         metrics.EVENTS.inc(n)
-        if result.degraded:
-            metrics.DEGRADED.inc(n)
-        metrics.STORE_UP.set(0 if result.degraded else 1)
         if result.model_version:
             previous = getattr(self, "_model_version", None)
             if previous != result.model_version:
@@ -255,6 +267,65 @@ class ScoringWorker:
             metrics.MODEL.observe(result.model_s)
         metrics.BATCH_SIZE.observe(len(incoming))
         metrics.BATCH.observe(time.perf_counter() - t0)
+
+    def _emit(self, txn: PartitionTransactions, result) -> None:
+        """A batch's scores and alerts into their partitions' transactions, and their metrics."""
+        scores_topic, alerts_topic = self.settings.topics.churn_scores.name, self.settings.topics.churn_alerts.name
+        for out in result.scored:
+            key = out.customer_id.encode()
+            txn.produce(out.partition, scores_topic, key, out.score, to_partition=out.partition)
+            if out.latency_s is not None:
+                metrics.E2E.observe(out.latency_s)
+            inp = out.inputs
+            metrics.OVERLAY_ADDED.observe(inp.added)
+            if inp.not_included:
+                metrics.NOT_INCLUDED.inc(inp.not_included)
+            if inp.basis != "exact":
+                metrics.INEXACT.labels(inp.basis).inc()
+            if result.degraded or inp.basis != "exact":
+                metrics.DEGRADED.inc()
+            if out.alert is not None:
+                txn.produce(out.partition, alerts_topic, key, out.alert)
+                metrics.ALERTS.labels(out.band).inc()
+                if out.latency_s is not None:
+                    metrics.ALERT_E2E.observe(out.latency_s)
+        metrics.STORE_UP.set(0 if result.degraded else 1)
+        metrics.OVERLAY_EVENTS.set(self.scorer.overlay.size)
+
+    def rescore_due(self) -> None:
+        """Score the owned partitions' customers who have had no decision for ``rescore_after_s``, oldest
+        first (each partition's states are kept in order of their last decision)."""
+        txn, cfg = self.txn, self.settings.scoring
+        due_before = time.time() - cfg.rescore_after_s
+        due: list[tuple[int, str]] = []
+        for p, states in self.state.items():
+            if not txn.owns(p) or txn.next_offset.get(p, -1) < 0:
+                continue  # offsets to commit with the output are not known yet
+            for customer, st in states.items():
+                if st.decided_at is None or st.decided_at > due_before or len(due) >= cfg.rescore_max_per_check:
+                    break
+                due.append((p, customer))
+        if not due:
+            return
+        result = self.scorer.rescore(due, self.state)
+        self._emit(txn, result)
+        metrics.RESCORED.inc(len(result.scored))
+
+    def release_covered(self) -> None:
+        """Drop the overlay's CDRs that the streaming job's pushed states cover and this worker has scored."""
+        try:
+            covered = {int(p): int(o) for p, o in self._redis.hgetall(self._covered_key).items()}
+        except redis.RedisError as exc:  # the overlay keeps its CDRs a while longer (up to its cap)
+            log.warning("could not read the streaming job's covered offsets: %s", exc)
+            return
+        txn = self.txn
+        if txn is not None:
+            upto = {p: min(covered[p], nxt) for p, nxt in list(txn.next_offset.items())
+                    if p in covered and nxt is not None and nxt >= 0}
+            self.scorer.overlay.evict(upto)
+        overlay = self.scorer.overlay
+        metrics.OVERLAY_EVENTS.set(overlay.size)
+        metrics.OVERLAY_DROPPED.set(overlay.dropped_total)
 
     def _report_drift(self) -> None:
         drift = self.scorer.drift

@@ -1,7 +1,8 @@
 """Batch feature lookups from Feast's online store, with retries, a last-known cache and degraded scoring.
 
 One call per scoring batch fetches every customer's packed activity state
-(``customer_activity``: ``ref_time``, ``active_days``, ``sums``) through a
+(``customer_activity``: ``ref_time``, ``active_days``, ``sums`` and the
+``covered_offsets`` the overlay starts from) through a
 reader of ``churn.online_reader`` (Feast's storage format read directly from
 Redis by default). Profiles (``customer_profile``) change only when the nightly
 job materializes them, so they are fetched on first sight of a customer and
@@ -74,6 +75,8 @@ class OnlineFeatures:
             for c, row in zip(customers, rows):
                 state = None if row is None else unpack_activity(row["ref_time"], row["active_days"], row["sums"],
                                                                  named=False)
+                if state is not None:
+                    state["covered_offsets"] = row.get("covered_offsets")
                 out.states[c] = state
                 self._remember(self._states, c, state)
             if stale:

@@ -10,7 +10,8 @@ EVENTS = Counter("churn_score_events", "CDRs scored")
 INVALID = Counter("churn_score_invalid_events", "CDRs skipped as invalid (the stream dead-letters them)", ["reason"])
 SKIPPED = Counter("churn_score_skipped_events", "CDRs skipped as already scored (redelivered after a rebalance)")
 ALERTS = Counter("churn_alerts", "Churn-risk alerts emitted", ["band"])
-DEGRADED = Counter("churn_score_degraded_events", "CDRs scored with cached features (online store unreachable)")
+DEGRADED = Counter("churn_score_degraded_events", "Decisions marked degraded (online store unreachable, or an input "
+                   "not exactly the CDRs up to the trigger)")
 STORE_UP = Gauge("churn_score_online_store_up", "1 if the last online-store read succeeded")
 E2E = Histogram("churn_score_e2e_latency_seconds", "CDR produce time to score emit time", buckets=_LATENCY_BUCKETS)
 ALERT_E2E = Histogram("churn_alert_e2e_latency_seconds", "CDR produce time to alert emit time", buckets=_LATENCY_BUCKETS)
@@ -20,8 +21,16 @@ MODEL = Histogram("churn_score_model_seconds", "One batch model call (champion a
 BATCH_SIZE = Histogram("churn_score_batch_events", "Events per scoring batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
 RISK = Histogram("churn_score_risk", "Champion risk of scored events", buckets=tuple(i / 20 for i in range(1, 21)))
 MODEL_INFO = Gauge("churn_score_model_info", "1 for the champion version in use", ["version"])
-FRESHNESS = Histogram("churn_score_feature_freshness_seconds", "Age of the newest streaming feature used per score",
-                      buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 900, 3600, 86400))
+OVERLAY_ADDED = Histogram("churn_score_overlay_added_events", "CDRs added per decision on top of the pushed state "
+                          "(what the online store did not hold yet)", buckets=(0, 1, 2, 5, 10, 20, 50, 100, 500, 1000))
+OVERLAY_EVENTS = Gauge("churn_score_overlay_buffered_events", "CDRs held because the pushed state does not cover them yet")
+OVERLAY_DROPPED = Gauge("churn_score_overlay_dropped_events", "CDRs dropped from the overlay at its cap (the stream "
+                        "stopped or far behind) since the worker started")
+NOT_INCLUDED = Counter("churn_score_events_not_included", "Counted CDRs up to the trigger that a decision lacked "
+                       "(0 unless the overlay's cap was reached)")
+INEXACT = Counter("churn_score_inexact_decisions", "Decisions whose input is not exactly the CDRs up to the trigger",
+                  ["basis"])
+RESCORED = Counter("churn_score_rescored", "Customers scored again at the current time after going quiet")
 COMMIT = Histogram("churn_score_commit_seconds", "Committing the due partitions' transactions (on the commit thread)",
                    buckets=_LATENCY_BUCKETS)
 COMMIT_WAIT = Histogram("churn_score_commit_wait_seconds", "How long a batch waited for the commit in flight",

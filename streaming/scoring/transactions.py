@@ -41,6 +41,7 @@ class CustomerState:
     band: int
     alert_band: int | None = None
     alerted_at: float | None = None
+    decided_at: float | None = None  # when the customer was last scored (wall clock): rescoring counts from it
 
     @classmethod
     def from_score(cls, record: dict) -> "CustomerState":
@@ -48,7 +49,8 @@ class CustomerState:
         alerted_at = record.get("alerted_at")
         return cls(band=BAND_INDEX[record["band"]],
                    alert_band=None if alert_band is None else BAND_INDEX[alert_band],
-                   alerted_at=None if alerted_at is None else parse_time(alerted_at))
+                   alerted_at=None if alerted_at is None else parse_time(alerted_at),
+                   decided_at=parse_time(record["scored_at"]))
 
 
 class PartitionTransactions:
@@ -115,8 +117,8 @@ class PartitionTransactions:
                     if msg.error() is None and msg.value() is not None:
                         states[msg.key().decode()] = CustomerState.from_score(orjson.loads(msg.value()))
                 position = consumer.position([TopicPartition(self.scores_topic, partition)])[0].offset
-                if position >= end:
-                    return states
+                if position >= end:  # in order of the last decision, as the worker keeps them
+                    return dict(sorted(states.items(), key=lambda item: item[1].decided_at or 0.0))
             raise TimeoutError(f"restoring {self.scores_topic}[{partition}] did not reach offset {end}")
         finally:
             consumer.close()
