@@ -100,7 +100,8 @@ def run_nightly(settings: Settings, date_from: date, date_to: date, trials: int 
     def train() -> str:
         release = run_train(settings, trials=trials)
         verdict = "promoted" if release.promoted else "kept as challenger"
-        return f"{release.version} ROC AUC {release.metrics['roc_auc']}: {verdict} ({release.reason})"
+        return (f"{release.version} ROC AUC {release.metrics['roc_auc']}: {verdict} ({release.reason}); "
+                f"trained on {release.source}")
 
     if step("gold", gold):
         step("train", train)

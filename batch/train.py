@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -58,10 +59,74 @@ def labels_frame(settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()), columns=["customer_id", "label_time", "churned"])
 
 
+#: The activity fields a training row reads (``unpack_activity``'s arguments); the scorer's online read
+#: (``ACTIVITY_ONLINE``) may hold more.
+ACTIVITY_FIELDS = ["ref_time", "active_days", "sums"]
+#: Fewer usable labels than this (or one class only) and the nightly run skips training.
+MIN_LABELS = 200
+
+
+@dataclass
+class PointInTimeSet(TrainingSet):
+    """A training set from labels, with how many labels it could use and what their rows lack."""
+
+    labels: int = 0  # labels given
+    unknown: int = 0  # left out: neither a profile nor any activity at the observation time
+    without_profile: int = 0  # rows with NaN profile features
+    without_activity: int = 0  # rows with NaN activity features
+
+    def summary(self) -> str:
+        return (f"{self.labels} labels, {self.unknown} of unknown customers (no profile, no activity when "
+                f"observed) left out; of the {len(self.y)} used, {self.without_profile} without a profile, "
+                f"{self.without_activity} without activity")
+
+
+def _source_customers(fs, view: str) -> set:
+    """Customers with any row in the offline source of ``view`` (every Parquet file under its path, as
+    Feast's file store reads it)."""
+    import pyarrow.dataset as ds
+    from feast import FileSource
+
+    source = fs.get_feature_view(view).batch_source
+    path = FileSource.get_uri_for_file_path(fs.config.repo_path, source.path)
+    return set(ds.dataset(path, format="parquet").to_table(columns=["customer_id"]).column(0).unique().to_pylist())
+
+
+def _view_at(fs, entity: pd.DataFrame, view: str, fields: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """``fields`` of ``view`` as of each entity row (Feast's point-in-time join), aligned with ``entity``,
+    and whether each row got one (NaN where not).
+
+    Feast is asked only about customers with rows in the view's source: its file store (dask) sorts the
+    joined rows by the view's timestamp, which is null for the others, and that sort fails once a
+    partition holds nothing else ("Divisions calculation failed for non-numeric column 'profile_time'":
+    labels of customers the profile table lacks, in a label set spanning several partitions). Feast
+    leaves out the rows of customers whose data is all after the observation (or older than the view's
+    TTL); they are NaN here too, and every other row stays with its own label.
+    """
+    have = entity["customer_id"].isin(_source_customers(fs, view)).to_numpy()
+    # Feast keeps one row per (customer, time): ask once per pair, give the answer to each row of it
+    asked = entity.groupby(["customer_id", "event_timestamp"], sort=False)["row"].transform("first").to_numpy()
+    got = pd.DataFrame(columns=["row", *fields])
+    if have.any():
+        first = entity[have & (asked == entity["row"].to_numpy())]
+        got = fs.get_historical_features(entity_df=first[["customer_id", "event_timestamp", "row"]],
+                                         features=[f"{view}:{f}" for f in fields]).to_df()
+    got = got.set_index("row")[fields]
+    return got.reindex(asked).reset_index(drop=True), np.isin(asked, got.index.to_numpy())
+
+
+def _value(v):
+    """A joined value, None where Feast had none (NaN, NaT, None)."""
+    return None if np.ndim(v) == 0 and pd.isna(v) else v
+
+
 def point_in_time_training_set(settings: Settings, labels: pd.DataFrame, fs=None, lookahead_days: float = 7.0,
-                               seed: int = 0) -> TrainingSet:
-    """Model inputs for each label, with features as they were at its observation time (Feast PIT join)."""
-    from churn.feature_store import ACTIVITY_ONLINE, store, unpack_activity
+                               seed: int = 0) -> PointInTimeSet:
+    """Model inputs for each label, with features as they were at its observation time (Feast PIT join).
+
+    A customer without a profile, or without activity at the observation time, gets NaN for what is
+    missing; labels of customers with neither are left out and counted (``unknown``)."""
+    from churn.feature_store import store, unpack_activity
 
     fs = fs or store(settings)
     rng = np.random.default_rng([seed, 12])
@@ -69,15 +134,19 @@ def point_in_time_training_set(settings: Settings, labels: pd.DataFrame, fs=None
     entity = pd.DataFrame({"customer_id": labels["customer_id"].to_numpy(),
                            "event_timestamp": pd.to_datetime(np.round(observe * 1e6).astype("int64"), unit="us", utc=True),
                            "row": np.arange(len(labels))})
-    features = [f"customer_activity:{n}" for n in ACTIVITY_ONLINE] + [f"customer_profile:{c}" for c in PROFILE_COLUMNS]
-    joined = fs.get_historical_features(entity_df=entity, features=features).to_df().sort_values("row")
-    states = [unpack_activity(r.ref_time if pd.notna(r.ref_time) else None, r.active_days, r.sums)
-              for r in joined.itertuples()]
-    profiles = [None if pd.isna(r["tenure_months"]) else {c: r[c] for c in PROFILE_COLUMNS}
-                for r in joined[PROFILE_COLUMNS].to_dict("records")]
-    X = matrix(profiles, states, observe.tolist())
-    return TrainingSet(X=X, y=labels["churned"].to_numpy().astype(int), at_s=observe,
-                       customer_id=labels["customer_id"].to_numpy())
+    activity, _ = _view_at(fs, entity, "customer_activity", ACTIVITY_FIELDS)
+    profile, has_profile = _view_at(fs, entity, "customer_profile", PROFILE_COLUMNS)
+    states = [unpack_activity(*map(_value, r)) for r in activity[ACTIVITY_FIELDS].itertuples(index=False)]
+    profiles = [{c: _value(v) for c, v in r.items()} if ok else None
+                for r, ok in zip(profile[PROFILE_COLUMNS].to_dict("records"), has_profile)]
+    has_activity = np.array([s is not None for s in states], dtype=bool)
+    keep = has_profile | has_activity
+    rows = np.flatnonzero(keep)
+    X = matrix([profiles[i] for i in rows], [states[i] for i in rows], observe[rows].tolist())
+    return PointInTimeSet(X=X, y=labels["churned"].to_numpy().astype(int)[rows], at_s=observe[rows],
+                          customer_id=labels["customer_id"].to_numpy()[rows], labels=len(labels),
+                          unknown=int((~keep).sum()), without_profile=int((keep & ~has_profile).sum()),
+                          without_activity=int((keep & ~has_activity).sum()))
 
 
 def run_train(settings: Settings, trials: int | None = None, source: str = "feast"):
@@ -87,11 +156,15 @@ def run_train(settings: Settings, trials: int | None = None, source: str = "feas
     trials = settings.training.trials if trials is None else trials
     if source == "feast":
         labels = labels_frame(settings)
-        if len(labels) < 200 or labels["churned"].nunique() < 2:
+        hint = "to train on; `churn simulate --days 60` produces history and labels"
+        if len(labels) < MIN_LABELS or labels["churned"].nunique() < 2:
             raise NotEnoughLabels(f"{len(labels)} labels on {settings.topics.churn_labels.name}: too few (or one class) "
-                               "to train on; `churn simulate --days 60` produces history and labels")
+                                  + hint)
         ts = point_in_time_training_set(settings, labels, seed=settings.simulator.seed)
-        what = f"{len(labels)} labels from {settings.topics.churn_labels.name}, features from Feast (point in time)"
+        if len(ts.y) < MIN_LABELS or len(np.unique(ts.y)) < 2:
+            raise NotEnoughLabels(f"{ts.summary()}: too few (or one class) {hint}")
+        what = (f"labels from {settings.topics.churn_labels.name}, features from Feast (point in time): "
+                f"{ts.summary()}")
     elif source == "simulated":
         from churn.model.bootstrap import simulated_training_set
 

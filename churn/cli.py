@@ -554,6 +554,7 @@ def batch_train(
     console.print(table)
     console.print(f"{release.version}: {'[green]promoted[/]' if release.promoted else '[yellow]kept as challenger[/]'}"
                   f" - {release.reason}")
+    console.print(f"trained on {release.source}")
 
 
 @batch_app.command("telco-cv")

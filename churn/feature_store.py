@@ -149,7 +149,9 @@ def unpack_activity(ref_time, active_days, sums, named: bool = True) -> dict | N
 
     if ref_time is None or sums is None:
         return None
-    state = {"ref_time": ref_time, "active_days": list(active_days or []), "sums": list(sums)}
+    # lists online, numpy arrays offline (``get_historical_features``): an array has no truth value
+    state = {"ref_time": ref_time, "active_days": [] if active_days is None else list(active_days),
+             "sums": list(sums)}
     return {**state, **dict(zip(SUM_FEATURES, sums))} if named else state
 
 

@@ -24,6 +24,7 @@ class Release:
     reason: str
     metrics: dict
     champion_metrics: dict | None
+    source: str = ""  # what it was trained on (the card's ``trained_on``)
 
 
 def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str, n_trials: int,
@@ -56,4 +57,5 @@ def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str
     registry.save_drift_baseline(version, DriftBaseline.fit(X, MODEL_FEATURES, result.model.predict(X)))
     write_plots(result.model, X_va, y_va, registry.root / version)
     (registry.promote if promote else registry.reject)(version, reason=reason)
-    return Release(version=version, promoted=promote, reason=reason, metrics=cand, champion_metrics=champ)
+    return Release(version=version, promoted=promote, reason=reason, metrics=cand, champion_metrics=champ,
+                   source=source)
