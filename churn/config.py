@@ -238,6 +238,12 @@ class ScoringSettings(BaseModel):
     rescore_after_s: float = 6 * 3600.0
     rescore_check_s: float = 1.0
     rescore_max_per_check: int = 2000
+    #: Liveness (``streaming.scoring.liveness``): stalled after this long without scoring or committing while
+    #: CDRs wait (``/healthz`` answers 503); the process exits (code 70, for a supervisor to restart it)
+    #: after ``stall_exit_s`` stalled. Taking partitions over must finish within ``takeover_deadline_s``.
+    stall_after_s: float = 30.0
+    stall_exit_s: float = 120.0
+    takeover_deadline_s: float = 180.0
     #: Write each decision's activity state into its score record (``activity_state``): for audits and tests.
     record_inputs: bool = False
     metrics_host: str = "127.0.0.1"

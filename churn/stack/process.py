@@ -83,6 +83,8 @@ class Service:
     prepare: Callable[[], None] = lambda: None
     env: dict[str, str] = field(default_factory=dict)
     stop_timeout_s: float = 30.0
+    #: Why a running service is unhealthy, or None when it is healthy (or has no such check).
+    unhealthy: Callable[[], str | None] = lambda: None
 
     @property
     def dir(self) -> Path:
@@ -110,7 +112,10 @@ class Service:
         pid = self.pid()
         if pid is None:
             return "stale pid file" if self.pid_file.exists() else "stopped"
-        return "running" if self.is_ready() else "starting"
+        if not self.is_ready():
+            return "starting"
+        why = self.unhealthy()
+        return "running" if why is None else f"unhealthy: {why}"
 
     def start(self, timeout_s: float) -> str:
         """Start and wait until ready; returns what was done. Idempotent."""

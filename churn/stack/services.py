@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -221,22 +222,42 @@ def blackbox_service(s: Settings) -> Service:
                             p.blackbox_port, "/-/healthy", f"--config.file={BLACKBOX_CONFIG}")
 
 
+#: Runs a command again whenever it exits with a failure, as systemd's ``Restart=on-failure`` or Compose's
+#: ``restart: on-failure`` would; a clean exit (0) ends it. Stopping the process group (``Service.stop``)
+#: stops the command gracefully and then the loop.
+SUPERVISE = ('trap \'wait "$child"; exit 0\' TERM INT; '
+             'while :; do "$@" & child=$!; wait "$child"; code=$?; [ "$code" -eq 0 ] && exit 0; '
+             'echo "[supervisor] $(date -u +%FT%TZ) $1 exited with code $code; restarting in 2 s"; sleep 2; done')
+
+
 def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: str, port: int,
-                 stop_timeout_s: float) -> Service:
-    """A ``churn`` subcommand run in the background as part of the stack (ready when its metrics answer)."""
+                 stop_timeout_s: float, supervised: bool = False) -> Service:
+    """A ``churn`` subcommand run in the background as part of the stack (ready when its metrics answer);
+    ``supervised``: restarted whenever it exits with a failure, and unhealthy while its ``/healthz`` says so."""
     import os
     import sys
 
     def command() -> list[str]:
-        return [str(Path(sys.executable).parent / "churn"), *args]
+        churn = [str(Path(sys.executable).parent / "churn"), *args]
+        return ["bash", "-c", SUPERVISE, "supervise", *churn] if supervised else churn
 
     def is_ready() -> bool:
         return _answers(f"http://{host}:{port}/metrics")
 
+    def unhealthy() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as resp:
+                return None if resp.status == 200 else resp.read().decode().strip()
+        except urllib.error.HTTPError as exc:
+            return exc.read().decode().strip() or f"HTTP {exc.code}"
+        except OSError as exc:
+            return f"/healthz does not answer ({exc})"
+
     config = Path(os.environ.get("CHURN_CONFIG", "churn.toml")).resolve()
     env = {"CHURN_CONFIG": str(config)} if config.exists() else {}
-    return Service(name=name, run_dir=s.run_dir, host=host, ports={port_env: port},
-                   command=command, is_ready=is_ready, env=env, stop_timeout_s=stop_timeout_s)
+    return Service(name=name, run_dir=s.run_dir, host=host, ports={port_env: port}, command=command,
+                   is_ready=is_ready, env=env, stop_timeout_s=stop_timeout_s,
+                   unhealthy=unhealthy if supervised else (lambda: None))
 
 
 def stream_service(s: Settings) -> Service:
@@ -250,7 +271,7 @@ def score_service(s: Settings) -> Service:
     """A scoring worker (`churn score`) in the background (used by the demo)."""
     sc = s.scoring
     return _job_service(s, "score", ["score"], sc.metrics_host, "CHURN_SCORING__METRICS_PORT",
-                        sc.metrics_port, stop_timeout_s=30.0)
+                        sc.metrics_port, stop_timeout_s=60.0, supervised=True)
 
 
 def services(s: Settings) -> list[Service]:

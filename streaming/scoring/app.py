@@ -36,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 import redis
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from prometheus_client import start_http_server
 
 from churn.config import Settings
 from churn.contracts import CHURN_LABEL, parse_time
@@ -46,9 +45,10 @@ from churn.model.online import OnlineChallenger, ProgressiveEvaluator
 from churn.model.registry import ChampionWatcher, ModelRegistry
 from churn.online_reader import FeastRedisReader, FeastSdkReader
 from streaming.scoring import metrics
+from streaming.scoring.liveness import Liveness, die
 from streaming.scoring.lookup import OnlineFeatures
 from streaming.scoring.scorer import BatchScorer, Incoming
-from streaming.scoring.transactions import PartitionTransactions
+from streaming.scoring.transactions import COMMIT_DEADLINE_S, PartitionTransactions
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ def faust_app(settings: Settings) -> faust.App:
         broker_session_timeout=cfg.session_timeout_s,
         broker_heartbeat_interval=min(3.0, cfg.session_timeout_s / 4),
         broker_commit_interval=1.0,
+        # Faust's livelock check ("Has not committed TP ... at all since worker start", an ERROR every few
+        # minutes per partition) counts only Faust's own commits, which are off: offsets are committed in the
+        # output transactions. ``streaming.scoring.liveness`` is the check that is true for this worker.
+        broker_commit_livelock_soft_timeout=365 * 86400.0,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=max(4 * cfg.batch_max, 4096),
         table_standby_replicas=0,
@@ -124,6 +128,7 @@ class ScoringWorker:
         self._owned_ready: asyncio.Event | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._commit_task: asyncio.Future | None = None
+        self.liveness = Liveness(cfg.stall_after_s, cfg.stall_exit_s)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
@@ -135,7 +140,7 @@ class ScoringWorker:
         @app.agent(cdr, name="score")
         async def score(stream):
             async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within_s):
-                await self.ready().wait()
+                await self._taken_over()
                 if self._commit_task is not None:  # a batch never overlaps a commit
                     waited = time.perf_counter()
                     await self._commit_done()
@@ -154,11 +159,14 @@ class ScoringWorker:
 
         @app.timer(interval=1.0)
         async def report_lag():
+            waiting = 0
             if self.txn is not None:
                 for p, nxt in list(self.txn.next_offset.items()):
                     hw = app.consumer.highwater(faust.types.TP(s.topics.cdr.name, p))
                     if hw is not None and nxt is not None and nxt >= 0:
                         metrics.LAG.labels(str(p)).set(max(hw - nxt, 0))
+                        waiting += max(hw - nxt, 0)
+            self.liveness.waiting(waiting)
 
         @app.timer(interval=cfg.rescore_check_s)
         async def rescore_quiet():
@@ -181,7 +189,8 @@ class ScoringWorker:
             await self._commit_done()
             mine = {tp.partition for tp in revoked if tp.topic == s.topics.cdr.name}
             if self.txn is not None and mine:
-                await asyncio.get_running_loop().run_in_executor(None, self.txn.revoke, mine)
+                await self._within(asyncio.get_running_loop().run_in_executor(None, self.txn.revoke, mine),
+                                   "giving partitions up")
                 for p in mine:
                     self.state.pop(p, None)
                     self.scorer.overlay.forget(p)
@@ -197,18 +206,23 @@ class ScoringWorker:
             loop = asyncio.get_running_loop()
             gone = set(self.txn.producers) - mine
             if gone:
-                await loop.run_in_executor(None, self.txn.revoke, gone)
+                await self._within(loop.run_in_executor(None, self.txn.revoke, gone), "giving partitions up")
                 for p in gone:
                     self.state.pop(p, None)
                     self.scorer.overlay.forget(p)
                     _forget_partition(p)
-            restored = await loop.run_in_executor(None, self.txn.assign, mine)
+            restored = await self._within(loop.run_in_executor(None, self.txn.assign, mine), "taking partitions over")
             self.state.update(restored)
             metrics.PARTITIONS.set(len(self.txn.producers))
             self.ready().set()
 
         @app.on_before_shutdown.connect
         async def on_shutdown(sender, **kwargs):
+            import threading  # a graceful stop must end too: commits have deadlines, this bounds the rest
+
+            watchdog = threading.Timer(COMMIT_DEADLINE_S + 30.0, die, ("graceful stop did not finish",))
+            watchdog.daemon = True
+            watchdog.start()
             self.ready().clear()
             await self._commit_done()
             txn, self.txn = self.txn, None  # agents still running skip their batch: it was never committed
@@ -216,6 +230,17 @@ class ScoringWorker:
                 txn.close()
 
         return app
+
+    async def _within(self, awaitable, what: str):
+        """Await ``awaitable`` for at most ``takeover_deadline_s``; past it, the worker exits (``die``)."""
+        try:
+            return await asyncio.wait_for(awaitable, self.settings.scoring.takeover_deadline_s)
+        except asyncio.TimeoutError:
+            die("%s took more than %.0f s", what, self.settings.scoring.takeover_deadline_s)
+
+    async def _taken_over(self) -> None:
+        if not self.ready().is_set():
+            await self._within(self.ready().wait(), "taking partitions over after a rebalance")
 
     def ready(self) -> asyncio.Event:
         if self._owned_ready is None:  # created lazily, inside the worker's event loop
@@ -230,9 +255,8 @@ class ScoringWorker:
             fn(*args)
         except Exception as exc:
             metrics.AGENT_ERRORS.labels(agent).inc()
-            log.exception("agent %s failed; stopping the worker so it restarts from its last commit", agent)
-            asyncio.ensure_future(self.app.crash(exc))
-            raise
+            log.exception("agent %s failed", agent)
+            die("agent %s failed: %s", agent, exc)
 
     def score_batch(self, events) -> None:
         t0 = time.perf_counter()
@@ -254,6 +278,7 @@ class ScoringWorker:
             metrics.INVALID.labels(reason).inc(n)
         n = len(result.scored)
         metrics.EVENTS.inc(n)
+        self.liveness.progressed()
         if result.model_version:
             previous = getattr(self, "_model_version", None)
             if previous != result.model_version:
@@ -347,15 +372,17 @@ class ScoringWorker:
             await self._commit_task
         except Exception as exc:
             metrics.AGENT_ERRORS.labels("commit").inc()
-            log.exception("committing failed; stopping the worker so it restarts from its last commit")
-            asyncio.ensure_future(self.app.crash(exc))
+            log.exception("committing failed")
+            die("committing failed: %s", exc)
         finally:
             self._commit_task = None
 
     async def _commit_done(self) -> None:
         """Wait for the commit in flight, if any (its errors are handled by ``_commit_off_loop``)."""
         if self._commit_task is not None:
-            await asyncio.wait([self._commit_task])
+            done, _ = await asyncio.wait([self._commit_task], timeout=2 * COMMIT_DEADLINE_S + 10.0)
+            if not done:
+                die("a transaction commit has not returned for %.0f s", 2 * COMMIT_DEADLINE_S + 10.0)
 
     def _commit_due(self) -> None:
         started = time.perf_counter()
@@ -363,6 +390,7 @@ class ScoringWorker:
         if committed:
             metrics.COMMIT.observe(time.perf_counter() - started)
             metrics.TRANSACTIONS.inc(committed)
+            self.liveness.progressed()
 
     def learn_labels(self, events) -> None:
         labels = []
@@ -414,8 +442,9 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     from streaming.scoring.bands import BANDS
 
     metrics.initialise(BANDS[BANDS.index(settings.scoring.alert_min_band):])
-    start_http_server(settings.scoring.metrics_port, addr=settings.scoring.metrics_host)
     worker = ScoringWorker(settings)
+    worker.liveness.serve(settings.scoring.metrics_host, settings.scoring.metrics_port)
+    worker.liveness.watch()
     # Everything loaded so far (Feast, xgboost, pandas: ~300,000 objects) lives as long as the worker;
     # keeping it out of the garbage collector's scans made scoring ~25 % faster in-process.
     gc.collect()

@@ -30,6 +30,9 @@ NOT_INCLUDED = Counter("churn_score_events_not_included", "Counted CDRs up to th
                        "(0 unless the overlay's cap was reached)")
 INEXACT = Counter("churn_score_inexact_decisions", "Decisions whose input is not exactly the CDRs up to the trigger",
                   ["basis"])
+LAST_PROGRESS = Gauge("churn_score_last_progress_timestamp_seconds", "When the worker last scored a batch, committed "
+                      "a transaction, or had nothing to do (unix time)")
+HEALTHY = Gauge("churn_score_healthy", "1 while the worker is not stalled (see /healthz)")
 RESCORED = Counter("churn_score_rescored", "Customers scored again at the current time after going quiet")
 COMMIT = Histogram("churn_score_commit_seconds", "Committing the due partitions' transactions (on the commit thread)",
                    buckets=_LATENCY_BUCKETS)

@@ -25,13 +25,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from churn.config import Settings
 from churn.contracts import parse_time
 from streaming.scoring.bands import BAND_INDEX
 
 log = logging.getLogger(__name__)
+
+#: The longest one transactional call may take; a commit retries retriable errors for ``COMMIT_DEADLINE_S``.
+CALL_TIMEOUT_S = 10.0
+COMMIT_DEADLINE_S = 30.0
+
+
+class TransactionsLost(RuntimeError):
+    """A partition's transaction cannot be completed (fenced, fatal, or past its deadline). The worker exits;
+    its replacement's ``init_transactions`` aborts what was open and resumes from the last commit."""
 
 
 @dataclass
@@ -177,10 +186,34 @@ class PartitionTransactions:
     def _commit_one(self, partition: int) -> None:
         producer = self.producers[partition]
         offsets = [TopicPartition(self.cdr_topic, partition, self.next_offset[partition])]
-        producer.send_offsets_to_transaction(offsets, self._group_metadata, 30)
-        producer.commit_transaction(30)
+        deadline = time.monotonic() + COMMIT_DEADLINE_S
+        self._call(partition, lambda: producer.send_offsets_to_transaction(offsets, self._group_metadata,
+                                                                            CALL_TIMEOUT_S), deadline)
+        self._call(partition, lambda: producer.commit_transaction(CALL_TIMEOUT_S), deadline)
         producer.begin_transaction()
         self.opened_at[partition] = time.monotonic()
+
+    def _call(self, partition: int, call, deadline: float):
+        """One transactional call, retried while its error is retriable and the deadline allows (a timed-out
+        commit resumes where it was when called again, e.g. while the broker restarts). An abortable error
+        aborts the transaction (its outputs are never visible; the batch is read again by the next owner);
+        that or anything else raises ``TransactionsLost``."""
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is not None and err.retriable() and not err.txn_requires_abort() \
+                        and time.monotonic() < deadline:
+                    log.warning("cdr[%d]: transaction call failed, retrying: %s", partition, err)
+                    time.sleep(0.5)
+                    continue
+                if err is not None and err.txn_requires_abort():
+                    try:
+                        self.producers[partition].abort_transaction(CALL_TIMEOUT_S)
+                    except KafkaException:
+                        log.exception("cdr[%d]: aborting the transaction failed", partition)
+                raise TransactionsLost(f"cdr[{partition}]: {err or exc}") from exc
 
     def close(self) -> None:
         """Commit everything scored and release the producers (graceful stop)."""

@@ -1,0 +1,132 @@
+"""Whether the scoring worker is doing its job, told truthfully: ``/healthz``, a metric, and an exit.
+
+A worker is *stalled* when it owns partitions with CDRs waiting (lag) but has neither scored
+a batch nor committed a transaction for ``stall_after_s``, or when its event loop has not
+ticked for as long. ``/healthz`` (on the metrics port) answers 503 with the reason then,
+200 otherwise; a stopped process (SIGSTOP) does not answer at all, which a probe reads as
+bad. A watchdog thread, independent of the event loop, ends the process with exit code
+70 once the stall has lasted ``exit_after_s``, so that a supervisor restarts it and it
+resumes from its last committed transaction: a worker never stays alive doing nothing.
+Time spent stopped (SIGSTOP, a suspended VM) does not count as a stall.
+
+>>> clock = iter([0.0, 0.0, 40.0, 45.0]).__next__
+>>> live = Liveness(stall_after_s=30, exit_after_s=60, clock=clock)
+>>> live.waiting(5)            # t=0: the event loop ticks and sees CDRs waiting
+>>> live.waiting(5)            # t=40: still waiting, nothing scored
+>>> live.check()               # t=45
+(False, 'no CDR scored or committed for 45 s while 5 wait')
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import sys
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from streaming.scoring import metrics
+
+log = logging.getLogger(__name__)
+
+EXIT_STALLED = 70
+
+
+def die(message: str, *args) -> None:
+    """Log, dump every thread's stack, and end the process now with ``EXIT_STALLED`` (no graceful stop:
+    a thread stuck in a client library would keep a graceful one alive for good). Nothing is lost: outputs
+    are visible only once their transaction commits, and the next owner aborts what was open."""
+    log.critical(message + "; exiting so that the worker restarts from its last commit", *args)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(EXIT_STALLED)
+
+
+class Liveness:
+    def __init__(self, stall_after_s: float = 30.0, exit_after_s: float = 120.0, clock=time.time):
+        self.stall_after_s, self.exit_after_s, self.clock = stall_after_s, exit_after_s, clock
+        now = clock()
+        self.progress_at = now  # last batch scored, transaction committed, or nothing to do
+        self.tick_at: float | None = None  # the event loop's last tick (None: still starting)
+        self.lag = 0
+
+    def progressed(self) -> None:
+        self.progress_at = self.clock()
+        metrics.LAST_PROGRESS.set(self.progress_at)
+
+    def waiting(self, lag: int) -> None:
+        """The event loop's periodic tick: the owned partitions' total lag."""
+        self.tick_at = self.clock()
+        self.lag = lag
+        if lag == 0:
+            self.progressed()  # nothing to do is not a stall
+
+    def resumed(self) -> None:
+        """The process was stopped and runs again: the time it was stopped is not a stall."""
+        self.progress_at = self.clock()
+        if self.tick_at is not None:
+            self.tick_at = self.progress_at
+
+    def stalled_for(self) -> float:
+        """Seconds the worker has been stalled (0 when it is not: its loop ticks, and it progresses or
+        has nothing to do)."""
+        now = self.clock()
+        if self.tick_at is None:
+            return 0.0
+        loop = now - self.tick_at
+        work = now - self.progress_at if self.lag > 0 else 0.0
+        stalled = max(loop, work)
+        return stalled if stalled > self.stall_after_s else 0.0
+
+    def check(self) -> tuple[bool, str]:
+        now = self.clock()
+        if self.tick_at is None:
+            return True, "starting"
+        if now - self.tick_at > self.stall_after_s:
+            return False, f"event loop has not ticked for {now - self.tick_at:.0f} s"
+        if self.lag > 0 and now - self.progress_at > self.stall_after_s:
+            return False, f"no CDR scored or committed for {now - self.progress_at:.0f} s while {self.lag} wait"
+        return True, "ok"
+
+    # -- serving and watching ----------------------------------------------------------------
+    def serve(self, host: str, port: int) -> None:
+        """``/metrics`` (Prometheus) and ``/healthz`` on one port, on a daemon thread."""
+        prometheus = make_wsgi_app()
+
+        def app(environ, start_response):
+            if environ.get("PATH_INFO") == "/healthz":
+                ok, why = self.check()
+                start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [f"{'ok' if ok else 'stalled'}: {why}\n".encode()]
+            return prometheus(environ, start_response)
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *args):  # scrapes every few seconds: not worth a log line each
+                pass
+
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+    def watch(self, every_s: float = 2.0) -> None:
+        """Start the watchdog thread (see the module doc)."""
+
+        def run():
+            last = time.monotonic()
+            while True:
+                time.sleep(every_s)
+                now = time.monotonic()
+                if now - last > every_s + 5.0:  # this process was stopped meanwhile
+                    self.resumed()
+                last = now
+                ok, why = self.check()
+                metrics.HEALTHY.set(1 if ok else 0)
+                if self.stalled_for() > self.exit_after_s:
+                    die("worker stalled (%s) for more than %.0f s", why, self.exit_after_s)
+
+        threading.Thread(target=run, name="watchdog", daemon=True).start()

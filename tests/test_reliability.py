@@ -1,0 +1,109 @@
+"""The scorer through broker faults, on the real broker: SIGKILLed and restarted mid-stream, it resumes
+by itself with every CDR scored exactly once; and its liveness check tells a stopped worker from a working one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+from conftest import free_ports, private_pipeline_env
+from test_scoring import assert_alerts_consistent, assert_exactly_once, metric, simulate, start_worker, wait_for, \
+    wait_scored
+
+from churn.simulator.produce import ProduceReport, StepProducer
+from churn.stack.services import kafka_service
+
+
+@pytest.fixture
+def reliability_env(live_stack, live_env, bootstrap_registry, tmp_path):
+    return private_pipeline_env(live_env, bootstrap_registry, tmp_path,
+                                CHURN_SCORING__SESSION_TIMEOUT_S="6",
+                                CHURN_SCORING__METRICS_PORT=str(free_ports(1)[0]))
+
+
+def healthz(port: int) -> int | None:
+    """The worker's /healthz status, or None if it does not answer within 2 s."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("outage_s", [15, 45])  # 45 s: longer than the session (6 s) and request timeouts
+def test_the_scorer_resumes_by_itself_after_the_broker_is_killed_and_restarted(reliability_env, live_stack,
+                                                                               tmp_path, outage_s):
+    env, s = reliability_env
+    port = s.scoring.metrics_port
+    broker = kafka_service(live_stack)
+    report = ProduceReport(run_id="broker")
+    sender = StepProducer(s, report)
+    sim = simulate(s, seed=61, customers=300, days=0.6)
+    steps = list(sim.backfill_steps(slice_s=1200.0))
+    third = len(steps) // 3
+    log = open(tmp_path / "worker.log", "ab")
+    worker = start_worker(env, log)
+    try:
+        for step in steps[:third]:
+            sender.send(step)
+        sender.flush()
+        wait_for(lambda: metric(port, "churn_score_events_total") >= sum(len(st.good) for st in steps[:third]), 120,
+                 "scores before the outage")
+        for step in steps[third:2 * third]:  # in flight when the broker dies
+            sender.send(step)
+        os.kill(broker.pid(), signal.SIGKILL)
+        time.sleep(outage_s)
+        broker.start(120)
+        back = time.time()
+        sender.flush()
+        before = metric(port, "churn_score_events_total")
+        wait_for(lambda: metric(port, "churn_score_events_total") > before
+                 or metric(port, "churn_score_transactions_total") > 0 and worker.poll() is not None, 180,
+                 "the scorer scoring again")
+        resumed_s = time.time() - back
+        for step in steps[2 * third:]:
+            sender.send(step)
+        sender.flush()
+        valid = {orjson.loads(v)["event_id"] for st in steps for v in st.values[:len(st.good)]}
+        scores = wait_scored(s, len(valid), 240)
+        assert_exactly_once(scores, valid)
+        assert_alerts_consistent(s, scores)
+        assert healthz(port) == 200
+        print(f"broker outage {outage_s} s: scorer resumed {resumed_s:.1f} s after the broker was back")
+        assert resumed_s < 90, resumed_s
+        text = (tmp_path / "worker.log").read_text()
+        assert "Has not committed" not in text
+    finally:
+        if broker.state() != "running":
+            broker.start(120)
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=90)
+
+
+def test_healthz_turns_bad_on_a_stopped_worker_and_good_again_when_it_continues(reliability_env, tmp_path):
+    env, s = reliability_env
+    port = s.scoring.metrics_port
+    sender = StepProducer(s, ProduceReport(run_id="liveness"))
+    worker = start_worker(env, open(tmp_path / "worker.log", "ab"))
+    try:
+        for step in simulate(s, seed=62, customers=100, days=0.2).backfill_steps(slice_s=600.0):
+            sender.send(step)
+        sender.flush()
+        wait_for(lambda: metric(port, "churn_score_events_total") > 0, 120, "scoring")
+        wait_for(lambda: healthz(port) == 200, 30, "healthy")
+        os.killpg(worker.pid, signal.SIGSTOP)
+        assert healthz(port) is None  # a stopped worker does not answer: a liveness probe fails
+        os.killpg(worker.pid, signal.SIGCONT)
+        wait_for(lambda: healthz(port) == 200, 30, "healthy again")
+        assert worker.poll() is None  # the time it was stopped is not counted as a stall
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=90) == 0
