@@ -380,9 +380,11 @@ class ScoringWorker:
     async def _commit_done(self) -> None:
         """Wait for the commit in flight, if any (its errors are handled by ``_commit_off_loop``)."""
         if self._commit_task is not None:
-            done, _ = await asyncio.wait([self._commit_task], timeout=2 * COMMIT_DEADLINE_S + 10.0)
+            # librdkafka's send_offsets_to_transaction can block past its own timeout while the broker
+            # restarts (confluentinc/librdkafka#5456): the wait is bounded here instead
+            done, _ = await asyncio.wait([self._commit_task], timeout=COMMIT_DEADLINE_S + 5.0)
             if not done:
-                die("a transaction commit has not returned for %.0f s", 2 * COMMIT_DEADLINE_S + 10.0)
+                die("a transaction commit has not returned for %.0f s", COMMIT_DEADLINE_S + 5.0)
 
     def _commit_due(self) -> None:
         started = time.perf_counter()

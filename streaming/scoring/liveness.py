@@ -41,11 +41,13 @@ def die(message: str, *args) -> None:
     """Log, dump every thread's stack, and end the process now with ``EXIT_STALLED`` (no graceful stop:
     a thread stuck in a client library would keep a graceful one alive for good). Nothing is lost: outputs
     are visible only once their transaction commits, and the next owner aborts what was open."""
-    log.critical(message + "; exiting so that the worker restarts from its last commit", *args)
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    os._exit(EXIT_STALLED)
+    try:
+        log.critical(message + "; exiting so that the worker restarts from its last commit", *args)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)  # Faust replaces sys.stderr
+    finally:
+        os._exit(EXIT_STALLED)
 
 
 class Liveness:

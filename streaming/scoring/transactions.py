@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: The longest one transactional call may take; a commit retries retriable errors for ``COMMIT_DEADLINE_S``.
 CALL_TIMEOUT_S = 10.0
-COMMIT_DEADLINE_S = 30.0
+COMMIT_DEADLINE_S = 20.0
 
 
 class TransactionsLost(RuntimeError):
