@@ -53,3 +53,5 @@ def initialise(alert_bands) -> None:
     """Create the labelled series that must exist before their first event (so dashboards show 0, not nothing)."""
     for band in alert_bands:
         ALERTS.labels(band)
+    for basis in ("stream_ahead", "buffer_cap"):  # streaming.scoring.overlay's inexact bases
+        INEXACT.labels(basis)
