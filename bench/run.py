@@ -37,6 +37,7 @@ from churn.transport import ensure_topics  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from feast_processor import bench_stream_vs_feast_processor, in_fresh_process, stream_catch_up  # noqa: E402
 from gold import bench_gold  # noqa: E402
+from overlay import bench_overlay  # noqa: E402
 from scoring import bench_faust_alone, bench_scoring  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -44,7 +45,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "gold": 1}  # minutes per run on 2 cores
+RUNS_BY_BENCH = {"stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "gold": 1}  # minutes per run on 2 cores
 DAY = 86400.0
 
 
@@ -243,6 +244,7 @@ def main(selector: str = "") -> None:
                "stream_vs_feast_processor": (bench_stream_vs_feast, "stack"),
                "score_faust_alone_rate": (bench_faust_alone, "stack"),
                "score": (bench_scoring, "stack"),
+               "score_overlay": (bench_overlay, "stack"),
                "gold": (bench_gold, "settings")}
     chosen = {n: b for n, b in benches.items() if selector in n}
     settings = None

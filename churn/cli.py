@@ -686,7 +686,8 @@ def demo(
         + ("[green]all accounted for[/]" if ok else "[red]MISMATCH[/]")
     )
     ok = _stream_summary(s, stream_timeout_s) and ok
-    ok = _scoring_summary(s, stream_timeout_s) and ok
+    churners = {str(c) for c in sim.pop.customer_id[sim.pop.churner]}
+    ok = _scoring_summary(s, stream_timeout_s, churners) and ok
     console.print("The stack, the streaming job and the scorer are still running: try `churn alerts --follow`,\n"
                   "`churn watch`, `churn stack status`,\n"
                   f"  kcat -b {s.kafka.bootstrap_servers} -t {s.topics.cdr_dlq.name} -C -o -3 -e -f '%h %s\\n'\n"
@@ -726,8 +727,33 @@ def _stream_summary(s, timeout_s: float) -> bool:
     return bronze - silver - quarantined >= 0
 
 
-def _scoring_summary(s, timeout_s: float) -> bool:
-    """Wait until the scorer has committed a score for every CDR on the topic; show the latest alerts."""
+def _alert_counts(s, churners: set[str]) -> dict[str, int]:
+    """Every committed alert on the alerts topic, counted: alerts, customers, of whom simulated churners,
+    triggered by time, and alerts citing missing activity (a cold-start artefact: 0 by design)."""
+    from confluent_kafka import TopicPartition
+
+    from churn.transport import consumer, end_offsets
+
+    topic = s.topics.churn_alerts.name
+    c = consumer(s, group_id=f"churn-demo-alerts-{time.time_ns()}", **{"isolation.level": "read_committed"})
+    c.assign([TopicPartition(topic, p, 0) for p in end_offsets(s, topic)])
+    alerts, idle = [], time.monotonic()
+    try:
+        while time.monotonic() - idle < 2:
+            for msg in c.consume(5000, timeout=0.5):
+                if msg.error() is None:
+                    alerts.append(json.loads(msg.value()))
+                    idle = time.monotonic()
+    finally:
+        c.close()
+    customers = {a["customer_id"] for a in alerts}
+    return {"alerts": len(alerts), "customers": len(customers), "churners": len(customers & churners),
+            "by_time": sum(1 for a in alerts if a.get("trigger") == "time"),
+            "missing_activity": sum(1 for a in alerts if any("no recent activity" in r["text"] for r in a["reasons"]))}
+
+
+def _scoring_summary(s, timeout_s: float, churners: set[str]) -> bool:
+    """Wait until the scorer has committed a score for every CDR on the topic; count and show the alerts."""
     from confluent_kafka import TopicPartition
 
     from churn.transport import consumer, end_offsets
@@ -750,10 +776,16 @@ def _scoring_summary(s, timeout_s: float) -> bool:
                 time.sleep(1)
     finally:
         group.close()
+    n = _alert_counts(s, churners)
+    share = f"{n['churners'] / n['customers']:.0%}" if n["customers"] else "-"
     console.print(f"scorer: all {sum(target.values()):,} CDR offsets scored or skipped as invalid (its committed "
-                  f"offsets = the topic's end offsets); the latest alerts on {s.topics.churn_alerts.name}:")
+                  f"offsets = the topic's end offsets). {n['alerts']:,} alerts for {n['customers']:,} customers, "
+                  f"{n['churners']:,} of them ({share}) customers the simulator makes churn "
+                  f"(of {len(churners):,} simulated churners); "
+                  f"{n['by_time']:,} raised by time (customers gone quiet); "
+                  f"{n['missing_activity']} citing missing activity. The latest on {s.topics.churn_alerts.name}:")
     alerts(follow=False, last=3, seconds=None)
-    return True
+    return n["missing_activity"] == 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -227,9 +227,11 @@ class ScoringSettings(BaseModel):
     online_reader: Literal["redis", "feast"] = "redis"
     reasons: int = 3
     model_check_interval_s: float = 1.0
-    #: The overlay (``streaming.scoring.overlay``): the most CDRs kept that the streaming job's pushed state
+    #: The overlay (``streaming.scoring.overlay``; off: decisions read the pushed state only, which lags
+    #: the CDRs by the streaming job's delay: for benchmarks, not for use): the most CDRs kept that the streaming job's pushed state
     #: does not cover yet (beyond it the oldest are dropped and decisions lacking them are marked degraded),
     #: and how many customers' last inputs are kept (exact decisions while the stream is ahead of the worker).
+    overlay: bool = True
     overlay_max_events: int = 200_000
     overlay_own_states: int = 100_000
     #: A customer without any CDR for this long is scored again at the current time (going quiet is what

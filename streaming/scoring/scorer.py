@@ -105,7 +105,8 @@ class BatchScorer:
             valid.append((ev, cdr, parse_time(cdr["event_time"])))
         if not valid:
             return result
-        self._admit(valid)
+        if self.cfg.overlay:
+            self._admit(valid)
         decisions = [(ev.partition, cdr["customer_id"], ev.offset) for ev, cdr, _ in valid]
         triggers = [(ev, cdr["event_id"], cdr["event_time"], t) for ev, cdr, t in valid]
         return self._decide(result, decisions, triggers, state)
@@ -139,7 +140,8 @@ class BatchScorer:
         customers = list(dict.fromkeys(c for _, c, _ in decisions))
         looked = self.features.fetch(customers)
         result.degraded, result.lookup_s = looked.degraded, looked.seconds
-        inputs = self.overlay.inputs(decisions, looked.states)
+        inputs = (self.overlay.inputs(decisions, looked.states) if self.cfg.overlay
+                  else [Input(looked.states.get(c)) for _, c, _ in decisions])
         t0 = time.perf_counter()
         X = matrix([looked.profiles.get(c) for _, c, _ in decisions], [inp.state for inp in inputs],
                    [t for *_, t in triggers])
