@@ -38,7 +38,7 @@ def healthz(port: int) -> int | None:
         return None
 
 
-@pytest.mark.parametrize("outage_s", [15, 45])  # 45 s: longer than the session (6 s) and request timeouts
+@pytest.mark.parametrize("outage_s", [15, 65])  # 65 s: longer than the session (6 s) and transaction (60 s) timeouts
 def test_the_scorer_resumes_by_itself_after_the_broker_is_killed_and_restarted(reliability_env, live_stack,
                                                                                tmp_path, outage_s):
     env, s = reliability_env

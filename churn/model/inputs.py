@@ -183,6 +183,30 @@ _PROFILE_WORDS = {
 }
 
 
+#: The reason given when a customer has no activity state at all (no CDR counted yet).
+NO_ACTIVITY = "no activity data for this customer yet"
+
+
+def describe_missing(features: Sequence[str]) -> str:
+    """The features a row lacks, in plain words, as one reason. A trend is missing when its measure has
+    nothing in 30 days (its 30-day sum is 0): that is said, not "no data".
+
+    >>> describe_missing(ACTIVITY_FEATURES)
+    'no activity data for this customer yet'
+    >>> describe_missing(["data_mb_trend_7d_30d", "call_minutes_trend_7d_30d"])
+    'no data use and no call time in the last 30 days'
+    """
+    if set(ACTIVITY_FEATURES) <= set(features):
+        return NO_ACTIVITY
+    words = {"events": "calls, texts or data sessions", "call_minutes": "call time", "data_mb": "data use"}
+    trends = [words[f.split("_trend")[0]] for f in features if f in TREND_FEATURES]
+    others = [f for f in features if f not in TREND_FEATURES]
+    parts = [" and ".join(f"no {w}" for w in trends) + " in the last 30 days"] if trends else []
+    if others:
+        parts.append("not known: " + ", ".join(others))
+    return "; ".join(parts)
+
+
 def describe(feature: str, value: float) -> str:
     """The feature's value in plain words (for the reasons of an alert)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -105,7 +105,7 @@ class TreeModel:
 
     def reasons(self, X, top: int = 3) -> list[list[dict]]:
         """Per row, the ``top`` features pushing the risk up most, largest first, in plain words."""
-        from churn.model.inputs import describe
+        from churn.model.inputs import describe, describe_missing
 
         X = self.aligned(X)
         contrib = self.contributions(X)[:, :-1]
@@ -123,7 +123,7 @@ class TreeModel:
                 {"feature": self.features[i], "contribution": value, "text": describe(self.features[i], float(row[i]))}
                 if i is not None else
                 {"feature": "missing_features", "contribution": value,
-                 "text": "no recent activity data for this customer yet"}
+                 "text": describe_missing([f for f, m in zip(self.features, missing) if m])}
                 for value, i in candidates[:top] if value > 0])
         return out
 
