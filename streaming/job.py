@@ -451,8 +451,20 @@ class StreamingJob:
         self.start_bronze()
         self.start_silver()
 
-    def stop(self) -> None:
+    def stop(self, between_batches_within_s: float = 45.0) -> None:
+        """Stop every query, each between two of its micro-batches: stopping one mid-batch interrupts
+        Spark's tasks wherever they are (a ``StackOverflowError`` deep in ``java.util.regex`` was seen in
+        the silver query's thread when stopped during a large batch). A query still busy after
+        ``between_batches_within_s`` is stopped anyway; its checkpoint makes either way resumable."""
+        deadline = time.monotonic() + between_batches_within_s
         for q in self.queries:
+            while q.isActive and time.monotonic() < deadline:
+                try:
+                    if not q.status.get("isTriggerActive", False):
+                        break
+                except Exception:  # the query ended meanwhile
+                    break
+                time.sleep(0.05)
             q.stop()
 
     def await_any(self, timeout_s: float | None = None) -> None:
