@@ -1,13 +1,17 @@
-"""Nightly retrain: a point-in-time training set from Feast, then train, card, promote or keep.
+"""Nightly retrain: a point-in-time training set (activity from Silver, profiles from Feast), then train,
+card, promote or keep.
 
 Labels come from the ``churn-labels`` topic (every committed label event, one
-per ``event_id``). Each label becomes an entity row observed at a time up to
-``lookahead_days`` before the label; Feast's ``get_historical_features`` joins
-each row to the customer's activity state as it was at that moment (the
-newest ``feature_history`` row at or before it) and to the profile, so no
-feature from after the observation can leak in. The rows become model inputs
-with the same ``churn.model.inputs`` code the scorer uses, and
-``churn.model.release`` trains, writes the card and applies the promotion rule.
+per ``event_id``). Each label becomes a row observed at a time up to
+``lookahead_days`` before the label. Its activity features are the customer's
+state exactly at that time, as the scorer would have served it: the decayed
+sums of Silver's events up to that time (``churn.point_in_time``), not the
+stream's newest recorded state before it, which lags by up to a micro-batch and
+so depended on how the stream batched the history. Its profile is Feast's
+point-in-time join (``get_historical_features``). No event or profile from
+after the observation can leak in. The rows become model inputs with the same
+``churn.model.inputs`` code the scorer uses, and ``churn.model.release``
+trains, writes the card and applies the promotion rule.
 """
 
 from __future__ import annotations
@@ -59,9 +63,6 @@ def labels_frame(settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()), columns=["customer_id", "label_time", "churned"])
 
 
-#: The activity fields a training row reads (``unpack_activity``'s arguments); the scorer's online read
-#: (``ACTIVITY_ONLINE``) may hold more.
-ACTIVITY_FIELDS = ["ref_time", "active_days", "sums"]
 #: Fewer usable labels than this (or one class only) and the nightly run skips training.
 MIN_LABELS = 200
 
@@ -120,13 +121,30 @@ def _value(v):
     return None if np.ndim(v) == 0 and pd.isna(v) else v
 
 
+def activity_at_observation(settings: Settings, customer_ids, observe_s):
+    """Each row's activity state exactly at its observation time: its customer's Silver events with
+    ``event_time <= observe_s[i]``, summed as the stream and the scorer sum them (``churn.point_in_time``).
+    Silver is read once, only the labelled customers and only up to the latest observation."""
+    from churn.lake import LakePaths
+    from churn.point_in_time import read_silver, states_at
+
+    observe_s = np.asarray(observe_s, dtype=float)
+    if len(observe_s) == 0:
+        return states_at(None, customer_ids, observe_s)
+    cols = read_silver(LakePaths(settings.streaming.lake_dir).silver, customers=set(customer_ids),
+                       until_s=float(observe_s.max()))
+    return states_at(cols, customer_ids, observe_s)
+
+
 def point_in_time_training_set(settings: Settings, labels: pd.DataFrame, fs=None, lookahead_days: float = 7.0,
                                seed: int = 0) -> PointInTimeSet:
-    """Model inputs for each label, with features as they were at its observation time (Feast PIT join).
+    """Model inputs for each label, with features as they were at its observation time: activity computed
+    from Silver's events up to that time (what the scorer would have served, whatever the stream's
+    micro-batches were), the profile from Feast's point-in-time join.
 
     A customer without a profile, or without activity at the observation time, gets NaN for what is
     missing; labels of customers with neither are left out and counted (``unknown``)."""
-    from churn.feature_store import store, unpack_activity
+    from churn.feature_store import store
 
     fs = fs or store(settings)
     rng = np.random.default_rng([seed, 12])
@@ -134,12 +152,12 @@ def point_in_time_training_set(settings: Settings, labels: pd.DataFrame, fs=None
     entity = pd.DataFrame({"customer_id": labels["customer_id"].to_numpy(),
                            "event_timestamp": pd.to_datetime(np.round(observe * 1e6).astype("int64"), unit="us", utc=True),
                            "row": np.arange(len(labels))})
-    activity, _ = _view_at(fs, entity, "customer_activity", ACTIVITY_FIELDS)
+    activity = activity_at_observation(settings, labels["customer_id"].to_numpy(dtype=object), observe)
     profile, has_profile = _view_at(fs, entity, "customer_profile", PROFILE_COLUMNS)
-    states = [unpack_activity(*map(_value, r)) for r in activity[ACTIVITY_FIELDS].itertuples(index=False)]
+    states = activity.states()
     profiles = [{c: _value(v) for c, v in r.items()} if ok else None
                 for r, ok in zip(profile[PROFILE_COLUMNS].to_dict("records"), has_profile)]
-    has_activity = np.array([s is not None for s in states], dtype=bool)
+    has_activity = activity.has_activity
     keep = has_profile | has_activity
     rows = np.flatnonzero(keep)
     X = matrix([profiles[i] for i in rows], [states[i] for i in rows], observe[rows].tolist())
@@ -163,7 +181,8 @@ def run_train(settings: Settings, trials: int | None = None, source: str = "feas
         ts = point_in_time_training_set(settings, labels, seed=settings.simulator.seed)
         if len(ts.y) < MIN_LABELS or len(np.unique(ts.y)) < 2:
             raise NotEnoughLabels(f"{ts.summary()}: too few (or one class) {hint}")
-        what = (f"labels from {settings.topics.churn_labels.name}, features from Feast (point in time): "
+        what = (f"labels from {settings.topics.churn_labels.name}, activity from Silver at each observation, "
+                f"profiles from Feast (point in time): "
                 f"{ts.summary()}")
     elif source == "simulated":
         from churn.model.bootstrap import simulated_training_set

@@ -7,12 +7,11 @@ import uuid
 
 import numpy as np
 import orjson
-import pandas as pd
 import pytest
 from conftest import run_cli, settings_from
 
 from churn.config import Settings
-from churn.features import DAY, SUM_FEATURES
+from churn.features import DAY
 from churn.model.bootstrap import simulated_training_set
 from churn.model.inputs import ACTIVITY_FEATURES, MODEL_FEATURES
 from churn.model.registry import ModelRegistry
@@ -70,10 +69,10 @@ def test_a_better_model_is_promoted_and_an_equal_one_kept_as_challenger(tmp_path
 
 
 def test_point_in_time_training_set_never_sees_features_from_after_the_observation(live_stack, live_env, tmp_path):
-    """A planted feature-history row dated after a label's observation time, with values that would
-    give the label away, must not reach the training set; the row before it must."""
+    """Planted Silver events dated after a label's observation time, in numbers that would give the label
+    away, must not reach the training set; the events before it must."""
     from confluent_kafka import Producer
-    from deltalake import write_deltalake
+    from test_training_any_base import calls, columns, write_silver
 
     from batch.train import labels_frame, point_in_time_training_set
     from churn.contracts import format_time
@@ -87,18 +86,11 @@ def test_point_in_time_training_set_never_sees_features_from_after_the_observati
     label_time = 1.79e9
     customers = ["7590-VHVEG", "5575-GNVDE"]
 
-    def state_row(customer, t, value, batch):
-        return {"customer_id": customer, "ref_time": t, "active_days": [int(t // DAY)],
-                **{n: value for n in SUM_FEATURES}, "feature_time": pd.Timestamp(t, unit="s", tz="UTC"),
-                "sums": [value] * len(SUM_FEATURES), "batch_id": batch}
-
     rows = []
     for c in customers:
-        rows.append(state_row(c, label_time - 20 * DAY, 3.0, 1))  # before any observation: must be used
-        rows.append(state_row(c, label_time + 0.5 * DAY, 999.0, 2))  # the leak: after the label
-    frame = pd.DataFrame(rows)
-    frame["feature_time"] = frame["feature_time"].astype("datetime64[us, UTC]")
-    write_deltalake(str(tmp_path / "lake" / "feature_history"), frame, mode="overwrite")
+        rows += calls(c, [label_time - 20 * DAY] * 3, "customer_care")  # before any observation: must be used
+        rows += calls(c, [label_time + 0.5 * DAY] * 999, "customer_care")  # the leak: after the label
+    write_silver(s, [columns(rows)])
     applied = run_cli(["features", "apply"], env, timeout=180)
     assert applied.returncode == 0, applied.stderr
 
@@ -115,8 +107,8 @@ def test_point_in_time_training_set_never_sees_features_from_after_the_observati
     assert np.all(ts.at_s <= label_time) and np.all(ts.at_s >= label_time - 7 * DAY)
     care = ts.X[:, MODEL_FEATURES.index("care_calls_30d")]
     days_since = ts.X[:, MODEL_FEATURES.index("days_since_last_event")]
-    assert np.all(care < 3.0) and np.all(care > 0.0), care  # the 3.0 state decayed to the observation, never 999
-    assert np.all(days_since > 12), days_since  # the state is the 20-days-before one
+    assert np.all(care < 3.0) and np.all(care > 0.0), care  # the 3 calls decayed to the observation, never 999
+    assert np.all(days_since > 12), days_since  # the last event seen is the 20-days-before one
     tenure = ts.X[:, MODEL_FEATURES.index("tenure_months")]
     assert sorted(tenure.tolist()) == [1.0, 34.0]  # profiles joined too
     assert pytest.approx(sorted(ts.y.tolist())) == [0, 1]

@@ -1,9 +1,10 @@
 """The nightly retrain on a customer base other than the bundled sample: labels of customers without a
-profile, without activity, or unknown altogether, and activity read back from several history files.
+profile, without activity, or unknown altogether, and activity read from several Silver files.
 
 Real Feast (file offline store: dask) over a private lake and registry, as ``churn features apply`` lays
-them out; no Kafka, Redis or Spark: the labels are given as a frame and the online store is SQLite (a
-training set reads the offline store only). On the bundled sample every label has a profile, and the
+them out, for the profiles; activity from a Silver Delta table written here (``write_silver``); no Kafka,
+Redis or Spark: the labels are given as a frame and the online store is SQLite (a training set reads the
+offline store only). On the bundled sample every label has a profile, and the
 whole join fits in one dask partition; a larger label set spans several (``partitions``).
 """
 
@@ -61,22 +62,40 @@ def profiles(settings: Settings, customers: list[str]) -> pd.DataFrame:
     return frame.set_index("customer_id")
 
 
-def state_row(customer: str, t: float, value: float) -> dict:
-    """A feature_history row as the stream writes it: active on the state's day and the two before."""
-    day = int(t // DAY)
-    return {"customer_id": customer, "ref_time": t, **{n: value for n in SUM_FEATURES},
-            "active_days": [day - 2, day - 1, day], "feature_time": pd.Timestamp(t, unit="s", tz="UTC"),
-            "sums": [value] * len(SUM_FEATURES), "batch_id": 0}
+def calls(customer: str, times, counterparty: str = "on_net") -> list[dict]:
+    """Silver rows (``EventBatch.silver_columns``' fields) of one-minute voice calls at ``times``."""
+    return [{"customer_id": customer, "event_time": float(t), "record_type": "voice", "direction": "outgoing",
+             "duration_s": 60.0, "data_bytes": np.nan, "counterparty": counterparty, "dropped": False,
+             "roaming": False, "charge": 0.1} for t in times]
 
 
-def history(settings: Settings, commits: list[list[dict]]) -> None:
-    """feature_history as a Delta table of one commit (and file) per list of rows."""
+def active_until(customer: str, t: float) -> list[dict]:
+    """A customer's events as in a state at ``t``: a call to customer care and a 1 MB data session on ``t``'s
+    day and the two before, the last ones at ``t`` (every trend defined: no NaN in the activity features)."""
+    times = [t - 2 * DAY, t - DAY, t]
+    data = [{**e, "record_type": "data", "duration_s": np.nan, "data_bytes": 1e6, "counterparty": None}
+            for e in calls(customer, times)]
+    return calls(customer, times, counterparty="customer_care") + data
+
+
+def write_silver(settings: Settings, commits: list[dict], first_id: int = 0) -> int:
+    """Append events to the lake's Silver Delta table, one commit (and file per day) for each dict of
+    columns, with Silver's types (``churn.lake.silver_frame``), partitioned by day as the stream writes it.
+    Returns the next free event id."""
     from deltalake import write_deltalake
 
-    for i, rows in enumerate(commits):
-        frame = pd.DataFrame(rows).assign(batch_id=i)
-        frame["feature_time"] = frame["feature_time"].astype("datetime64[us, UTC]")
-        write_deltalake(str(settings.streaming.lake_dir / "feature_history"), frame, mode="append")
+    from churn.lake import LakePaths, silver_frame
+
+    for cols in commits:
+        write_deltalake(LakePaths(settings.streaming.lake_dir).silver, silver_frame(cols, first_id=first_id),
+                        mode="append", partition_by=["event_date"])
+        first_id += len(cols["event_time"])
+    return first_id
+
+
+def columns(rows: list[dict]) -> dict:
+    return {k: np.array([r[k] for r in rows], dtype=object if isinstance(rows[0][k], str) else None)
+            for k in rows[0]}
 
 
 def register(settings: Settings):
@@ -117,7 +136,8 @@ def mixed_base(settings: Settings, n_full: int, n_no_profile: int, n_no_activity
     """Labels, one per customer, half a day apart, every third churned, of customers with profile and
     activity (``FULL-``), activity only after their label (``LATE-``: unknown when observed), profile only
     (``NOACT-``), activity only (``NOPROF-``) and nothing at all (``GHOST-``), group after group in that
-    order. Profiles also exist for customers without labels; each activity file holds rows of several groups."""
+    order. Profiles also exist for customers without labels; each Silver commit holds events of several
+    groups. Activity ends 20 days before the label, except for events after the label, which no row may see."""
     full = [f"FULL-{i:04d}" for i in range(n_full)]
     no_profile = [f"NOPROF-{i:04d}" for i in range(n_no_profile)]
     no_activity = [f"NOACT-{i:04d}" for i in range(n_no_activity)]
@@ -129,10 +149,10 @@ def mixed_base(settings: Settings, n_full: int, n_no_profile: int, n_no_activity
                            "churned": np.arange(len(customers)) % 3 == 0})
     profiles(settings, full + no_activity + [f"OTHER-{i:04d}" for i in range(100)])
     at = labels.set_index("customer_id")["label_time"]
-    rows = [state_row(c, at[c] - 20 * DAY, 2.0 + i % 5) for i, c in enumerate(full + no_profile)]
-    rows += [state_row(c, at[c] + 0.5 * DAY, 999.0) for c in full[::2]]  # after the label: never seen
-    rows += [state_row(c, at[c] + 1.0 * DAY, 999.0) for c in late]
-    history(settings, [rows[i::3] for i in range(3)])
+    rows = [e for c in full + no_profile for e in active_until(c, at[c] - 20 * DAY)]
+    rows += [e for c in full[::2] for e in calls(c, [at[c] + 0.5 * DAY] * 50, "customer_care")]  # never seen
+    rows += [e for c in late for e in active_until(c, at[c] + 3.0 * DAY)]  # all after the label
+    write_silver(settings, [columns(rows[i::3]) for i in range(3)])
     return labels
 
 
@@ -170,18 +190,19 @@ def test_customers_without_profile_or_activity_train_with_missing_values(setting
     col = {name: ts.X[:, MODEL_FEATURES.index(name)] for name in MODEL_FEATURES}
     active = g["FULL"] | g["NOPROF"]
     assert np.all(col["active_days_30d"][active] == 3.0)
-    ref = kept["label_time"].to_numpy() - 20 * DAY  # the state before the observation, never the 999 one after
+    ref = kept["label_time"].to_numpy() - 20 * DAY  # the last event before it, never one after the label
     assert np.allclose(col["days_since_last_event"][active], ((ts.at_s - ref) / DAY)[active], atol=1e-3)
-    assert np.all(col["care_calls_30d"][active] < 7.0)
+    assert np.all(col["care_calls_30d"][active] < 3.0) and np.all(col["care_calls_30d"][active] > 0.0)
     expected = profile_frame().head(40)["tenure_months"].to_numpy()  # FULL-i is row i, NOACT-i row 30 + i
     index = [int(c.split("-")[1]) + (30 if c.startswith("NOACT") else 0) for c in ts.customer_id[~g["NOPROF"]]]
     assert np.array_equal(col["tenure_months"][~g["NOPROF"]], expected[index].astype(np.float32))
 
 
-def test_activity_from_several_history_files_reads_its_active_days(settings):
+def test_activity_from_several_silver_files_reads_its_active_days(settings):
     """Regression: with a profile for every labelled customer, the training set failed on the activity
     Feast read back: ``active_days`` came as numpy arrays, and ``unpack_activity`` asked one for its truth
-    value (``ValueError: The truth value of an array with more than one element is ambiguous``)."""
+    value (``ValueError: The truth value of an array with more than one element is ambiguous``). Activity
+    now comes from Silver (``churn.point_in_time``); its active days, from events in several files, too."""
     from batch.train import point_in_time_training_set
 
     labels = mixed_base(settings, n_full=24, n_no_profile=0, n_no_activity=0, n_unknown=0, n_late=0)
