@@ -148,3 +148,23 @@ def test_a_stream_ahead_of_the_worker_is_marked_unless_the_workers_own_last_inpu
     (inp,) = exact.inputs([(p, customer, int(offset[second]))], ahead)
     assert inp.basis == EXACT
     _assert_equal(inp.state, _reference(cols, partition, offset, customer, p, int(offset[second])))
+
+
+def test_a_reload_gap_marks_decisions_from_an_older_pushed_state_until_the_stream_passes_it():
+    cols, partition, offset, weights = _topic(customers=5, days=3)
+    p = int(partition[0])
+    rows = np.flatnonzero(partition == p)
+    customer = cols["customer_id"][rows[-1]]
+    overlay = ActivityOverlay()
+    overlay.mark_gap(p, int(offset[rows[-10]]))  # a new owner reloaded only the last 10 CDRs
+    tail = rows[-10:]
+    overlay.admit(p, offset[tail].tolist(), cols["customer_id"][tail].tolist(), [f"e{o}" for o in offset[tail]],
+                  cols["event_time"][tail].tolist(), weights[tail])
+    stale = _pushed(cols, partition, offset, {p: int(offset[rows[0]]) + 1})
+    (inp,) = overlay.inputs([(p, customer, int(offset[rows[-1]]))], stale)
+    assert inp.basis == BUFFER_CAP and inp.not_included is None  # some may be missing: not known how many
+    covered = {p: int(offset[rows[-10]])}
+    overlay.evict(covered)
+    (inp,) = overlay.inputs([(p, customer, None)], _pushed(cols, partition, offset, covered))
+    assert inp.basis == EXACT and inp.not_included == 0
+    _assert_equal(inp.state, _reference(cols, partition, offset, customer, p, int(offset[rows[-1]])))

@@ -213,6 +213,8 @@ class ScoringWorker:
                     _forget_partition(p)
             restored = await self._within(loop.run_in_executor(None, self.txn.assign, mine), "taking partitions over")
             self.state.update(restored)
+            await self._within(loop.run_in_executor(None, self.reload_overlay, set(restored)),
+                               "reloading the overlay")
             metrics.PARTITIONS.set(len(self.txn.producers))
             self.ready().set()
 
@@ -303,7 +305,7 @@ class ScoringWorker:
                 metrics.E2E.observe(out.latency_s)
             inp = out.inputs
             metrics.OVERLAY_ADDED.observe(inp.added)
-            if inp.not_included:
+            if inp.not_included:  # None (unknown) is counted as an inexact decision only
                 metrics.NOT_INCLUDED.inc(inp.not_included)
             if inp.basis != "exact":
                 metrics.INEXACT.labels(inp.basis).inc()
@@ -336,12 +338,39 @@ class ScoringWorker:
         self._emit(txn, result)
         metrics.RESCORED.inc(len(result.scored))
 
+    def _covered(self) -> dict[int, int] | None:
+        """The offsets the streaming job's pushed states cover (its Redis hash), or None if unreadable."""
+        try:
+            return {int(p): int(o) for p, o in self._redis.hgetall(self._covered_key).items()}
+        except redis.RedisError as exc:
+            log.warning("could not read the streaming job's covered offsets: %s", exc)
+            return None
+
+    def reload_overlay(self, partitions: set[int]) -> None:
+        """Partitions just taken over: their CDRs that this worker's group has scored but the stream's pushed
+        state does not cover yet, back into the overlay (a new worker would otherwise decide without them).
+        At most the overlay's share of its cap per partition; below that, decisions are marked (``mark_gap``)."""
+        if not self.settings.scoring.overlay or not partitions:
+            return
+        covered = self._covered() or {}
+        limit = max(self.settings.scoring.overlay_max_events // max(len(self.txn.producers), 1), 1)
+        for p in sorted(partitions):
+            end = self.txn.next_offset.get(p, -1)
+            if end is None or end <= 0:
+                continue  # nothing scored yet: every CDR passes through the overlay when it is scored
+            start = covered.get(p, 0)
+            first = max(start, end - limit)
+            if first > start:
+                self.scorer.overlay.mark_gap(p, first)
+            n = sum(self.scorer.admit([Incoming(p, o, t, k, v) for o, t, k, v in rows])
+                    for rows in self.txn.read_cdrs(p, first, end))
+            if n:
+                log.info("cdr[%d]: %d CDRs at offsets %d..%d reloaded into the overlay", p, n, first, end - 1)
+
     def release_covered(self) -> None:
         """Drop the overlay's CDRs that the streaming job's pushed states cover and this worker has scored."""
-        try:
-            covered = {int(p): int(o) for p, o in self._redis.hgetall(self._covered_key).items()}
-        except redis.RedisError as exc:  # the overlay keeps its CDRs a while longer (up to its cap)
-            log.warning("could not read the streaming job's covered offsets: %s", exc)
+        covered = self._covered()
+        if covered is None:  # the overlay keeps its CDRs a while longer (up to its cap)
             return
         txn = self.txn
         if txn is not None:

@@ -64,7 +64,9 @@ class Input:
 
     state: dict | None  # ``ref_time``, ``sums`` (SUM_FEATURES order), ``active_days``; None: no activity at all
     added: int = 0  # buffered CDRs added on top of the pushed state
-    not_included: int = 0  # counted CDRs up to the trigger that the state lacks (only after the buffer cap)
+    #: counted CDRs up to the trigger that the state lacks (only after the buffer cap); None: some may be
+    #: missing but how many is not known (a worker restarted while the stream was far behind: see ``mark_gap``)
+    not_included: int | None = 0
     basis: str = EXACT  # EXACT, STREAM_AHEAD (the pushed state already holds later CDRs) or BUFFER_CAP
 
 
@@ -98,6 +100,7 @@ class ActivityOverlay:
         self._dropped: dict[tuple[int, str], list[int]] = {}  # CDRs dropped at the cap: [count, newest offset]
         self.dropped_total = 0
         self._own: OrderedDict[tuple[int, str], tuple[int, float, np.ndarray, list[int]]] = OrderedDict()
+        self._gaps: dict[int, int] = {}  # per partition: CDRs below this offset may be missing from the buffer
 
     # -- which CDRs count: the streaming job's rules ---------------------------------------
     def admit(self, partition: int, offsets, customers, event_ids, times, weights) -> np.ndarray:
@@ -151,6 +154,12 @@ class ActivityOverlay:
             self.dropped_total += 1
             n -= 1
 
+    def mark_gap(self, partition: int, offset: int) -> None:
+        """CDRs of ``partition`` below ``offset`` that the pushed state may not cover could not be buffered
+        (a worker taking the partition over reloads at most its cap of them): decisions starting from a
+        pushed state older than ``offset`` are marked until the stream's pushes pass it."""
+        self._gaps[partition] = max(self._gaps.get(partition, 0), offset)
+
     def evict(self, upto: dict[int, int]) -> int:
         """Drop buffered CDRs below ``upto[partition]`` (covered by the pushed state and already scored);
         returns how many."""
@@ -167,6 +176,8 @@ class ActivityOverlay:
                         del self._pending[key]
             for key in [k for k, (_, newest) in self._dropped.items() if k[0] == partition and newest < limit]:
                 del self._dropped[key]  # the pushed state covers everything that was dropped
+            if self._gaps.get(partition, -1) <= limit:
+                self._gaps.pop(partition, None)
         self.size -= dropped
         return dropped
 
@@ -174,6 +185,7 @@ class ActivityOverlay:
         """The worker gave ``partition`` up: drop what it held for it."""
         self._order.pop(partition, None)
         self._newest.pop(partition, None)
+        self._gaps.pop(partition, None)
         for store in (self._pending, self._dropped, self._own):
             for key in [k for k in store if k[0] == partition]:
                 del store[key]
@@ -198,11 +210,12 @@ class ActivityOverlay:
         cov = np.zeros(len(keys), dtype=np.int64)
         base_cov = np.zeros(len(keys), dtype=np.int64)
         ahead = np.zeros(len(keys), dtype=bool)
+        own = np.zeros(len(keys), dtype=bool)
         for k, key in enumerate(keys):
             first = decisions[by_key[key][0]][2]
             base = self._base(key, pushed.get(key[1]), first)
             if base is not None:
-                cov[k], ref[k], sums[k], days[k], ahead[k] = base
+                cov[k], ref[k], sums[k], days[k], ahead[k], own[k] = base
                 base_cov[k] = cov[k]
         rounds = max(len(v) for v in by_key.values()) if by_key else 0
         for r in range(rounds):
@@ -238,10 +251,11 @@ class ActivityOverlay:
                     cov[k] = max(cov[k], newest_offset + 1)
                 state = None if np.isnan(ref[k]) else {"ref_time": float(ref[k]), "sums": sums[k].tolist(),
                                                        "active_days": list(days[k])}
-                missing = self._not_included(key, int(base_cov[k]))
-                basis = BUFFER_CAP if missing else (STREAM_AHEAD if ahead[k] else EXACT)
+                missing = self._not_included(key, int(base_cov[k]), bool(own[k]))
+                lacking = missing is None or missing > 0
+                basis = BUFFER_CAP if lacking else (STREAM_AHEAD if ahead[k] else EXACT)
                 out[by_key[key][r]] = Input(state, added=hi - lo, not_included=missing, basis=basis)
-                if not ahead[k] and not missing and state is not None:
+                if not ahead[k] and not lacking and state is not None:
                     self._remember(key, int(cov[k]), ref[k], sums[k].copy(), list(days[k]))
         return out  # type: ignore[return-value]
 
@@ -262,13 +276,15 @@ class ActivityOverlay:
         usable = [c for c in candidates if offset is None or c[0] <= offset]
         if usable:
             best = max(usable, key=lambda c: (c[0], c[1]))
-            return best[0], best[2], best[3], best[4], False
+            return best[0], best[2], best[3], best[4], False, best[1] == 0
         best = max(candidates, key=lambda c: (c[1], c[0]))  # the stream is ahead of this worker
-        return best[0], best[2], best[3], best[4], True
+        return best[0], best[2], best[3], best[4], True, best[1] == 0
 
-    def _not_included(self, key, base_covered: int) -> int:
+    def _not_included(self, key, base_covered: int, own: bool = False) -> int | None:
         """CDRs of ``key`` dropped at the cap that a state starting at ``base_covered`` lacks (an upper
-        bound when the base covers some of them)."""
+        bound when the base covers some of them); None if a reload gap may hide some."""
+        if not own and base_covered < self._gaps.get(key[0], -1):
+            return None
         dropped = self._dropped.get(key)
         return dropped[0] if dropped is not None and dropped[1] >= base_covered else 0
 

@@ -96,13 +96,7 @@ class BatchScorer:
     def score(self, events: list[Incoming], state: dict[int, dict[str, CustomerState]]) -> BatchResult:
         """Every valid CDR of ``events`` scored, its input including itself."""
         result = BatchResult()
-        valid: list[tuple[Incoming, dict, float]] = []
-        for ev in events:
-            cdr, bad = CDR.parse(ev.value, now=ev.produced_s)
-            if bad is not None:
-                result.invalid[bad.reason] += 1
-                continue
-            valid.append((ev, cdr, parse_time(cdr["event_time"])))
+        valid = self._valid(events, result.invalid)
         if not valid:
             return result
         if self.cfg.overlay:
@@ -119,6 +113,25 @@ class BatchScorer:
         now = self.clock()
         decisions = [(p, c, None) for p, c in due]
         return self._decide(result, decisions, [(None, None, None, now)] * len(due), state)
+
+    def admit(self, events: list[Incoming]) -> int:
+        """CDRs already scored, to the overlay only (a worker taking a partition over reloads those the
+        stream's pushed state does not cover yet). Returns how many were valid."""
+        valid = self._valid(events, Counter())
+        if valid and self.cfg.overlay:
+            self._admit(valid)
+        return len(valid)
+
+    @staticmethod
+    def _valid(events: list[Incoming], invalid: Counter) -> list[tuple[Incoming, dict, float]]:
+        valid = []
+        for ev in events:
+            cdr, bad = CDR.parse(ev.value, now=ev.produced_s)
+            if bad is not None:
+                invalid[bad.reason] += 1
+                continue
+            valid.append((ev, cdr, parse_time(cdr["event_time"])))
+        return valid
 
     def _admit(self, valid) -> None:
         """The batch's valid CDRs to the overlay, partition by partition (it applies the stream's rules)."""

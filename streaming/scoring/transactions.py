@@ -132,6 +132,31 @@ class PartitionTransactions:
         finally:
             consumer.close()
 
+    def read_cdrs(self, partition: int, start: int, end: int, batch: int = 5000):
+        """The records of ``cdr[partition]`` at offsets ``start`` to ``end`` (exclusive), in lists of
+        ``(offset, produce time s, key, value)``."""
+        if end <= start:
+            return
+        consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
+                             "group.id": f"{self.app_id}-reload-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+                             "fetch.max.bytes": 52_428_800})
+        try:
+            consumer.assign([TopicPartition(self.cdr_topic, partition, start)])
+            deadline, last = time.monotonic() + 300, start - 1
+            while last < end - 1:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {self.cdr_topic}[{partition}] did not reach offset {end}")
+                rows = [(m.offset(), m.timestamp()[1] / 1000, m.key(), m.value())
+                        for m in consumer.consume(batch, timeout=0.5) if m.error() is None]
+                rows = [r for r in rows if r[0] < end]
+                if rows:
+                    last = rows[-1][0]
+                    yield rows
+                elif consumer.position([TopicPartition(self.cdr_topic, partition)])[0].offset >= end:
+                    return  # the rest were transaction markers
+        finally:
+            consumer.close()
+
     def revoke(self, partitions: set[int]) -> None:
         """Give partitions up: commit what was scored for them, then drop their producers."""
         mine = sorted(set(partitions) & set(self.producers))
