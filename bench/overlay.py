@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from churn.config import Settings
+from churn.config import Settings, get_settings
 from churn.simulator import Simulator
 from churn.simulator.produce import run_backfill
 from churn.transport import end_offsets
@@ -79,7 +79,8 @@ def bench_overlay(base: Settings) -> dict[str, tuple[float, str, dict]]:
     tmp = Path(tempfile.mkdtemp(prefix="churn-bench-overlay-"))
     base = base.model_copy(deep=True)
     base.scoring.registry_dir = tmp / "models"
-    base.streaming.lake_dir = tmp / "lake"
+    # Feast's file sources name their paths when feature_repo/ is imported, from the default settings
+    base.streaming.lake_dir = get_settings().streaming.lake_dir
     base.feast.project = f"o{uuid.uuid4().hex[:6]}"
     train_bootstrap(base, customers=2000, days=45)
     feature_store.apply(base)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import orjson
 
-from churn.config import Settings
+from churn.config import Settings, get_settings
 from churn.simulator import Simulator
 from churn.simulator.produce import ProduceReport, StepProducer
 from churn.stack.services import SUPERVISE, kafka_service
@@ -58,7 +58,8 @@ def bench_broker_restart(base: Settings, outage_s: float = 15.0) -> dict[str, tu
     tmp = Path(tempfile.mkdtemp(prefix="churn-bench-rel-"))
     base = base.model_copy(deep=True)
     base.scoring.registry_dir = tmp / "models"
-    base.streaming.lake_dir = tmp / "lake"
+    # Feast's file sources name their paths when feature_repo/ is imported, from the default settings
+    base.streaming.lake_dir = get_settings().streaming.lake_dir
     base.feast.project = f"r{uuid.uuid4().hex[:6]}"
     train_bootstrap(base, customers=2000, days=45)
     feature_store.apply(base)
