@@ -92,6 +92,26 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
+def ensure_leader_topic(settings: Settings) -> None:
+    """Create Faust's leader-election topic (``<app id>-__assignor-__leader``, one partition) if missing. The
+    app may not declare topics (``topic_allow_declare=False``: ours are created from the settings), so
+    without it every start logged "Topic ... not found in cluster metadata" as an ERROR."""
+    from confluent_kafka.admin import NewTopic
+
+    from churn.transport import admin
+
+    name = f"{settings.scoring.app_id}-__assignor-__leader"
+    client = admin(settings)
+    if name in client.list_topics(timeout=30).topics:
+        return
+    for fut in client.create_topics([NewTopic(name, 1, settings.topics.replication_factor)]).values():
+        try:
+            fut.result(30)
+        except Exception as exc:  # created meanwhile by another worker of the group
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
 def raw_topic(app: faust.App, name: str):
     """A topic whose keys and values reach the agent as the bytes on the wire (we parse them ourselves)."""
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -129,6 +149,7 @@ class ScoringWorker:
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._commit_task: asyncio.Future | None = None
         self.liveness = Liveness(cfg.stall_after_s, cfg.stall_exit_s)
+        ensure_leader_topic(settings)
         self.app = self._build_app()
 
     def _build_app(self) -> faust.App:
