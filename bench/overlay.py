@@ -128,3 +128,44 @@ def bench_overlay(base: Settings) -> dict[str, tuple[float, str, dict]]:
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return {k: (float(v), u, orjson.loads(orjson.dumps(d, default=str))) for k, (v, u, d) in results.items()}
+
+
+def bench_overlay_with_stream(base: Settings) -> dict[str, tuple[float, str, dict]]:
+    """The overlay with the streaming job running: a worker and `churn stream` both catch up on 1,000,000
+    CDRs; the worker's resident memory and buffered CDRs sampled (the buffer holds what the stream has
+    not pushed yet)."""
+    from conftest import free_ports
+
+    from churn import feature_store
+    from churn.model.bootstrap import train_bootstrap
+
+    tmp = Path(tempfile.mkdtemp(prefix="churn-bench-overlay-stream-"))
+    base = base.model_copy(deep=True)
+    base.scoring.registry_dir = tmp / "models"
+    base.streaming.lake_dir = get_settings().streaming.lake_dir  # see bench_overlay
+    base.feast.project = f"o{uuid.uuid4().hex[:6]}"
+    train_bootstrap(base, customers=2000, days=45)
+    feature_store.apply(base)
+    log = open(tmp / "jobs.log", "ab")
+    end = time.time() - DAY
+    tag = uuid.uuid4().hex[:6]
+    s = _topics(base, tag)
+    run_backfill(s, Simulator(seed=7, start_s=end - 1_000_000 / 138_000 * DAY, end_s=end))
+    total = sum(end_offsets(s, s.topics.cdr.name).values())
+    port = free_ports(1)[0]
+    env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, port,
+               CHURN_STREAMING__LAKE_DIR=str(tmp / "lake"), CHURN_STREAMING__CHECKPOINT_DIR=str(tmp / "checkpoints"),
+               CHURN_STREAMING__METRICS_PORT=str(free_ports(1)[0]), CHURN_TOPICS__CDR_DLQ__NAME=f"bdlq-{tag}")
+    stream = subprocess.Popen([CHURN, "stream"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        got = _memory_run(s, env, log, total)
+    finally:
+        stream.send_signal(signal.SIGTERM)
+        stream.wait(120)
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    peak = max(b for _, _, b in got["samples_events_rss_mb_buffered"])
+    detail = {**got, "events": total, "peak_buffered_sampled": peak}
+    return {"score_overlay_rss_1m_stream_running": (float(got["rss_mb"]), "MB", detail),
+            "score_overlay_buffered_1m_stream_running": (float(got["buffered"]), "events", detail),
+            "score_overlay_left_out_1m_stream_running": (float(got["left_out"]), "events", detail)}

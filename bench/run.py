@@ -37,7 +37,7 @@ from churn.transport import ensure_topics  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from feast_processor import bench_stream_vs_feast_processor, in_fresh_process, stream_catch_up  # noqa: E402
 from gold import bench_gold  # noqa: E402
-from overlay import bench_overlay  # noqa: E402
+from overlay import bench_overlay, bench_overlay_with_stream  # noqa: E402
 from reliability import bench_broker_restart  # noqa: E402
 from scoring import bench_faust_alone, bench_scoring  # noqa: E402
 
@@ -46,7 +46,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_broker_restart": 1, "gold": 1}  # minutes per run on 2 cores
+RUNS_BY_BENCH = {"stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1}  # minutes per run on 2 cores
 DAY = 86400.0
 
 
@@ -246,6 +246,7 @@ def main(selector: str = "") -> None:
                "score_faust_alone_rate": (bench_faust_alone, "stack"),
                "score": (bench_scoring, "stack"),
                "score_overlay": (bench_overlay, "stack"),
+               "score_overlay_with_stream": (bench_overlay_with_stream, "stack"),
                "score_broker_restart": (bench_broker_restart, "stack"),
                "gold": (bench_gold, "settings")}
     chosen = {n: b for n, b in benches.items() if selector in n}
