@@ -68,7 +68,7 @@ def customer_snapshot(spark, silver_until, as_of_s: float, snapshot_date: date):
 
     from churn.feature_store import profile_frame
     from churn.features import partial_sums
-    from churn.model.inputs import ACTIVITY_FEATURES, activity_matrix
+    from churn.model.inputs import ACTIVITY_FEATURES, PROFILE_COLUMNS, activity_matrix
 
     states = partial_sums(silver_until).toPandas()
     records = states.to_dict("records")
@@ -77,7 +77,7 @@ def customer_snapshot(spark, silver_until, as_of_s: float, snapshot_date: date):
     activity = activity_matrix(records, [as_of_s] * len(records))
     frame = pd.DataFrame(activity, columns=ACTIVITY_FEATURES)
     frame.insert(0, "customer_id", states["customer_id"].to_numpy())
-    frame = frame.merge(profile_frame().drop(columns=["profile_time"]), on="customer_id", how="left")
+    frame = frame.merge(profile_frame()[["customer_id", *PROFILE_COLUMNS]], on="customer_id", how="left")
     frame["snapshot_date"] = snapshot_date
     frame["as_of"] = pd.Timestamp(as_of_s, unit="s", tz="UTC")
     return spark.createDataFrame(frame)

@@ -21,9 +21,10 @@ TELCO_PARAMS = {"n_estimators": 800, "max_depth": 1, "learning_rate": 0.05, "min
 
 def telco_profile_set(settings: Settings) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from churn.feature_store import profile_frame
+    from churn.profiles import telco_table
     from churn.simulator.population import telco_csv_path
 
-    path = settings.simulator.customers_csv or telco_csv_path()
+    path = telco_table(settings) or telco_csv_path()
     y = (pd.read_csv(path)["Churn"] == "Yes").astype(int).to_numpy()
     profiles = profile_frame(path).to_dict("records")
     n = len(PROFILE_NUMERIC) + len(CATEGORY_FEATURES)

@@ -258,7 +258,7 @@ def simulate(
     horizon_end = end_s + (horizon_days * 86400.0 if rate is not None else 0.0)
     sim = Simulator(
         seed=s.simulator.seed if seed is None else seed, start_s=start_s, end_s=horizon_end,
-        precursor_days=s.simulator.precursor_days, customers=customers, csv_path=s.simulator.customers_csv,
+        precursor_days=s.simulator.precursor_days, customers=customers, csv_path=_telco_table(s),
         bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio, mode="live" if rate else "backfill",
         data_scale=data_scale,
         labels_from_s=end_s if rate is not None else None,
@@ -303,11 +303,62 @@ def _start_metrics(host: str, port: int) -> None:
 # -- features ----------------------------------------------------------------------------
 @features_app.command("apply")
 def features_apply() -> None:
-    """Register feature_repo/ with Feast, write feature_store.yaml, load the customer profiles into Redis."""
+    """Register feature_repo/ with Feast, write <run_dir>/feast/feature_store.yaml, load the customer profiles
+    (profiles.source with profiles.mapping; default: the bundled Telco sample) into the history and Redis."""
     from churn.feature_store import apply
 
     for name in apply(get_settings()):
         console.print(f"applied {name}")
+
+
+# -- profiles ----------------------------------------------------------------------------
+profiles_app = typer.Typer(help="Customer profiles: the operator's extracts into the profile history and Feast.",
+                           no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+
+def _telco_table(s):
+    from churn.profiles import telco_table
+
+    return telco_table(s)
+
+
+@profiles_app.command("load")
+def profiles_load(
+    file: Path = typer.Argument(..., help="CSV or Parquet extract: one row per customer (or per version of one)."),
+    mapping: Optional[Path] = typer.Option(None, help="TOML file mapping the contract's fields onto the extract's "
+                                           "columns (feature_repo/mappings/README.md); default: profiles.mapping, "
+                                           "else the Telco sample's."),
+    materialize: bool = typer.Option(True, help="Put every customer's newest profile into the online store."),
+    show: int = typer.Option(20, help="How many invalid rows to print (all of them are quarantined)."),
+) -> None:
+    """Load a customer extract: each row validated with the customer_profile contract.
+
+    Valid rows are appended to the profile history (every version kept, keyed by customer_id + updated_at:
+    training joins the profile as it was at each observation); invalid rows are printed with their reason
+    and kept, with it, in the lake table profile_quarantine. Exit 1 if any row was invalid (the valid ones
+    are loaded all the same).
+    """
+    from churn.profiles import MappingError, load
+
+    s = get_settings()
+    try:
+        report = load(s, file, mapping or s.profiles.mapping, materialize=materialize)
+    except (MappingError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for bad in report.invalid[:show]:
+        console.print(f"row {bad.row} ({bad.customer_id or '?'}): {bad.reason}: {bad.detail}", highlight=False,
+                      soft_wrap=True)
+    if len(report.invalid) > show:
+        console.print(f"... and {len(report.invalid) - show} more invalid rows", highlight=False)
+    reasons = ", ".join(f"{r} {n}" for r, n in report.reasons.most_common())
+    console.print(f"{report.source}: {report.rows} rows, {report.loaded} new versions loaded, "
+                  f"{report.already_loaded} already loaded, {len(report.invalid)} invalid"
+                  + (f" ({reasons}; quarantined)" if reasons else "")
+                  + f". History: {report.history_rows} versions of {report.customers} customers"
+                  + ("; newest materialized online." if report.materialized else "."), highlight=False,
+                  soft_wrap=True)
+    raise typer.Exit(1 if report.invalid else 0)
 
 
 # -- stream ------------------------------------------------------------------------------

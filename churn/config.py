@@ -141,13 +141,25 @@ class ContractSettings(BaseModel):
 
 class SimulatorSettings(BaseModel):
     seed: int = 42
-    #: Customers: the IBM Telco table shipped in the package unless a path is given.
-    customers_csv: Path | None = None
     #: Days over which a churner's behaviour drifts before the churn label.
     precursor_days: int = 28
     #: Address of the simulator's Prometheus metrics endpoint (port 0 disables it).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 19101
+
+
+class ProfilesSettings(BaseModel):
+    """Customer profiles: the extract ``churn features apply`` loads into the profile history (``churn.profiles``).
+
+    The simulator, the bootstrap model and ``churn batch telco-cv`` read ``source`` too when it is read with
+    the Telco mapping (they need the sample's columns, the ``Churn`` label included), else the bundled sample.
+    ``simulator.customers_csv``, the old name of ``source``, is still accepted.
+    """
+
+    #: A CSV or Parquet extract of the customer base (default: the bundled IBM Telco sample).
+    source: Path | None = None
+    #: How its columns map onto the ``customer_profile`` contract (default: ``feature_repo/mappings/telco.toml``).
+    mapping: Path | None = None
 
 
 class SparkSettings(BaseModel):
@@ -283,6 +295,7 @@ class Settings(BaseSettings):
     topics: TopicsSettings = TopicsSettings()
     contracts: ContractSettings = ContractSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    profiles: ProfilesSettings = ProfilesSettings()
     spark: SparkSettings = SparkSettings()
     streaming: StreamingSettings = StreamingSettings()
     feast: FeastSettings = FeastSettings()
@@ -290,6 +303,19 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     #: Seconds a service may take to become ready before `stack up` gives up.
     startup_timeout_s: float = 60.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _customers_csv_is_profiles_source(cls, data: Any) -> Any:
+        """``simulator.customers_csv`` (before profiles had settings of their own) sets ``profiles.source``."""
+        simulator = data.get("simulator") if isinstance(data, dict) else None
+        if isinstance(simulator, dict) and "customers_csv" in simulator:
+            simulator = dict(simulator)
+            profiles = data.get("profiles")
+            profiles = dict(profiles) if isinstance(profiles, dict) else {}
+            profiles.setdefault("source", simulator.pop("customers_csv"))
+            data = {**data, "simulator": simulator, "profiles": profiles}
+        return data
 
     @model_validator(mode="after")
     def _paths_under_run_dir(self) -> "Settings":

@@ -29,7 +29,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Callable, TypedDict
 
@@ -186,6 +186,16 @@ def _compile_value_check(spec: dict) -> Check:
             return None
 
         steps.append(datetime_step)
+        passes.append((None, {}))
+    if spec.get("format") == "date":
+        def date_step(v, name):
+            try:
+                date.fromisoformat(v)
+            except ValueError:
+                return Violation(BAD_FORMAT, name, f"{name} must be a calendar date YYYY-MM-DD; got {v!r:.40}")
+            return None
+
+        steps.append(date_step)
         passes.append((None, {}))
     max_items = spec.get("maxItems")
     if max_items is not None:
@@ -390,3 +400,4 @@ CDR = CONTRACTS["cdr"]
 CHURN_RISK = CONTRACTS["churn_risk"]
 CHURN_LABEL = CONTRACTS["churn_label"]
 CHURN_SCORE = CONTRACTS["churn_score"]
+CUSTOMER_PROFILE = CONTRACTS["customer_profile"]

@@ -1,25 +1,34 @@
 """The Feast store built from the settings: Redis online store, file/Delta offline store.
 
-``apply`` writes the profile table, registers ``feature_repo/`` and loads the
-profiles into Redis; ``online_activity`` reads pushed activity sums back.
+``apply`` registers ``feature_repo/``, writes ``feature_store.yaml`` for the ``feast``
+CLI under the run directory (``<run_dir>/feast``: nothing is written into the source
+tree) and loads the configured customer profiles (``churn.profiles``) into the profile
+history and Redis; ``online_activity`` reads pushed activity sums back.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from churn.config import PROJECT_ROOT, Settings
-from churn.simulator.population import telco_csv_path
 
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
-PROFILE_TIME = datetime(2020, 1, 1, tzinfo=timezone.utc)  # profiles are valid from before any CDR
+
+
+def feast_dir(settings: Settings) -> Path:
+    """Where Feast's generated files live: the registry and ``feature_store.yaml`` (run state, not source)."""
+    return settings.run_dir / "feast"
 
 
 def registry_path(settings: Settings) -> Path:
-    return settings.run_dir / "feast" / "registry.db"
+    return feast_dir(settings) / "registry.db"
+
+
+def feature_store_yaml_path(settings: Settings) -> Path:
+    """``feature_store.yaml`` for the ``feast`` CLI: ``feast -f .run/feast/feature_store.yaml feature-views list``."""
+    return feast_dir(settings) / "feature_store.yaml"
 
 
 def repo_config(settings: Settings):
@@ -59,50 +68,36 @@ def feature_store_yaml(settings: Settings) -> str:
     )
 
 
-def profile_frame(csv_path: Path | None = None) -> pd.DataFrame:
-    """The customer table as profile features (numeric flags, no churn label)."""
-    df = pd.read_csv(csv_path or telco_csv_path())
-    yes = lambda col: (df[col] == "Yes").astype("int64")  # noqa: E731
-    return pd.DataFrame({
-        "customer_id": df["customerID"],
-        "profile_time": PROFILE_TIME,
-        "tenure_months": df["tenure"].astype("int64"),
-        "monthly_charges": df["MonthlyCharges"].astype(float),
-        "total_charges": pd.to_numeric(df["TotalCharges"], errors="coerce").fillna(0.0),
-        "senior_citizen": df["SeniorCitizen"].astype("int64"),
-        "has_partner": yes("Partner"),
-        "has_dependents": yes("Dependents"),
-        "phone_service": yes("PhoneService"),
-        "multiple_lines": yes("MultipleLines"),
-        "internet_service": df["InternetService"],
-        "online_security": yes("OnlineSecurity"),
-        "online_backup": yes("OnlineBackup"),
-        "device_protection": yes("DeviceProtection"),
-        "tech_support": yes("TechSupport"),
-        "streaming_tv": yes("StreamingTV"),
-        "streaming_movies": yes("StreamingMovies"),
-        "contract": df["Contract"],
-        "paperless_billing": yes("PaperlessBilling"),
-        "payment_method": df["PaymentMethod"],
-    })
+def profile_frame(csv_path: Path | None = None, mapping: Path | None = None) -> pd.DataFrame:
+    """An extract as profile features, one row per valid record (default: the bundled IBM Telco sample with
+    ``feature_repo/mappings/telco.toml``); see ``churn.profiles.profile_frame``."""
+    from churn.profiles import profile_frame as frame
+
+    return frame(csv_path, mapping)
 
 
-def apply(settings: Settings) -> list[str]:
-    """Write the profile table, register every definition in ``feature_repo/``, load profiles online."""
+def apply(settings: Settings, load_profiles: bool = True) -> list[str]:
+    """Register every definition in ``feature_repo/``, write ``feature_store.yaml`` under the run directory,
+    and (``load_profiles``) load the extract of the settings ``profiles.source`` / ``profiles.mapping``
+    (default: the bundled Telco sample) into the profile history and online."""
+    from churn import profiles
+    from churn.simulator.population import telco_csv_path
     from feature_repo.activity import activity_history, activity_push, customer_activity, customer_activity_named
     from feature_repo.entities import customer
     from feature_repo.profile import customer_profile, profile_source
 
-    lake = Path(settings.streaming.lake_dir)
-    lake.mkdir(parents=True, exist_ok=True)
-    profile_frame(settings.simulator.customers_csv).to_parquet(lake / "profile.parquet", index=False)
-    (FEATURE_REPO / "feature_store.yaml").write_text(feature_store_yaml(settings))
     fs = store(settings)
+    feature_store_yaml_path(settings).write_text(feature_store_yaml(settings))
+    if load_profiles:
+        profiles.load(settings, settings.profiles.source or telco_csv_path(), settings.profiles.mapping,
+                      materialize=False)
+    else:
+        profiles.ensure_history(settings)
     objects = [customer, profile_source, customer_profile, activity_history, activity_push, customer_activity,
                customer_activity_named]
     fs.apply(objects)
-    fs.materialize(start_date=datetime(2019, 1, 1, tzinfo=timezone.utc), end_date=datetime.now(timezone.utc),
-                   feature_views=["customer_profile"])
+    if load_profiles:
+        profiles.materialize_profiles(settings, fs)
     return [o.name for o in objects]
 
 
@@ -124,10 +119,10 @@ def is_applied(settings: Settings) -> bool:
     return True
 
 
-def ensure_applied(settings: Settings) -> None:
+def ensure_applied(settings: Settings, load_profiles: bool = True) -> None:
     """Apply ``feature_repo/`` unless the registry already holds exactly these definitions."""
     if not is_applied(settings):
-        apply(settings)
+        apply(settings, load_profiles=load_profiles)
 
 
 #: What the scorer reads per customer: the packed activity state (see ``feature_repo/activity.py``).

@@ -45,6 +45,8 @@ def _field_row(name: str, spec: dict, required: set[str], conditional: dict[str,
     kind = types[0] if types else "any"
     if spec.get("format") == "date-time":
         kind = "string (RFC 3339)"
+    elif spec.get("format") == "date":
+        kind = "string (date)"
     constraints = []
     if "enum" in spec:
         constraints.append("one of " + ", ".join(f"`{v}`" for v in spec["enum"] if v is not None))

@@ -1,4 +1,11 @@
-"""``customer_profile``: plan and account facts from the customer table (IBM Telco columns).
+"""``customer_profile``: plan and account facts of each customer, every version kept.
+
+The source is the profile history (``churn.profiles``: the lake's Delta table
+``profile_history``, one row per version of a customer's profile, appended by
+``churn profiles load`` and ``churn features apply``), with ``updated_at`` as the
+timestamp: a point-in-time join reads the version in force at each observation
+time, and materialization serves the newest. The fields follow the
+``customer_profile`` contract (``schemas/customer_profile.schema.json``), booleans as 0/1.
 
 The churn label is deliberately *not* here: a label stored as a feature leaks into training.
 Nor is gender: a protected attribute has no place in deciding whom to treat how.
@@ -7,6 +14,7 @@ Nor is gender: a protected attribute has no place in deciding whom to treat how.
 from datetime import timedelta
 
 from feast import FeatureView, Field, FileSource
+from feast.data_format import DeltaFormat
 from feast.types import Float64, Int64, String
 
 from churn.config import get_settings
@@ -31,12 +39,17 @@ PROFILE_FIELDS = [
     Field(name="contract", dtype=String),
     Field(name="paperless_billing", dtype=Int64),
     Field(name="payment_method", dtype=String),
+    # kept and served with the profile; the model does not read them
+    Field(name="plan", dtype=String),
+    Field(name="activation_date", dtype=String),
+    Field(name="contract_end_date", dtype=String),
 ]
 
 profile_source = FileSource(
     name="customer_profile_source",
-    path=str(get_settings().streaming.lake_dir / "profile.parquet"),
-    timestamp_field="profile_time",
+    path=str(get_settings().streaming.lake_dir / "profile_history"),
+    file_format=DeltaFormat(),
+    timestamp_field="updated_at",
 )
 
 customer_profile = FeatureView(
@@ -46,5 +59,5 @@ customer_profile = FeatureView(
     schema=PROFILE_FIELDS,
     source=profile_source,
     online=True,
-    description="Plan and account facts of each customer.",
+    description="Plan and account facts of each customer, as of each version's updated_at (the profile history).",
 )

@@ -39,12 +39,13 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
     has not pushed yet: the model learns to fall back on the profile instead of guessing.
     """
     from churn.feature_store import profile_frame
+    from churn.profiles import telco_table
     from churn.simulator.simulator import Simulator
 
     seed = settings.simulator.seed if seed is None else seed
     end_s = float(end_s if end_s is not None else (np.floor(time.time() / DAY) * DAY))
     sim = Simulator(seed=seed, start_s=end_s - days * DAY, end_s=end_s, customers=customers,
-                    precursor_days=settings.simulator.precursor_days, csv_path=settings.simulator.customers_csv,
+                    precursor_days=settings.simulator.precursor_days, csv_path=telco_table(settings),
                     data_scale=data_scale)
     ids = np.asarray(sim.pop.customer_id, dtype=object)
     cols = sim.silver_columns(slice_s=6 * 3600.0)
@@ -52,7 +53,7 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
     observe = sim.label_s - rng.uniform(0.0, lookahead_days * DAY, len(ids))
     at = dict(zip(ids.tolist(), observe.tolist()))
     states = partial_sums_numpy(cols, at_s=at)
-    profiles = profile_frame(settings.simulator.customers_csv).set_index("customer_id").to_dict("index")
+    profiles = profile_frame(telco_table(settings)).set_index("customer_id").to_dict("index")
     blank = rng.random(len(ids)) < without_activity
     X = matrix([profiles.get(c) for c in ids], [None if b else states.get(c) for c, b in zip(ids, blank)],
                observe.tolist())
