@@ -783,6 +783,7 @@ def _alert_counts(s, churners: set[str]) -> dict[str, int]:
     triggered by time, and alerts citing missing activity (a cold-start artefact: 0 by design)."""
     from confluent_kafka import TopicPartition
 
+    from churn.model.inputs import NO_ACTIVITY
     from churn.transport import consumer, end_offsets
 
     topic = s.topics.churn_alerts.name
@@ -800,7 +801,7 @@ def _alert_counts(s, churners: set[str]) -> dict[str, int]:
     customers = {a["customer_id"] for a in alerts}
     return {"alerts": len(alerts), "customers": len(customers), "churners": len(customers & churners),
             "by_time": sum(1 for a in alerts if a.get("trigger") == "time"),
-            "missing_activity": sum(1 for a in alerts if any("no recent activity" in r["text"] for r in a["reasons"]))}
+            "missing_activity": sum(1 for a in alerts if any(r["text"] == NO_ACTIVITY for r in a["reasons"]))}
 
 
 def _scoring_summary(s, timeout_s: float, churners: set[str]) -> bool:
