@@ -86,7 +86,7 @@ def test_exactly_once_across_a_sigkill_and_a_sigterm_with_bad_and_duplicate_even
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         else:  # SIGTERM while batches run: a clean stop (between two batches), exit 0, resumable below
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGTERM)  # the process, as a supervisor does (its Spark JVM is a child)
             assert proc.wait(timeout=90) == 0, (tmp_path / "stream.log").read_text()[-5000:]
             assert "StackOverflowError" not in (tmp_path / "stream.log").read_text()
     # restart and drain everything that is in Kafka

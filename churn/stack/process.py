@@ -85,6 +85,9 @@ class Service:
     stop_timeout_s: float = 30.0
     #: Why a running service is unhealthy, or None when it is healthy (or has no such check).
     unhealthy: Callable[[], str | None] = lambda: None
+    #: Stop with SIGTERM to the process alone, not its group: the streaming job's Spark JVM is its child,
+    #: and a SIGTERM of its own shuts Spark down under the running micro-batch.
+    terminate_leader_only: bool = False
 
     @property
     def dir(self) -> Path:
@@ -174,7 +177,10 @@ class Service:
             self.pid_file.unlink(missing_ok=True)
             return "not running"
         try:
-            os.killpg(pid, signal.SIGTERM)
+            if self.terminate_leader_only:
+                os.kill(pid, signal.SIGTERM)
+            else:
+                os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + self.stop_timeout_s

@@ -231,7 +231,7 @@ SUPERVISE = ('trap \'wait "$child"; exit 0\' TERM INT; '
 
 
 def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: str, port: int,
-                 stop_timeout_s: float, supervised: bool = False) -> Service:
+                 stop_timeout_s: float, supervised: bool = False, terminate_leader_only: bool = False) -> Service:
     """A ``churn`` subcommand run in the background as part of the stack (ready when its metrics answer);
     ``supervised``: restarted whenever it exits with a failure, and unhealthy while its ``/healthz`` says so."""
     import os
@@ -257,14 +257,14 @@ def _job_service(s: Settings, name: str, args: list[str], host: str, port_env: s
     env = {"CHURN_CONFIG": str(config)} if config.exists() else {}
     return Service(name=name, run_dir=s.run_dir, host=host, ports={port_env: port}, command=command,
                    is_ready=is_ready, env=env, stop_timeout_s=stop_timeout_s,
-                   unhealthy=unhealthy if supervised else (lambda: None))
+                   unhealthy=unhealthy if supervised else (lambda: None), terminate_leader_only=terminate_leader_only)
 
 
 def stream_service(s: Settings) -> Service:
     """The streaming job (`churn stream`) in the background (used by the demo)."""
     st = s.streaming
     return _job_service(s, "stream", ["stream"], st.metrics_host, "CHURN_STREAMING__METRICS_PORT",
-                        st.metrics_port, stop_timeout_s=60.0)
+                        st.metrics_port, stop_timeout_s=60.0, terminate_leader_only=True)
 
 
 def score_service(s: Settings) -> Service:

@@ -236,6 +236,8 @@ class ScoringWorker:
             self.state.update(restored)
             await self._within(loop.run_in_executor(None, self.reload_overlay, set(restored)),
                                "reloading the overlay")
+            if self.txn is None:  # stopping meanwhile
+                return
             metrics.PARTITIONS.set(len(self.txn.producers))
             self.ready().set()
 
@@ -371,12 +373,15 @@ class ScoringWorker:
         """Partitions just taken over: their CDRs that this worker's group has scored but the stream's pushed
         state does not cover yet, back into the overlay (a new worker would otherwise decide without them).
         At most the overlay's share of its cap per partition; below that, decisions are marked (``mark_gap``)."""
-        if not self.settings.scoring.overlay or not partitions:
+        txn = self.txn  # the worker may be stopping meanwhile (``on_shutdown`` drops it)
+        if not self.settings.scoring.overlay or not partitions or txn is None:
             return
         covered = self._covered() or {}
-        limit = max(self.settings.scoring.overlay_max_events // max(len(self.txn.producers), 1), 1)
+        limit = max(self.settings.scoring.overlay_max_events // max(len(txn.producers), 1), 1)
         for p in sorted(partitions):
-            end = self.txn.next_offset.get(p, -1)
+            if self.txn is None:
+                return
+            end = txn.next_offset.get(p, -1)
             if end is None or end <= 0:
                 continue  # nothing scored yet: every CDR passes through the overlay when it is scored
             start = covered.get(p, 0)
@@ -384,7 +389,7 @@ class ScoringWorker:
             if first > start:
                 self.scorer.overlay.mark_gap(p, first)
             n = sum(self.scorer.admit([Incoming(p, o, t, k, v) for o, t, k, v in rows])
-                    for rows in self.txn.read_cdrs(p, first, end))
+                    for rows in txn.read_cdrs(p, first, end))
             if n:
                 log.info("cdr[%d]: %d CDRs at offsets %d..%d reloaded into the overlay", p, n, first, end - 1)
 

@@ -146,8 +146,9 @@ class PartitionTransactions:
             while last < end - 1:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"reading {self.cdr_topic}[{partition}] did not reach offset {end}")
+                # a short wait per call: consume() waits its whole timeout unless ``batch`` records arrive
                 rows = [(m.offset(), m.timestamp()[1] / 1000, m.key(), m.value())
-                        for m in consumer.consume(batch, timeout=0.5) if m.error() is None]
+                        for m in consumer.consume(batch, timeout=0.05) if m.error() is None]
                 rows = [r for r in rows if r[0] < end]
                 if rows:
                     last = rows[-1][0]
