@@ -253,6 +253,7 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     try:
         time.sleep(8)
         seen: dict[tuple[int, int], tuple[float, float]] = {}  # (partition, offset) -> (score ts, received)
+        left_out: dict[tuple[int, int], int | None] = {}  # CDRs of the customer a decision lacked (by design 0)
         stop = threading.Event()
 
         def follow():
@@ -262,7 +263,10 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
                 for m in c.consume(2000, timeout=0.2):
                     if m.error() is None:
                         r = orjson.loads(m.value())
+                        if r.get("trigger", "cdr") != "cdr":
+                            continue  # rescored by time: no CDR of its own
                         seen[(r["source_partition"], r["source_offset"])] = (m.timestamp()[1] / 1000, time.time())
+                        left_out[(r["source_partition"], r["source_offset"])] = r.get("events_not_included")
             c.close()
 
         follower = threading.Thread(target=follow, daemon=True)
@@ -291,10 +295,14 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
             detail = {"rate_events_per_s": round(rate), "scores_measured": len(window), "not_yet_visible": missing,
                       "producer_linger_ms": PRODUCER_LINGER_MS, "feed_tick_ms": LIVE_TICK_S * 1000,
                       "batch_within_ms": base.scoring.batch_within_s * 1000,
+                      "cdrs_not_included_total": sum(left_out[k] or 0 for k in window),
+                      "decisions_lacking_cdrs": sum(1 for k in window if left_out[k] != 0),
                       "visible_p50_ms": round(float(np.percentile(visible, 50)), 1),
                       "visible_p99_ms": round(float(np.percentile(visible, 99)), 1)}
             results[f"score_latency_p50_at_{pct}pct"] = (float(np.percentile(emit, 50)), "ms", detail)
             results[f"score_latency_p99_at_{pct}pct"] = (float(np.percentile(emit, 99)), "ms", detail)
+            results[f"score_cdrs_not_included_at_{pct}pct"] = (float(detail["cdrs_not_included_total"]), "events",
+                                                               detail)
         stop.set()
         follower.join(5)
 
