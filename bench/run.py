@@ -249,7 +249,9 @@ def main(selector: str = "") -> None:
                "score_overlay_with_stream": (bench_overlay_with_stream, "stack"),
                "score_broker_restart": (bench_broker_restart, "stack"),
                "gold": (bench_gold, "settings")}
-    chosen = {n: b for n, b in benches.items() if selector in n}
+    # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
+    exact = selector.endswith("$")
+    chosen = {n: b for n, b in benches.items() if (n == selector[:-1] if exact else selector in n)}
     settings = None
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     try:
