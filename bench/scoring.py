@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 from confluent_kafka import TopicPartition
 
-from churn.config import Settings
+from churn.config import Settings, get_settings
 from churn.simulator import Simulator
 from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
 from churn.transport import consumer, end_offsets, ensure_topics
@@ -207,7 +207,8 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     tmp = Path(tempfile.mkdtemp(prefix="churn-bench-score-"))
     base = base.model_copy(deep=True)
     base.scoring.registry_dir = tmp / "models"
-    base.streaming.lake_dir = tmp / "lake"
+    # Feast's file sources name their paths when feature_repo/ is imported, from the default settings
+    base.streaming.lake_dir = get_settings().streaming.lake_dir
     base.feast.project = f"b{uuid.uuid4().hex[:6]}"
     train_bootstrap(base, customers=2000, days=45)
     feature_store.apply(base)
