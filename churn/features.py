@@ -240,8 +240,7 @@ def partial_sums_arrays(cols):
     age = ref[inverse] - t
     sums = np.empty((len(ids), len(SUM_FEATURES)))
     column = 0
-    for spec in MEASURES.values():
-        w = spec.numpy_weights(cols)
+    for w in event_weights(cols).T:  # each measure's weights, in MEASURES order
         for tau in HORIZONS.values():
             sums[:, column] = np.bincount(inverse, weights=w * np.exp(-age / tau), minlength=len(ids))
             column += 1

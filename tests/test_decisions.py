@@ -43,6 +43,21 @@ def start_stream(env: dict, log) -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT)
 
 
+class Feed:
+    """Produces simulated steps to ``cdr`` and remembers the ``event_id`` of every valid CDR sent."""
+
+    def __init__(self, s, run_id: str):
+        self.sender = StepProducer(s, ProduceReport(run_id=run_id))
+        self.valid: set[str] = set()
+
+    def __call__(self, steps, pause_s: float = 0.0) -> None:
+        for step in steps:
+            self.sender.send(step)
+            self.valid.update(orjson.loads(v)["event_id"] for v in step.values[:len(step.good)])
+            time.sleep(pause_s)
+        self.sender.flush()
+
+
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, sig)
@@ -89,17 +104,10 @@ def test_every_scored_cdr_sees_exactly_the_customers_cdrs_up_to_itself_with_the_
         decision_env, tmp_path):
     env, s = decision_env
     log = open(tmp_path / "pipeline.log", "ab")
-    sender = StepProducer(s, ProduceReport(run_id="exact"))
+    produce = Feed(s, "exact")
+    valid = produce.valid
     end = time.time() - 600
     sim = Simulator(seed=51, start_s=end - 2 * DAY, end_s=end, customers=150)
-    valid: set[str] = set()
-
-    def produce(steps, pause_s=0.0):
-        for step in steps:
-            sender.send(step)
-            valid.update(orjson.loads(v)["event_id"] for v in step.values[:len(step.good)])
-            time.sleep(pause_s)
-        sender.flush()
 
     stream = start_stream(env, log)
     worker = start_worker(env, log)
@@ -241,17 +249,10 @@ def test_the_stream_stopped_for_60_s_loses_no_score_and_marks_degraded_only_wher
     # a small cap, and few customers' own last inputs kept, so that decisions need the dropped CDRs
     env = {**env, "CHURN_SCORING__OVERLAY_MAX_EVENTS": "1500", "CHURN_SCORING__OVERLAY_OWN_STATES": "10"}
     log = open(tmp_path / "pipeline.log", "ab")
-    sender = StepProducer(s, ProduceReport(run_id="stopped"))
+    produce = Feed(s, "stopped")
+    valid = produce.valid
     end = time.time() - 600
     steps = list(Simulator(seed=52, start_s=end - 1.5 * DAY, end_s=end, customers=200).backfill_steps(1800.0))
-    valid: set[str] = set()
-
-    def produce(chunk, pause_s=0.0):
-        for step in chunk:
-            sender.send(step)
-            valid.update(orjson.loads(v)["event_id"] for v in step.values[:len(step.good)])
-            time.sleep(pause_s)
-        sender.flush()
 
     stream = start_stream(env, log)
     worker = start_worker(env, log)

@@ -294,6 +294,3 @@ class ActivityOverlay:
         own.move_to_end(key)
         if len(own) > self.own_states:
             own.popitem(last=False)
-
-    def buffered_customers(self, partition: int) -> int:
-        return sum(1 for p, _ in self._pending if p == partition)
