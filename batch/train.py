@@ -27,6 +27,7 @@ import pandas as pd
 from churn.config import Settings
 from churn.contracts import CHURN_LABEL, parse_time
 from churn.model.bootstrap import TrainingSet
+from churn.model.drift import observed_days
 from churn.model.inputs import PROFILE_COLUMNS, matrix
 
 DAY = 86400.0
@@ -162,7 +163,8 @@ def point_in_time_training_set(settings: Settings, labels: pd.DataFrame, fs=None
     rows = np.flatnonzero(keep)
     X = matrix([profiles[i] for i in rows], [states[i] for i in rows], observe[rows].tolist())
     return PointInTimeSet(X=X, y=labels["churned"].to_numpy().astype(int)[rows], at_s=observe[rows],
-                          customer_id=labels["customer_id"].to_numpy()[rows], labels=len(labels),
+                          customer_id=labels["customer_id"].to_numpy()[rows],
+                          observed_days=observed_days([states[i] for i in rows], observe[rows]), labels=len(labels),
                           unknown=int((~keep).sum()), without_profile=int((keep & ~has_profile).sum()),
                           without_activity=int((keep & ~has_activity).sum()))
 
@@ -192,4 +194,4 @@ def run_train(settings: Settings, trials: int | None = None, source: str = "feas
     else:
         raise ValueError(f"unknown training source {source!r} (feast or simulated)")
     return train_and_release(settings, ts.X, ts.y, ts.at_s, kind="xgb", source=what, n_trials=trials,
-                             seed=settings.simulator.seed)
+                             seed=settings.simulator.seed, observed=ts.observed_days)

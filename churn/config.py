@@ -210,10 +210,10 @@ class ScoringSettings(BaseModel):
     """The scoring worker (``churn score``): batching, bands, alerting, the model registry."""
 
     app_id: str = "churn-scorer"
-    #: Drift (``churn.model.drift``): PSI over the last ``drift_window`` scored events, exported once
-    #: at least ``drift_min_events`` were seen.
-    drift_window: int = 20_000
-    drift_min_events: int = 2_000
+    #: Drift (``churn.model.drift``): PSI over the latest scored input of up to ``drift_customers``
+    #: customers, exported once the window holds at least ``drift_min_customers``.
+    drift_customers: int = 20_000
+    drift_min_customers: int = 1_000
     #: Where models and the champion pointer live (default ``<run_dir>/models``).
     registry_dir: Path | None = None
     #: Events per scoring batch, and the longest a batch waits to fill.

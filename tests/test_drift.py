@@ -20,8 +20,9 @@ END = 1.79e9
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory):
     s = Settings(run_dir=tmp_path_factory.mktemp("drift"))
-    ts = simulated_training_set(s, customers=1500, days=30, end_s=END, seed=1, without_activity=0.0)
-    release = train_and_release(s, ts.X, ts.y, ts.at_s, kind="drift-test", source="simulated", n_trials=0)
+    ts = simulated_training_set(s, customers=1500, days=60, end_s=END, seed=1, without_activity=0.0)
+    release = train_and_release(s, ts.X, ts.y, ts.at_s, kind="drift-test", source="simulated", n_trials=0,
+                                observed=ts.observed_days)
     from churn.model.registry import ModelRegistry
 
     model = ModelRegistry(s.scoring.registry_dir).load_champion()
@@ -29,11 +30,14 @@ def champion(tmp_path_factory):
     return s, model
 
 
-def live_psi(s, model, **simulator) -> dict[str, float]:
-    live = simulated_training_set(s, customers=1500, days=30, end_s=END + 10 * DAY, seed=2, without_activity=0.0,
+def live_psi(s, model, mature_only: bool = True, **simulator) -> dict[str, float]:
+    live = simulated_training_set(s, customers=1500, days=60, end_s=END + 10 * DAY, seed=2, without_activity=0.0,
                                   **simulator)
     monitor = DriftMonitor(model.meta["drift_baseline"], window=5000)
-    monitor.observe(live.X, model.predict(live.X))
+    risk = model.predict(live.X)
+    observed = live.observed_days if mature_only else None
+    monitor.observe(live.customer_id, live.X, risk * 0.0, observed)
+    monitor.observe(live.customer_id, live.X, risk, observed)  # the window keeps each customer's latest input
     assert monitor.observed == 1500
     return monitor.psi()
 
@@ -58,3 +62,16 @@ def test_a_shift_in_data_usage_crosses_the_threshold_in_the_data_features_only(c
     for f in usage:
         assert same[f] < 0.1 and shifted[f] < 0.1, f  # the rest of the behaviour did not move
     assert max(v for k, v in same.items()) < PSI_ALERT  # a fresh sample of the same population: no alert
+
+
+def test_a_young_pipeline_of_the_same_population_raises_no_drift(champion):
+    """A pipeline that has seen two days of the customers' history (a fresh install): the 7- and 30-day values are small because the
+    history is short. They are left out until mature; what is compared does not drift."""
+    s, model = champion
+    young = live_psi(s, model, seen_from_s=END - 5 * DAY)
+    assert max(young.values()) < 0.1, {k: round(v, 3) for k, v in young.items() if v >= 0.1}
+    assert "data_mb_1d" in young and "tenure_months" in young  # mature after 3 days / the profile: compared
+    assert "data_mb_7d" not in young and "calls_30d" not in young and "risk" not in young  # not yet
+    # the same inputs compared whatever their maturity: the short history looks like drift
+    unmatured = live_psi(s, model, seen_from_s=END - 5 * DAY, mature_only=False)
+    assert min(unmatured[f] for f in ("calls_30d", "call_minutes_30d", "events_trend_7d_30d")) > PSI_ALERT, unmatured

@@ -83,7 +83,7 @@ def values(result: list) -> list[float]:
 @pytest.fixture
 def pipeline_env(live_stack, live_env, bootstrap_registry, tmp_path):
     """The pipeline on the stack's own metrics ports (the ones its Prometheus scrapes)."""
-    return private_pipeline_env(live_env, bootstrap_registry, tmp_path, CHURN_SCORING__DRIFT_MIN_EVENTS="1000")
+    return private_pipeline_env(live_env, bootstrap_registry, tmp_path, CHURN_SCORING__DRIFT_MIN_CUSTOMERS="200")
 
 
 def test_every_dashboard_expression_returns_data_from_the_real_prometheus(pipeline_env, tmp_path):
@@ -93,10 +93,11 @@ def test_every_dashboard_expression_returns_data_from_the_real_prometheus(pipeli
     log = open(tmp_path / "pipeline.log", "ab")
     start = lambda *args: subprocess.Popen([CHURN_BIN, *args], env={**os.environ, **env},  # noqa: E731
                                            start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-    # a day of history, then live traffic whose data usage has grown fivefold (a drift drill),
+    # three days of history (a day's sums are comparable from then on), then live traffic whose data
+    # usage has grown fivefold (a drift drill),
     # with invalid and duplicate CDRs so the dead-letter and de-duplication panels have data
     procs = [start("stream"), start("score"),
-             start("simulate", "--days", "1", "--rate", "100", "--duration", "600", "--customers", "400",
+             start("simulate", "--days", "3", "--rate", "100", "--duration", "600", "--customers", "400",
                    "--data-scale", "5", "--bad-ratio", "0.02", "--duplicate-ratio", "0.02")]
     # a nightly run whose quality gate failed, pushed to the stack's Pushgateway
     write_metrics(s, NightlyReport(steps=[StepResult("gold", False, 12.5, "quality gate failed")]))
@@ -120,7 +121,7 @@ def test_every_dashboard_expression_returns_data_from_the_real_prometheus(pipeli
         while True:
             empty = [(uid, title, expr) for uid, title, expr in wanted if not prometheus_query(s, expr)]
             states, bad = alert_states(), not_numbers()
-            if (not empty and not bad and ("ChurnFeatureDrift", "data_mb_7d") in states
+            if (not empty and not bad and ("ChurnFeatureDrift", "data_mb_1d") in states
                     and ("ChurnQualityGateFailed", None) in states) or time.time() > deadline:
                 break
             time.sleep(5)
@@ -133,8 +134,8 @@ def test_every_dashboard_expression_returns_data_from_the_real_prometheus(pipeli
         # alerts evaluated by the real Prometheus: the failed gate fires (no `for`), the data drift is
         # pending (its `for` is 15 min) and labelled with the drifted feature
         assert states.get(("ChurnQualityGateFailed", None)) == "firing", states
-        assert states.get(("ChurnFeatureDrift", "data_mb_7d")) in ("pending", "firing"), states
-        assert values(prometheus_query(s, 'churn_drift_psi{feature="data_mb_7d"}'))[0] > 0.25
+        assert states.get(("ChurnFeatureDrift", "data_mb_1d")) in ("pending", "firing"), states
+        assert values(prometheus_query(s, 'churn_drift_psi{feature="data_mb_1d"}'))[0] > 0.25
     finally:
         for p in procs:
             if p.poll() is None:

@@ -1,5 +1,7 @@
-"""The scorer through broker faults, on the real broker: SIGKILLed and restarted mid-stream, it resumes
-by itself with every CDR scored exactly once; and its liveness check tells a stopped worker from a working one."""
+"""The pipeline through broker faults, on the real broker: SIGKILLed and restarted mid-stream, the
+streaming job keeps its query and writes every record to Bronze and Silver exactly once, and the scorer
+resumes by itself with every CDR scored exactly once; the scorer's liveness check tells a stopped worker
+from a working one."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import urllib.request
 
 import orjson
 import pytest
+from deltalake import DeltaTable
 from conftest import CHURN_BIN, free_ports, private_pipeline_env
 from test_scoring import assert_alerts_consistent, assert_exactly_once, metric, simulate, start_worker, wait_for, \
     wait_scored
 
+from churn.lake import table_rows
 from churn.simulator.produce import ProduceReport, StepProducer
 from churn.stack.services import SUPERVISE, kafka_service
 
@@ -24,7 +28,8 @@ from churn.stack.services import SUPERVISE, kafka_service
 def reliability_env(live_stack, live_env, bootstrap_registry, tmp_path):
     return private_pipeline_env(live_env, bootstrap_registry, tmp_path,
                                 CHURN_SCORING__SESSION_TIMEOUT_S="6",
-                                CHURN_SCORING__METRICS_PORT=str(free_ports(1)[0]))
+                                CHURN_SCORING__METRICS_PORT=str(free_ports(1)[0]),
+                                CHURN_STREAMING__METRICS_PORT=str(free_ports(1)[0]), CHURN_STREAMING__TRIGGER_S="1")
 
 
 def healthz(port: int) -> int | None:
@@ -53,6 +58,8 @@ def test_the_scorer_resumes_by_itself_after_the_broker_is_killed_and_restarted(r
     # under a supervisor that restarts it on failure, as the local stack, Compose and systemd run it
     worker = subprocess.Popen(["bash", "-c", SUPERVISE, "supervise", CHURN_BIN, "score", "--loglevel", "info"],
                               env={**os.environ, **env}, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    stream = subprocess.Popen([CHURN_BIN, "stream"], env={**os.environ, **env}, start_new_session=True,
+                              stdout=open(tmp_path / "stream.log", "ab"), stderr=subprocess.STDOUT)
     try:
         for step in steps[:third]:
             sender.send(step)
@@ -83,7 +90,26 @@ def test_the_scorer_resumes_by_itself_after_the_broker_is_killed_and_restarted(r
         assert resumed_s < 90, resumed_s
         text = (tmp_path / "worker.log").read_text()
         assert "Has not committed" not in text
+
+        # the streaming job kept its query through the outage: every record in Bronze, every valid one
+        # in Silver, each exactly once (against what the producer had acknowledged)
+        lake = tmp_path / "lake"
+        assert report.failed == 0
+        wait_for(lambda: stream.poll() is not None or (table_rows(lake / "bronze") >= report.cdr_messages
+                                                       and table_rows(lake / "silver") >= len(valid)), 240,
+                 "the stream to catch up")
+        assert stream.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+        stream.send_signal(signal.SIGTERM)  # a clean stop between micro-batches
+        assert stream.wait(timeout=120) == 0, (tmp_path / "stream.log").read_text()[-3000:]
+        bronze = DeltaTable(str(lake / "bronze")).to_pyarrow_table(columns=["partition", "offset"])
+        positions = set(zip(bronze.column("partition").to_pylist(), bronze.column("offset").to_pylist()))
+        assert bronze.num_rows == len(positions) == report.cdr_messages
+        silver = DeltaTable(str(lake / "silver")).to_pyarrow_table(columns=["event_id"]).column(0).to_pylist()
+        assert len(silver) == len(set(silver)) and set(silver) == valid
     finally:
+        if stream.poll() is None:
+            stream.send_signal(signal.SIGTERM)
+            stream.wait(timeout=120)
         if broker.state() != "running":
             broker.start(120)
         if worker.poll() is None:

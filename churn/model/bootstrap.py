@@ -19,6 +19,7 @@ import numpy as np
 
 from churn.config import Settings
 from churn.features import DAY, partial_sums_numpy
+from churn.model.drift import observed_days
 from churn.model.inputs import matrix
 
 
@@ -28,15 +29,19 @@ class TrainingSet:
     y: np.ndarray
     at_s: np.ndarray  # observation time of each row
     customer_id: np.ndarray
+    #: How long the pipeline had seen each row's customer (``churn.model.drift.observed_days``).
+    observed_days: np.ndarray | None = None
 
 
 def simulated_training_set(settings: Settings, customers: int = 3000, days: float = 60.0, end_s: float | None = None,
                            lookahead_days: float = 7.0, seed: int | None = None,
-                           without_activity: float = 0.15, data_scale: float = 1.0) -> TrainingSet:
+                           without_activity: float = 0.15, data_scale: float = 1.0,
+                           seen_from_s: float | None = None) -> TrainingSet:
     """Rows (profile + activity at an observation time, churned within ``lookahead_days``) from a simulation.
 
     A share ``without_activity`` of the rows have no activity features, as for a customer the stream
-    has not pushed yet: the model learns to fall back on the profile instead of guessing.
+    has not pushed yet: the model learns to fall back on the profile instead of guessing. With
+    ``seen_from_s``, the events before it are not seen, as by a pipeline started then.
     """
     from churn.feature_store import profile_frame
     from churn.profiles import telco_table
@@ -49,15 +54,19 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
                     data_scale=data_scale)
     ids = np.asarray(sim.pop.customer_id, dtype=object)
     cols = sim.silver_columns(slice_s=6 * 3600.0)
+    if seen_from_s is not None:
+        seen = np.asarray(cols["event_time"], dtype=float) >= seen_from_s
+        cols = {k: np.asarray(v)[seen] for k, v in cols.items()}
     rng = np.random.default_rng([seed, 11])
     observe = sim.label_s - rng.uniform(0.0, lookahead_days * DAY, len(ids))
     at = dict(zip(ids.tolist(), observe.tolist()))
     states = partial_sums_numpy(cols, at_s=at)
     profiles = profile_frame(telco_table(settings)).set_index("customer_id").to_dict("index")
     blank = rng.random(len(ids)) < without_activity
-    X = matrix([profiles.get(c) for c in ids], [None if b else states.get(c) for c, b in zip(ids, blank)],
-               observe.tolist())
-    return TrainingSet(X=X, y=sim.pop.churner.astype(int), at_s=observe, customer_id=ids)
+    row_states = [None if b else states.get(c) for c, b in zip(ids, blank)]
+    X = matrix([profiles.get(c) for c in ids], row_states, observe.tolist())
+    return TrainingSet(X=X, y=sim.pop.churner.astype(int), at_s=observe, customer_id=ids,
+                       observed_days=observed_days(row_states, observe))
 
 
 def train_bootstrap(settings: Settings, customers: int = 3000, days: float = 60.0, promote: bool = True) -> str:
@@ -68,7 +77,7 @@ def train_bootstrap(settings: Settings, customers: int = 3000, days: float = 60.
     ts = simulated_training_set(settings, customers=customers, days=days)
     registry = ModelRegistry(settings.scoring.registry_dir)
     release = train_and_release(
-        settings, ts.X, ts.y, ts.at_s, kind="bootstrap", n_trials=0, seed=settings.simulator.seed,
+        settings, ts.X, ts.y, ts.at_s, observed=ts.observed_days, kind="bootstrap", n_trials=0, seed=settings.simulator.seed,
         source=f"simulated history of {customers} customers over {days:g} days + customer table")
     if not release.promoted and (promote or registry.champion_version() is None):
         registry.promote(release.version, reason=f"bootstrap promoted on request (rule said: {release.reason})")

@@ -28,8 +28,9 @@ class Release:
 
 
 def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str, n_trials: int,
-                      margin: float | None = None, seed: int = 0) -> Release:
-    """Train on (X, y, times); register with a model card; promote if it beats the champion by ``margin``."""
+                      margin: float | None = None, seed: int = 0, observed=None) -> Release:
+    """Train on (X, y, times); register with a model card; promote if it beats the champion by ``margin``.
+    ``observed``: each row's ``churn.model.drift.observed_days``, for the drift baseline (None: all mature)."""
     cfg = settings.training
     result = train(X, y, times, MODEL_FEATURES, n_trials=n_trials, seed=seed, threshold=cfg.operating_threshold)
     registry = ModelRegistry(settings.scoring.registry_dir)
@@ -54,7 +55,7 @@ def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str
     }
     version = registry.register(result.model.to_bytes(), card, version=registry.new_version(kind))
     # what the model was trained on, for the live drift check (churn.model.drift)
-    registry.save_drift_baseline(version, DriftBaseline.fit(X, MODEL_FEATURES, result.model.predict(X)))
+    registry.save_drift_baseline(version, DriftBaseline.fit(X, MODEL_FEATURES, result.model.predict(X), observed))
     write_plots(result.model, X_va, y_va, registry.root / version)
     (registry.promote if promote else registry.reject)(version, reason=reason)
     return Release(version=version, promoted=promote, reason=reason, metrics=cand, champion_metrics=champ,

@@ -411,8 +411,8 @@ class ScoringWorker:
         drift = self.scorer.drift
         if drift is None:
             return
-        metrics.DRIFT_EVENTS.set(drift.observed)
-        if drift.observed >= self.settings.scoring.drift_min_events:
+        metrics.DRIFT_CUSTOMERS.set(drift.observed)
+        if drift.observed >= self.settings.scoring.drift_min_customers:
             for feature, value in drift.psi().items():
                 metrics.DRIFT_PSI.labels(feature).set(value)
 

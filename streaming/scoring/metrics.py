@@ -44,9 +44,9 @@ PARTITIONS = Gauge("churn_score_owned_partitions", "cdr partitions this worker o
 LABELS = Counter("churn_score_labels", "Churn labels seen by the online evaluation", ["churned"])
 ONLINE_AUC = Gauge("churn_score_online_auc", "Rolling ROC AUC on arriving labels (predict, then learn)", ["model"])
 AGENT_ERRORS = Counter("churn_score_agent_errors", "Exceptions caught in an agent (the batch is retried)", ["agent"])
-DRIFT_PSI = Gauge("churn_drift_psi", "Population stability index of a model input (or the risk) over the last "
-                  "scored events against the champion's training data (> 0.25: significant)", ["feature"])
-DRIFT_EVENTS = Gauge("churn_drift_window_events", "Scored events in the drift window")
+DRIFT_PSI = Gauge("churn_drift_psi", "Population stability index of a model input (or the risk) over customers' "
+                  "latest scored inputs against the champion's training data (> 0.25: significant)", ["feature"])
+DRIFT_CUSTOMERS = Gauge("churn_drift_window_customers", "Customers whose latest input is in the drift window")
 
 
 def initialise(alert_bands) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from churn.contracts import CDR, format_time, parse_time
 from churn.features import INPUT_COLUMNS, event_weights
-from churn.model.drift import DriftMonitor
+from churn.model.drift import DriftMonitor, observed_days
 from churn.model.inputs import MODEL_FEATURES, matrix
 from streaming.scoring.bands import BANDS, AlertRule, with_hysteresis
 from streaming.scoring.overlay import EXACT, ActivityOverlay, Input
@@ -80,18 +80,18 @@ class BatchScorer:
         self.overlay = overlay if overlay is not None else ActivityOverlay(
             max_events=self.cfg.overlay_max_events, own_states=self.cfg.overlay_own_states,
             dedup_window_s=settings.streaming.dedup_window_s, allowed_lateness_s=settings.streaming.allowed_lateness_s)
-        self.drift: DriftMonitor | None = None  # inputs and risks of the last events vs the champion's training data
+        self.drift: DriftMonitor | None = None  # customers' latest inputs and risks vs the champion's training data
         self._drift_version: str | None = None
 
-    def _observe_drift(self, model, X, risk) -> None:
+    def _observe_drift(self, model, customers, X, risk, observed) -> None:
         version = model.meta["version"]
         if version != self._drift_version:  # a new champion: compare with its own training data
             baseline = model.meta.get("drift_baseline")
             usable = baseline is not None and baseline.features[:-1] == MODEL_FEATURES
-            self.drift = DriftMonitor(baseline, self.cfg.drift_window) if usable else None
+            self.drift = DriftMonitor(baseline, self.cfg.drift_customers) if usable else None
             self._drift_version = version
         if self.drift is not None:
-            self.drift.observe(X, risk)
+            self.drift.observe(customers, X, risk, observed)
 
     def score(self, events: list[Incoming], state: dict[int, dict[str, CustomerState]]) -> BatchResult:
         """Every valid CDR of ``events`` scored, its input including itself."""
@@ -156,10 +156,11 @@ class BatchScorer:
         inputs = (self.overlay.inputs(decisions, looked.states) if self.cfg.overlay
                   else [Input(looked.states.get(c)) for _, c, _ in decisions])
         t0 = time.perf_counter()
-        X = matrix([looked.profiles.get(c) for _, c, _ in decisions], [inp.state for inp in inputs],
-                   [t for *_, t in triggers])
+        at = [t for *_, t in triggers]
+        X = matrix([looked.profiles.get(c) for _, c, _ in decisions], [inp.state for inp in inputs], at)
         risk = model.predict(X)
-        self._observe_drift(model, X, risk)
+        self._observe_drift(model, [c for _, c, _ in decisions], X, risk,
+                            observed_days([inp.state for inp in inputs], at))
         shadow = self.challenger.predict_many(X) if self.challenger is not None else [None] * len(decisions)
         result.model_s = time.perf_counter() - t0
 
