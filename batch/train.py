@@ -169,6 +169,21 @@ def point_in_time_training_set(settings: Settings, labels: pd.DataFrame, fs=None
                           without_activity=int((keep & ~has_activity).sum()))
 
 
+def label_summary(labels: pd.DataFrame, rows: int | None = None) -> dict:
+    """For a model card: how many labels, how many churned, the first and last label time (UTC), and
+    how many became training rows.
+
+    >>> label_summary(pd.DataFrame({"label_time": [1.79e9, 1.79e9 + 86400], "churned": [True, False]}), rows=2)
+    {'count': 2, 'churned': 1, 'first_label_time': '2026-09-21T14:13:20.000Z', 'last_label_time': '2026-09-22T14:13:20.000Z', 'rows': 2}
+    """
+    from churn.contracts import format_time
+
+    times = labels["label_time"].to_numpy(dtype=float)
+    return {"count": int(len(labels)), "churned": int(labels["churned"].astype(bool).sum()),
+            "first_label_time": format_time(float(times.min())) if len(times) else None,
+            "last_label_time": format_time(float(times.max())) if len(times) else None, "rows": rows}
+
+
 def run_train(settings: Settings, trials: int | None = None, source: str = "feast"):
     """The nightly training step: build the set, train, card, promote or keep. Returns the ``Release``."""
     from churn.model.release import train_and_release
@@ -186,12 +201,14 @@ def run_train(settings: Settings, trials: int | None = None, source: str = "feas
         what = (f"labels from {settings.topics.churn_labels.name}, activity from Silver at each observation, "
                 f"profiles from Feast (point in time): "
                 f"{ts.summary()}")
+        provenance = {"training_source": "labels", "labels": label_summary(labels, rows=len(ts.y))}
     elif source == "simulated":
         from churn.model.bootstrap import simulated_training_set
 
         ts = simulated_training_set(settings)
         what = "simulated history of 3000 customers over 60 days + customer table"
+        provenance = {"training_source": "synthetic"}
     else:
         raise ValueError(f"unknown training source {source!r} (feast or simulated)")
     return train_and_release(settings, ts.X, ts.y, ts.at_s, kind="xgb", source=what, n_trials=trials,
-                             seed=settings.simulator.seed, observed=ts.observed_days)
+                             seed=settings.simulator.seed, observed=ts.observed_days, **provenance)

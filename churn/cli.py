@@ -426,17 +426,18 @@ def model_bootstrap(
 
 @model_app.command("list")
 def model_list() -> None:
-    """Every model version with its validation metrics; the champion is marked."""
-    from churn.model.registry import ModelRegistry
+    """Every model version with its validation metrics and training source (synthetic or labels); the champion
+    is marked."""
+    from churn.model.registry import ModelRegistry, training_source
 
     registry = ModelRegistry(get_settings().scoring.registry_dir)
     champion = registry.champion_version()
-    table = Table("version", "champion", "kind", "ROC AUC", "PR AUC")
+    table = Table("version", "champion", "kind", "trained on", "ROC AUC", "PR AUC")
     for v in registry.versions():
         card = registry.card(v)
         val = card.get("validation", {})
-        table.add_row(v, "*" if v == champion else "", str(card.get("kind", "")), str(val.get("roc_auc", "")),
-                      str(val.get("pr_auc", "")))
+        table.add_row(v, "*" if v == champion else "", str(card.get("kind", "")), training_source(card),
+                      str(val.get("roc_auc", "")), str(val.get("pr_auc", "")))
     console.print(table)
 
 

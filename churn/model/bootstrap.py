@@ -8,6 +8,11 @@ observation time up to a week before the label. Training rows come from earlier
 labels, calibration and validation from later ones. The nightly retrain
 (``churn batch train``) replaces this model with one trained on the real Silver
 history through Feast.
+
+Its card says ``training_source: synthetic``: its validation scores measure how
+well it ranks simulated customers, nothing about real ones, so the first retrain
+on real labels that passes the sanity checks replaces it without having to beat
+it (``churn.model.promotion``).
 """
 
 from __future__ import annotations
@@ -78,7 +83,8 @@ def train_bootstrap(settings: Settings, customers: int = 3000, days: float = 60.
     registry = ModelRegistry(settings.scoring.registry_dir)
     release = train_and_release(
         settings, ts.X, ts.y, ts.at_s, observed=ts.observed_days, kind="bootstrap", n_trials=0, seed=settings.simulator.seed,
-        source=f"simulated history of {customers} customers over {days:g} days + customer table")
+        source=f"simulated history of {customers} customers over {days:g} days + customer table",
+        training_source="synthetic")
     if not release.promoted and (promote or registry.champion_version() is None):
         registry.promote(release.version, reason=f"bootstrap promoted on request (rule said: {release.reason})")
     return release.version

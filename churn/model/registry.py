@@ -3,7 +3,7 @@
 Layout under the registry root (``<run_dir>/models`` by default)::
 
     <version>/model.json    the model (``TreeModel.to_bytes``)
-    <version>/card.json     its model card: metrics, training window, reasons for its status
+    <version>/card.json     its model card: metrics, training window and source, reasons for its status
     CHAMPION                the champion's version (one line)
     history.jsonl           every promotion and rejection, appended
 
@@ -21,6 +21,8 @@ True
 >>> reg.promote(v, reason="first")
 >>> reg.champion_version(), reg.card(v)["auc"]
 ('xgb-1', 0.9)
+>>> training_source({"training_source": "labels"}), training_source({"kind": "bootstrap"})
+('labels', 'synthetic')
 """
 
 from __future__ import annotations
@@ -31,6 +33,19 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+
+#: A model card's ``training_source``: the simulator's synthetic world, or real churn labels.
+SYNTHETIC, LABELS = "synthetic", "labels"
+
+
+def training_source(card: dict) -> str:
+    """What a model learned from, from its card: ``synthetic`` or ``labels``. A card without the
+    field is synthetic if it is a bootstrap or was trained on a simulated history."""
+    if card.get("training_source") in (SYNTHETIC, LABELS):
+        return card["training_source"]
+    simulated = card.get("kind") == "bootstrap" or str(card.get("trained_on", "")).startswith("simulated")
+    return SYNTHETIC if simulated else LABELS
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -119,8 +134,9 @@ class ModelRegistry:
         return DriftBaseline.from_json(path.read_text()) if path.exists() else None
 
     def load_champion(self):
-        """The champion as a ``TreeModel`` with its version in ``meta['version']`` and its drift
-        baseline in ``meta['drift_baseline']`` (None if there is no champion)."""
+        """The champion as a ``TreeModel`` with its version in ``meta['version']``, its drift baseline
+        in ``meta['drift_baseline']`` and what it learned from in ``meta['training_source']``
+        (``training_source``); None if there is no champion."""
         from churn.model.tree import TreeModel
 
         version = self.champion_version()
@@ -129,6 +145,7 @@ class ModelRegistry:
         model = TreeModel.from_bytes(self.model_bytes(version))
         model.meta["version"] = version
         model.meta["drift_baseline"] = self.drift_baseline(version)
+        model.meta["training_source"] = training_source(self.card(version))
         return model
 
 

@@ -1,7 +1,10 @@
 """From a training set to a registered model: train, write the card and plots, promote or keep.
 
 Used by the bootstrap at setup and by the nightly retrain, so every model in the
-registry has the same kind of card and went through the same promotion rule.
+registry has the same kind of card and went through the same promotion rule. The
+card says where the model comes from: ``trained_on`` in words, and
+``training_source``, ``synthetic`` (the simulator's world) or ``labels`` (real
+churn labels, with ``labels``: how many and the first and last label time).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from churn.model.card import importance, write_plots
 from churn.model.drift import DriftBaseline
 from churn.model.inputs import MODEL_FEATURES
 from churn.model.promotion import compare, decide
-from churn.model.registry import ModelRegistry
+from churn.model.registry import LABELS, SYNTHETIC, ModelRegistry
 from churn.model.training import train
 
 
@@ -25,29 +28,42 @@ class Release:
     metrics: dict
     champion_metrics: dict | None
     source: str = ""  # what it was trained on (the card's ``trained_on``)
+    training_source: str = SYNTHETIC  # the card's ``training_source``
 
 
 def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str, n_trials: int,
-                      margin: float | None = None, seed: int = 0, observed=None) -> Release:
-    """Train on (X, y, times); register with a model card; promote if it beats the champion by ``margin``.
-    ``observed``: each row's ``churn.model.drift.observed_days``, for the drift baseline (None: all mature)."""
+                      margin: float | None = None, seed: int = 0, observed=None, training_source: str = SYNTHETIC,
+                      labels: dict | None = None) -> Release:
+    """Train on (X, y, times); register with a model card; promote if it beats the champion by ``margin``
+    (or, trained on real labels, if the champion is synthetic: ``churn.model.promotion.decide``).
+    ``observed``: each row's ``churn.model.drift.observed_days``, for the drift baseline (None: all mature).
+    ``training_source``: ``synthetic`` or ``labels``; ``labels``: for the card, e.g. ``{"count": ..,
+    "first_label_time": .., "last_label_time": ..}``."""
+    if training_source not in (SYNTHETIC, LABELS):
+        raise ValueError(f"training_source must be {SYNTHETIC!r} or {LABELS!r}, not {training_source!r}")
     cfg = settings.training
     result = train(X, y, times, MODEL_FEATURES, n_trials=n_trials, seed=seed, threshold=cfg.operating_threshold)
     registry = ModelRegistry(settings.scoring.registry_dir)
     champion = registry.load_champion()
     X_va, y_va = result.validation
     cand, champ = compare(result.model, champion, X_va, y_va, cfg.operating_threshold)
-    promote, reason = decide(cand, champ, cfg.promotion_margin if margin is None else margin)
+    champion_synthetic = champion is not None and champion.meta["training_source"] == SYNTHETIC
+    promote, reason = decide(cand, champ, cfg.promotion_margin if margin is None else margin,
+                             champion_synthetic=champion_synthetic, candidate_synthetic=training_source == SYNTHETIC)
     card = {
         "kind": kind,
         "trained_on": source,
+        "training_source": training_source,
+        "labels": labels if training_source == LABELS else None,
         "features": MODEL_FEATURES,
         "params": result.params,
         "search": {"trials": len(result.trials), "space": "churn.model.training.SEARCH_SPACE",
                    "best_auc_on_calibration_window": max((t["auc"] for t in result.trials), default=None)},
         "windows": {k: {"from": v[0], "to": v[1], "rows": v[2]} for k, v in result.windows.items()},
         "validation": cand,
-        "champion_on_same_window": None if champ is None else {"version": champion.meta["version"], **champ},
+        "champion_on_same_window": None if champ is None else {"version": champion.meta["version"],
+                                                               "training_source": champion.meta["training_source"],
+                                                               **champ},
         "calibration": {"method": "Platt on the calibration window", "a": result.model.a, "b": result.model.b},
         "importance": importance(result.model, X_va),
         "decision": {"promoted": promote, "reason": reason},
@@ -59,4 +75,4 @@ def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str
     write_plots(result.model, X_va, y_va, registry.root / version)
     (registry.promote if promote else registry.reject)(version, reason=reason)
     return Release(version=version, promoted=promote, reason=reason, metrics=cand, champion_metrics=champ,
-                   source=source)
+                   source=source, training_source=training_source)

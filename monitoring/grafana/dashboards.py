@@ -170,6 +170,11 @@ MODEL = dashboard("churn-model", "Churn: model", "What the models say and whethe
            ("churn_score_model_info", "{{version}}"), width=8),
     series("Labels learned", "Churn labels seen by the online evaluation, by outcome.",
            ("sum by (churned) (increase(churn_score_labels_total[1h]))", "churned={{churned}}"), width=8),
+    stat("Champion trained on synthetic data",
+         "1 while the champion was trained on the simulator's synthetic world (the bootstrap): its validation "
+         "scores say nothing about real customers. The first retrain on real churn labels that passes the sanity "
+         "checks replaces it; 0 from then on.",
+         "max(churn_score_champion_synthetic)", thresholds=[(1, "orange")]),
 ])
 
 DASHBOARDS = [LATENCY, HEALTH, MODEL]

@@ -42,7 +42,7 @@ from churn.contracts import CHURN_LABEL, parse_time
 from churn.feature_store import covered_offsets_key
 from churn.model.inputs import matrix
 from churn.model.online import OnlineChallenger, ProgressiveEvaluator
-from churn.model.registry import ChampionWatcher, ModelRegistry
+from churn.model.registry import SYNTHETIC, ChampionWatcher, ModelRegistry
 from churn.online_reader import FeastRedisReader, FeastSdkReader
 from streaming.scoring import metrics
 from streaming.scoring.liveness import Liveness, die
@@ -127,6 +127,8 @@ class ScoringWorker:
         if registry.champion_version() is None:
             raise RuntimeError(f"no champion model in {cfg.registry_dir}: run `churn model bootstrap` first")
         self.models = ChampionWatcher(registry, interval_s=cfg.model_check_interval_s)
+        self._model_version: str | None = None
+        self._champion_in_use()
         if feature_store is None:
             fs_module.ensure_applied(settings)
         if cfg.online_reader == "redis":
@@ -304,14 +306,7 @@ class ScoringWorker:
         n = len(result.scored)
         metrics.EVENTS.inc(n)
         self.liveness.progressed()
-        if result.model_version:
-            previous = getattr(self, "_model_version", None)
-            if previous != result.model_version:
-                if previous is not None:
-                    metrics.MODEL_INFO.remove(previous)
-                metrics.MODEL_INFO.labels(result.model_version).set(1)
-                self._model_version = result.model_version
-                log.info("scoring with champion %s", result.model_version)
+        self._champion_in_use()
         if n:
             metrics.LOOKUP.observe(result.lookup_s)
             metrics.MODEL.observe(result.model_s)
@@ -360,6 +355,23 @@ class ScoringWorker:
         result = self.scorer.rescore(due, self.state)
         self._emit(txn, result)
         metrics.RESCORED.inc(len(result.scored))
+        self._champion_in_use()
+
+    def _champion_in_use(self) -> None:
+        """Export the champion the worker scores with (``churn_score_model_info{version}``) and whether it
+        was trained on synthetic data (``churn_score_champion_synthetic``): at start and after a hot reload."""
+        model = self.models.model
+        version = model.meta["version"]
+        if version == self._model_version:
+            return
+        if self._model_version is not None:
+            metrics.MODEL_INFO.remove(self._model_version)
+        metrics.MODEL_INFO.labels(version).set(1)
+        synthetic = model.meta.get("training_source") == SYNTHETIC
+        metrics.CHAMPION_SYNTHETIC.set(1 if synthetic else 0)
+        self._model_version = version
+        log.info("scoring with champion %s (trained on %s)", version,
+                 "synthetic data" if synthetic else "real churn labels")
 
     def _covered(self) -> dict[int, int] | None:
         """The offsets the streaming job's pushed states cover (its Redis hash), or None if unreadable."""

@@ -21,6 +21,9 @@ MODEL = Histogram("churn_score_model_seconds", "One batch model call (champion a
 BATCH_SIZE = Histogram("churn_score_batch_events", "Events per scoring batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000))
 RISK = Histogram("churn_score_risk", "Champion risk of scored events", buckets=tuple(i / 20 for i in range(1, 21)))
 MODEL_INFO = Gauge("churn_score_model_info", "1 for the champion version in use", ["version"])
+CHAMPION_SYNTHETIC = Gauge("churn_score_champion_synthetic", "1 while the champion in use was trained on synthetic "
+                           "data (the simulator's world: its validation scores say nothing about real customers), "
+                           "0 once it was trained on real churn labels")
 OVERLAY_ADDED = Histogram("churn_score_overlay_added_events", "CDRs added per decision on top of the pushed state "
                           "(what the online store did not hold yet)", buckets=(0, 1, 2, 5, 10, 20, 50, 100, 500, 1000))
 OVERLAY_EVENTS = Gauge("churn_score_overlay_buffered_events", "CDRs held because the pushed state does not cover them yet")
