@@ -115,6 +115,20 @@ class CdrDlqTopic(TopicSpec):
     config: dict[str, str] = {"retention.ms": str(30 * 24 * 3600 * 1000)}
 
 
+class CustomerProfilesTopic(TopicSpec):
+    """Profile upserts (CDC style), keyed by customer id; compacted: the newest version per customer stays."""
+
+    name: str = "customer-profiles"
+    partitions: int = 3
+    config: dict[str, str] = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+
+
+class CustomerProfilesDlqTopic(TopicSpec):
+    name: str = "customer-profiles.dlq"
+    partitions: int = 1
+    config: dict[str, str] = {"retention.ms": str(30 * 24 * 3600 * 1000)}
+
+
 class TopicsSettings(BaseModel):
     """Every topic the system uses, with partition counts and topic configs.
 
@@ -129,9 +143,12 @@ class TopicsSettings(BaseModel):
     churn_scores: ChurnScoresTopic = ChurnScoresTopic()
     churn_labels: ChurnLabelsTopic = ChurnLabelsTopic()
     cdr_dlq: CdrDlqTopic = CdrDlqTopic()
+    customer_profiles: CustomerProfilesTopic = CustomerProfilesTopic()
+    customer_profiles_dlq: CustomerProfilesDlqTopic = CustomerProfilesDlqTopic()
 
     def all(self) -> list[TopicSpec]:
-        return [self.cdr, self.churn_alerts, self.churn_scores, self.churn_labels, self.cdr_dlq]
+        return [self.cdr, self.churn_alerts, self.churn_scores, self.churn_labels, self.cdr_dlq,
+                self.customer_profiles, self.customer_profiles_dlq]
 
 
 class ContractSettings(BaseModel):
@@ -201,6 +218,9 @@ class StreamingSettings(BaseModel):
     #: partitions on 2 cores, 2 tasks made Silver's batches 10-15 % faster (one Python worker, one Arrow
     #: stream per core instead of twelve).
     validate_tasks: int = 2
+    #: The ``customer-profiles`` topic's query: how often it looks for upserts, and the most per batch.
+    profiles_trigger_s: float = 2.0
+    profiles_max_offsets_per_trigger: int = 100_000
     #: Address of the streaming job's Prometheus metrics endpoint (port 0 disables it).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 19102

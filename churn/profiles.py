@@ -328,17 +328,11 @@ def _write_quarantine(settings: Settings, extract: Extract, loaded_at: datetime)
     write_deltalake(str(quarantine_path(settings)), pa.table(rows, schema=QUARANTINE_SCHEMA), mode="append")
 
 
-def load(settings: Settings, path: Path, mapping: Path | None = None, fs=None, materialize: bool = True,
-         now: float | None = None) -> LoadReport:
-    """Load an extract (``mapping``: default the Telco one): quarantine the invalid rows, append the new
-    valid versions to the history, then (``materialize``) put every customer's newest version online
-    through ``fs`` (default: the settings' store, with the definitions applied)."""
+def _append_new_versions(settings: Settings, table: pa.Table) -> tuple[pa.Table, set[tuple[str, int]]]:
+    """Append the versions of ``table`` (``HISTORY_SCHEMA``) the history does not hold yet (by ``customer_id``
+    and ``updated_at``; the first of repeats): returns what was appended and every key held afterwards."""
     from deltalake import write_deltalake
 
-    loaded_at = datetime.now(timezone.utc)
-    extract = map_and_validate(path, Mapping.load(mapping or TELCO_MAPPING), now=now)
-    _write_quarantine(settings, extract, loaded_at)
-    table = history_table(extract.valid, extract.source, loaded_at)
     target = history_path(settings)
     seen = _history_keys(target)
     keys = zip(table.column("customer_id").to_pylist(), table.column("updated_at").cast(pa.int64()).to_pylist())
@@ -352,11 +346,90 @@ def load(settings: Settings, path: Path, mapping: Path | None = None, fs=None, m
         target.parent.mkdir(parents=True, exist_ok=True)
         write_deltalake(str(target), table, mode="append")
     ensure_history(settings)
+    return table, seen
+
+
+def load(settings: Settings, path: Path, mapping: Path | None = None, fs=None, materialize: bool = True,
+         now: float | None = None) -> LoadReport:
+    """Load an extract (``mapping``: default the Telco one): quarantine the invalid rows, append the new
+    valid versions to the history, then (``materialize``) put every customer's newest version online
+    through ``fs`` (default: the settings' store, with the definitions applied)."""
+    loaded_at = datetime.now(timezone.utc)
+    extract = map_and_validate(path, Mapping.load(mapping or TELCO_MAPPING), now=now)
+    _write_quarantine(settings, extract, loaded_at)
+    table, seen = _append_new_versions(settings, history_table(extract.valid, extract.source, loaded_at))
     if materialize:
         materialize_profiles(settings, fs)
     return LoadReport(source=extract.source, rows=extract.rows, loaded=table.num_rows,
                       already_loaded=len(extract.valid) - table.num_rows, invalid=extract.invalid,
                       history_rows=len(seen), customers=len({c for c, _ in seen}), materialized=materialize)
+
+
+@dataclass
+class TopicBatch:
+    """What one batch of ``customer-profiles`` upserts did."""
+
+    messages: int
+    loaded: int  # new versions appended to the history (and written online)
+    already_loaded: int  # versions the history held already (a batch replayed after a restart)
+    invalid: list[Invalid]  # ``row`` is the message's offset, ``record`` its partition, offset and value
+
+
+def ingest_upserts(settings: Settings, topic: str, messages: Iterable[tuple[int, int, bytes | None]], fs,
+                   now: float | None = None) -> TopicBatch:
+    """Upserts from the ``customer-profiles`` topic, ``(partition, offset, value)`` each, as ``load`` does
+    an extract's rows: each validated with the contract; the invalid quarantined (``profile_quarantine``,
+    source ``<topic>/<partition>``, row = offset; once, even when a batch is replayed) and returned for
+    the dead-letter topic; the new valid versions appended to the history (idempotent by key) and
+    written to the online store through ``fs``, which keeps each customer's newest version.
+    Returns what happened."""
+    loaded_at = datetime.now(timezone.utc)
+    valid, invalid, count = [], [], 0
+    for partition, offset, value in messages:
+        count += 1
+        record, bad = CUSTOMER_PROFILE.parse(value if value is not None else b"", now=now)
+        if bad is None:
+            valid.append(record)
+            continue
+        raw = (value or b"").decode("utf-8", errors="replace")
+        invalid.append(Invalid(int(offset), _customer_of(raw), bad.reason, bad.detail,
+                               {"partition": int(partition), "offset": int(offset), "value": raw}))
+    _quarantine_once(settings, topic, invalid, loaded_at)
+    table, _ = _append_new_versions(settings, history_table(valid, topic, loaded_at))
+    if table.num_rows:
+        fs.write_to_online_store("customer_profile", table.drop_columns(["source", "loaded_at"]).to_pandas())
+    return TopicBatch(messages=count, loaded=table.num_rows, already_loaded=len(valid) - table.num_rows,
+                      invalid=invalid)
+
+
+def _customer_of(raw: str) -> str | None:
+    import orjson
+
+    try:
+        cid = orjson.loads(raw).get("customer_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return cid if isinstance(cid, str) else None
+
+
+def _quarantine_once(settings: Settings, topic: str, invalid: list[Invalid], loaded_at: datetime) -> None:
+    """Quarantine messages of ``topic`` not quarantined before (a replayed batch brings them again)."""
+    from deltalake import DeltaTable
+
+    if not invalid:
+        return
+    path = quarantine_path(settings)
+    held = set()
+    if (path / "_delta_log").exists():
+        t = DeltaTable(str(path)).to_pyarrow_table(columns=["source", "row"])
+        held = set(zip(t.column("source").to_pylist(), t.column("row").to_pylist()))
+    by_source: dict[str, list[Invalid]] = {}
+    for bad in invalid:
+        source = f"{topic}/{bad.record['partition']}"
+        if (source, bad.row) not in held:
+            by_source.setdefault(source, []).append(bad)
+    for source, rows in by_source.items():
+        _write_quarantine(settings, Extract(source=source, rows=len(rows), valid=[], invalid=rows), loaded_at)
 
 
 def ensure_history(settings: Settings) -> None:

@@ -1,6 +1,7 @@
-"""The streaming job: Kafka ``cdr`` -> Bronze, Silver and quarantine Delta tables, and ``cdr.dlq``.
+"""The streaming job: Kafka ``cdr`` -> Bronze, Silver and quarantine Delta tables, and ``cdr.dlq``;
+Kafka ``customer-profiles`` -> the profile history and Feast.
 
-Two queries, each with its own stable checkpoint:
+Three queries, each with its own stable checkpoint:
 
 * **bronze**: every Kafka record as it arrived (key, value, headers, topic,
   partition, offset, Kafka timestamp, ingest time), appended by Delta's streaming
@@ -19,6 +20,12 @@ Two queries, each with its own stable checkpoint:
   the new state rows are also appended to ``feature_history`` (Feast's offline source).
   Every Delta write is tagged with the writer and the batch id (``_write``), so a
   batch replayed after a crash changes nothing it already wrote.
+
+* **profiles**: upserts from ``customer-profiles`` (CDC style), each validated with the
+  ``customer_profile`` contract as ``churn profiles load`` validates an extract's rows
+  (``churn.profiles.ingest_upserts``): new versions appended to ``profile_history`` (idempotent by
+  customer and ``updated_at``) and written to Feast's online store, which keeps each customer's newest;
+  invalid ones to ``profile_quarantine`` and ``customer-profiles.dlq`` with their reason.
 
 Invariant (tests check it): Bronze rows = Silver rows + quarantined rows + duplicates dropped.
 """
@@ -125,6 +132,7 @@ class StreamingJob:
         self._max_event_time: dict[int, dict[int, float]] = {}
         self._lock = threading.Lock()
         self._feature_store = None
+        self._profiles_store = None
         self._redis = None
         self._feature_state: FeatureState | None = None
         self._writers = ThreadPoolExecutor(5, thread_name_prefix="delta-write")
@@ -132,12 +140,12 @@ class StreamingJob:
         self.queries = []
 
     # -- sources ---------------------------------------------------------------------------
-    def _kafka(self, max_offsets: int):
+    def _kafka(self, max_offsets: int, topic: str | None = None):
         s = self.settings
         return (
             self.spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", s.kafka.bootstrap_servers)
-            .option("subscribe", s.topics.cdr.name)
+            .option("subscribe", topic or s.topics.cdr.name)
             .option("startingOffsets", s.streaming.starting_offsets)
             .option("maxOffsetsPerTrigger", str(max_offsets))
             .option("includeHeaders", "true")
@@ -195,6 +203,57 @@ class StreamingJob:
         )
         self.queries.append(query)
         return query
+
+    # -- profiles --------------------------------------------------------------------------
+    def start_profiles(self):
+        st = self.settings.streaming
+        upserts = self._kafka(st.profiles_max_offsets_per_trigger, self.settings.topics.customer_profiles.name)
+        query = (
+            upserts.select("partition", "offset", "value").writeStream.queryName("profiles")
+            .foreachBatch(self._profiles_batch)
+            .option("checkpointLocation", str(self.checkpoints / "profiles"))
+            .trigger(**self._trigger(st.profiles_trigger_s)).start()
+        )
+        self.queries.append(query)
+        return query
+
+    def _profiles_batch(self, df, batch_id: int) -> None:
+        """One batch of profile upserts (few: profiles change rarely), handled on the driver."""
+        from churn.profiles import ingest_upserts
+
+        topic = self.settings.topics.customer_profiles.name
+        rows = [(r.partition, r.offset, None if r.value is None else bytes(r.value)) for r in df.collect()]
+        if not rows:
+            return
+        if self._profiles_store is None:  # its own store: the silver query's thread pushes through the other
+            from churn import feature_store
+
+            feature_store.ensure_applied(self.settings)
+            self._profiles_store = feature_store.store(self.settings)
+        done = ingest_upserts(self.settings, topic, rows, self._profiles_store)
+        if done.invalid:
+            self._dead_letter_profiles(topic, done.invalid)
+        metrics.PROFILE_UPSERTS.labels("loaded").inc(done.loaded)
+        metrics.PROFILE_UPSERTS.labels("already_loaded").inc(done.already_loaded)
+        metrics.PROFILE_UPSERTS.labels("invalid").inc(len(done.invalid))
+        log.info("profiles batch %d: %d upserts, %d new versions, %d already loaded, %d invalid", batch_id,
+                 done.messages, done.loaded, done.already_loaded, len(done.invalid))
+
+    def _dead_letter_profiles(self, topic: str, invalid) -> None:
+        """Invalid upserts to ``customer-profiles.dlq``, original bytes and the reason in headers (at least
+        once, like ``cdr.dlq``)."""
+        from churn.transport import producer
+
+        p = producer(self.settings)
+        for bad in invalid:
+            rec = bad.record
+            p.produce(self.settings.topics.customer_profiles_dlq.name, value=rec["value"].encode(),
+                      key=None if bad.customer_id is None else bad.customer_id.encode(),
+                      headers=[("reason", bad.reason.encode()), ("reason_detail", (bad.detail or "").encode()),
+                               ("source_topic", topic.encode()), ("source_partition", str(rec["partition"]).encode()),
+                               ("source_offset", str(rec["offset"]).encode())])
+        if p.flush(30):
+            raise RuntimeError("profiles dead letters not delivered within 30 s")
 
     def _load_progress(self) -> None:
         """Newest event time per Kafka partition of every batch already accounted for."""
@@ -450,6 +509,7 @@ class StreamingJob:
         self.spark.streams.addListener(metrics.MetricsListener())
         self.start_bronze()
         self.start_silver()
+        self.start_profiles()
 
     def stop(self, between_batches_within_s: float = 45.0) -> None:
         """Stop every query, each between two of its micro-batches: stopping one mid-batch interrupts

@@ -22,6 +22,8 @@ LAST_BATCH = Gauge("churn_stream_last_batch_id", "Id of the last completed micro
 DUPLICATES = Counter("churn_stream_duplicates_dropped", "Rows dropped as duplicate event_ids", ["query"])
 QUARANTINED = Counter("churn_stream_quarantined_rows", "Rows quarantined and dead-lettered", ["reason"])
 SILVER_ROWS = Counter("churn_stream_silver_rows", "Valid on-time events written to Silver")
+PROFILE_UPSERTS = Counter("churn_stream_profile_upserts", "customer-profiles upserts, by outcome (loaded: a new "
+                          "version; already_loaded: replayed; invalid: quarantined and dead-lettered)", ["outcome"])
 FRESHNESS = Gauge(
     "churn_stream_feature_freshness_seconds",
     "Now minus the newest event time whose features were pushed to Feast (set after each push)",
