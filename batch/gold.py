@@ -62,11 +62,12 @@ def customer_day(silver):
             .withColumn("care_share", rate("care_calls", "calls")))
 
 
-def customer_snapshot(spark, silver_until, as_of_s: float, snapshot_date: date):
-    """Per customer as of ``as_of_s``: profile columns and every activity feature (scorer's definitions)."""
+def customer_snapshot(spark, settings: Settings, silver_until, as_of_s: float, snapshot_date: date):
+    """Per customer as of ``as_of_s``: the profile version in force then (``churn.profiles.as_of``) and every
+    activity feature (scorer's definitions)."""
     import pandas as pd
 
-    from churn.feature_store import profile_frame
+    from churn import profiles
     from churn.features import partial_sums
     from churn.model.inputs import ACTIVITY_FEATURES, PROFILE_COLUMNS, activity_matrix
 
@@ -77,7 +78,8 @@ def customer_snapshot(spark, silver_until, as_of_s: float, snapshot_date: date):
     activity = activity_matrix(records, [as_of_s] * len(records))
     frame = pd.DataFrame(activity, columns=ACTIVITY_FEATURES)
     frame.insert(0, "customer_id", states["customer_id"].to_numpy())
-    frame = frame.merge(profile_frame()[["customer_id", *PROFILE_COLUMNS]], on="customer_id", how="left")
+    frame = frame.merge(profiles.as_of(settings, as_of_s)[["customer_id", *PROFILE_COLUMNS]], on="customer_id",
+                        how="left")
     frame["snapshot_date"] = snapshot_date
     frame["as_of"] = pd.Timestamp(as_of_s, unit="s", tz="UTC")
     return spark.createDataFrame(frame)
@@ -113,7 +115,7 @@ def run_gold(settings: Settings, date_from: date, date_to: date, spark=None, max
     days = (date_to - date_from).days + 1
 
     daily = customer_day(in_range).persist()
-    snapshot = customer_snapshot(spark, until, _end_of(date_to), date_to).persist()
+    snapshot = customer_snapshot(spark, settings, until, _end_of(date_to), date_to).persist()
     previous = _last_published_rows(spark, lake, days)
     bounds = None if previous is None else (int(previous * (1 - max_change)), int(previous * (1 + max_change)) + 1)
     report = quality.gate({

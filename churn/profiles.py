@@ -460,6 +460,21 @@ def history(settings: Settings) -> pd.DataFrame:
     return DeltaTable(str(history_path(settings))).to_pandas()
 
 
+def as_of(settings: Settings, at_s: float) -> pd.DataFrame:
+    """Each customer's profile version in force at ``at_s`` (the newest with ``updated_at <= at_s``): the
+    history's key and feature columns, typed as the history types them (empty if there is no history)."""
+    from deltalake import DeltaTable
+
+    columns = ["customer_id", *FEATURE_COLUMNS]
+    path = history_path(settings)
+    if not (path / "_delta_log").exists():
+        return HISTORY_SCHEMA.empty_table().select(columns).to_pandas()
+    t = DeltaTable(str(path)).to_pyarrow_table(columns=["updated_at", *columns])
+    frame = t.to_pandas()
+    frame = frame[frame["updated_at"] <= pd.Timestamp(at_s, unit="s", tz="UTC")]
+    return frame.sort_values("updated_at").drop_duplicates("customer_id", keep="last")[columns].reset_index(drop=True)
+
+
 def quarantined(settings: Settings) -> pd.DataFrame:
     """Every row a load rejected, with its reason."""
     from deltalake import DeltaTable

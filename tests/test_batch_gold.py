@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from batch.gold import QualityGateFailed, run_gold
+from churn import profiles
 from churn.config import Settings
 from churn.features import DAY, partial_sums_numpy
 from churn.lake import LakePaths, silver_frame
@@ -26,6 +27,9 @@ def lake(tmp_path_factory):
     from churn.spark import spark_session
 
     spark = spark_session(settings, app_name="gold-test")
+    from churn.simulator.population import telco_csv_path
+
+    profiles.load(settings, telco_csv_path(), materialize=False)  # as `churn features apply` does
     sim = Simulator(seed=51, start_s=END - 4 * DAY, end_s=END, customers=250)
     cols = sim.silver_columns(slice_s=6 * 3600.0)
     spark.createDataFrame(silver_frame(cols)).write.format("delta").partitionBy("event_date").save(
@@ -61,7 +65,12 @@ def test_gold_tables_agree_with_silver_and_with_the_scorers_feature_definitions(
         expected = activity_at(states[row.customer_id], as_of)
         for name in ("events_7d", "care_calls_30d", "dropped_rate_7d", "active_days_30d", "data_mb_1d"):
             assert getattr(row, name) == pytest.approx(expected[name], rel=1e-6, abs=1e-9), name
-    assert set(ACTIVITY_FEATURES) <= set(snap.columns) and "tenure_months" in snap.columns
+    assert set(ACTIVITY_FEATURES) <= set(snap.columns)
+    # and its profile is each customer's version from the profile history
+    history = profiles.history(settings).set_index("customer_id")
+    for row in snap.head(25).itertuples():
+        assert (row.tenure_months, row.contract, row.monthly_charges) == tuple(
+            history.loc[row.customer_id, ["tenure_months", "contract", "monthly_charges"]])
 
 
 def test_rerunning_the_same_range_changes_no_content(lake):
