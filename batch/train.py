@@ -91,7 +91,10 @@ def _source_customers(fs, view: str) -> set:
 
     source = fs.get_feature_view(view).batch_source
     path = FileSource.get_uri_for_file_path(fs.config.repo_path, source.path)
-    return set(ds.dataset(path, format="parquet").to_table(columns=["customer_id"]).column(0).unique().to_pylist())
+    dataset = ds.dataset(path, format="parquet")
+    if "customer_id" not in dataset.schema.names:  # no file yet: an empty profile history, nobody has a row
+        return set()
+    return set(dataset.to_table(columns=["customer_id"]).column(0).unique().to_pylist())
 
 
 def _view_at(fs, entity: pd.DataFrame, view: str, fields: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -198,6 +201,13 @@ def run_train(settings: Settings, trials: int | None = None, source: str = "feas
         ts = point_in_time_training_set(settings, labels, seed=settings.simulator.seed)
         if len(ts.y) < MIN_LABELS or len(np.unique(ts.y)) < 2:
             raise NotEnoughLabels(f"{ts.summary()}: too few (or one class) {hint}")
+        # the trees, the calibration and the metrics each need both classes in their time window
+        from churn.model.training import time_windows
+
+        one_class = [k for k, rows in time_windows(ts.at_s).items() if len(np.unique(ts.y[rows])) < 2]
+        if one_class:
+            raise NotEnoughLabels(f"{ts.summary()}: one class only in the {' and '.join(one_class)} window(s) "
+                                  f"(rows by observation time): too few {hint}")
         what = (f"labels from {settings.topics.churn_labels.name}, activity from Silver at each observation, "
                 f"profiles from Feast (point in time): "
                 f"{ts.summary()}")
