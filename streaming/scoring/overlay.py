@@ -240,7 +240,9 @@ class ActivityOverlay:
                 w = event_sums(np.array([p.weights[j] for p, (_, j) in zip(pend, rows)]))
                 ref[at], sums[at] = fold_events(ref[at], sums[at], t, w)
                 for k, tk in zip(at, t):
-                    days[k] = merge_active_days(days[k], (int(tk // DAY),), ref[k])
+                    day = int(tk // DAY)
+                    if day not in days[k]:  # (a day already listed leaves the window as it is)
+                        days[k] = merge_active_days(days[k], (day,), ref[k])
             for k, lo, hi, offset in steps:
                 key = keys[k]
                 pending = self._pending.get(key)
