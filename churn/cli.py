@@ -473,41 +473,73 @@ def score(loglevel: str = typer.Option("warn", help="Faust/worker log level: deb
 @app.command()
 def alerts(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new alerts (Ctrl-C to stop)."),
-    last: int = typer.Option(10, help="Start with the last N alerts of each partition."),
+    last: int = typer.Option(10, help="Start with the last N alerts of each partition (0: only new ones)."),
     seconds: Optional[float] = typer.Option(None, help="With --follow: stop after this many seconds."),
 ) -> None:
     """Print churn-risk alerts from `churn-alerts` (committed ones only), newest last."""
-    from confluent_kafka import OFFSET_END, TopicPartition
+    from confluent_kafka import TopicPartition
 
     from churn.transport import consumer, end_offsets
 
     s = get_settings()
     topic = s.topics.churn_alerts.name
     c = consumer(s, group_id=f"churn-alerts-cli-{time.time_ns()}", **{"isolation.level": "read_committed"})
-    ends = end_offsets(s, topic)
-    c.assign([TopicPartition(topic, p, max(end - last, 0) if last else OFFSET_END) for p, end in ends.items()])
-    deadline = None if seconds is None else time.monotonic() + seconds
-    idle_since = time.monotonic()
+
+    def show(value: bytes) -> None:
+        a = json.loads(value)
+        why = "; ".join(r["text"] for r in a.get("reasons", []))
+        console.print(f"{a['emitted_at']}  [bold]{a['band']:>8}[/] {a['risk']:.2f}  {a['customer_id']}  "
+                      f"(was {a.get('previous_band') or '-'}; {why})", highlight=False)
+
     try:
-        while True:
+        ends = end_offsets(s, topic)
+        if last:
+            newest = [m for msgs in _last_messages(c, topic, ends, last).values() for m in msgs]
+            for m in sorted(newest, key=lambda m: (m.timestamp()[1], m.partition(), m.offset())):
+                show(m.value())
+        if not follow:
+            return
+        c.assign([TopicPartition(topic, p, end) for p, end in ends.items()])
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
             msg = c.poll(0.5)
-            if msg is None:
-                if not follow and time.monotonic() - idle_since > 2:
-                    break
-                if deadline and time.monotonic() > deadline:
-                    break
-                continue
-            if msg.error():
-                continue
-            idle_since = time.monotonic()
-            a = json.loads(msg.value())
-            why = "; ".join(r["text"] for r in a.get("reasons", []))
-            console.print(f"{a['emitted_at']}  [bold]{a['band']:>8}[/] {a['risk']:.2f}  {a['customer_id']}  "
-                          f"(was {a.get('previous_band') or '-'}; {why})", highlight=False)
+            if msg is not None and not msg.error():
+                show(msg.value())
     except KeyboardInterrupt:
         pass
     finally:
         c.close()
+
+
+def _last_messages(c, topic: str, ends: dict[int, int], n: int, idle_s: float = 1.0) -> dict[int, list]:
+    """The last ``n`` messages before ``ends`` of each partition that ``c`` can read. Offsets are not
+    messages: a transactional topic also holds commit markers, and the messages and markers of aborted
+    transactions. So each partition is read from ``2n`` offsets before its end, then from further back
+    (4 times as far each round) until it gave ``n`` messages or was read from its start."""
+    from confluent_kafka import TopicPartition
+
+    got: dict[int, list] = {p: [] for p in ends}
+    back = {p: 2 * n for p in ends}
+    todo = {p for p, end in ends.items() if end > 0}
+    while todo:
+        c.assign([TopicPartition(topic, p, max(ends[p] - back[p], 0)) for p in todo])
+        read: dict[int, dict] = {p: {} for p in todo}  # offset -> message
+        past_end: set[int] = set()  # partitions that delivered a message at or after their end
+        idle_since = time.monotonic()
+        while past_end < todo and time.monotonic() - idle_since < idle_s:
+            for m in c.consume(1000, timeout=0.2):
+                if m.error() is not None or m.partition() not in todo:
+                    continue
+                idle_since = time.monotonic()
+                if m.offset() < ends[m.partition()]:
+                    read[m.partition()][m.offset()] = m
+                else:
+                    past_end.add(m.partition())
+        for p in todo:
+            got[p] = [read[p][o] for o in sorted(read[p])][-n:]
+        todo = {p for p in todo if len(got[p]) < n and ends[p] - back[p] > 0}
+        back = {p: 4 * b for p, b in back.items()}
+    return got
 
 
 def _date_range(date_from: Optional[str], date_to: Optional[str]):
@@ -589,7 +621,9 @@ def batch_train(
     """Train a new model, write its card and plots, and promote it only if it beats the champion.
 
     The champion and the new model are compared on the same, latest time window; a model that does
-    not win by training.promotion_margin (or fails the sanity checks) is kept as a challenger.
+    not win by training.promotion_margin (or fails the sanity checks) is kept as a challenger. A
+    champion trained on synthetic data (the bootstrap) is replaced by the first model trained on
+    labels that passes the sanity checks.
     """
     from batch.train import run_train
 
