@@ -118,6 +118,8 @@ def private_pipeline_env(live_env: dict, registry: Path, tmp_path: Path, **extra
            "CHURN_TOPICS__CDR__NAME": f"cdr-{tag}", "CHURN_TOPICS__CDR_DLQ__NAME": f"dlq-{tag}",
            "CHURN_TOPICS__CHURN_SCORES__NAME": f"scores-{tag}", "CHURN_TOPICS__CHURN_ALERTS__NAME": f"alerts-{tag}",
            "CHURN_TOPICS__CHURN_LABELS__NAME": f"labels-{tag}",
+           "CHURN_TOPICS__CUSTOMER_PROFILES__NAME": f"profiles-{tag}",
+           "CHURN_TOPICS__CUSTOMER_PROFILES_DLQ__NAME": f"profiles-dlq-{tag}",
            "CHURN_SCORING__APP_ID": f"scorer-{tag}", "CHURN_SCORING__REGISTRY_DIR": str(tmp_path / "models"),
            "CHURN_FEAST__PROJECT": f"p{tag}", **extra}
     s = settings_from(env)

@@ -35,11 +35,7 @@ def ours(frame: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.fixture
 def topic_env(live_stack, live_env, bootstrap_registry, tmp_path):
-    tag = uuid.uuid4().hex[:6]
-    return private_pipeline_env(live_env, bootstrap_registry, tmp_path,
-                                CHURN_TOPICS__CUSTOMER_PROFILES__NAME=f"profiles-{tag}",
-                                CHURN_TOPICS__CUSTOMER_PROFILES_DLQ__NAME=f"profiles-dlq-{tag}",
-                                CHURN_STREAMING__PROFILES_TRIGGER_S="1",
+    return private_pipeline_env(live_env, bootstrap_registry, tmp_path, CHURN_STREAMING__PROFILES_TRIGGER_S="1",
                                 CHURN_STREAMING__METRICS_PORT=str(free_ports(1)[0]))
 
 
