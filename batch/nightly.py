@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
@@ -89,6 +90,11 @@ def run_nightly(settings: Settings, date_from: date, date_to: date, trials: int 
             detail, ok = f"skipped: {exc}", True
         except RuntimeError as exc:  # e.g. too few labels to train on: reported, not a crash
             detail, ok = str(exc), False
+        except Exception as exc:  # anything else: a clear line in the summary, the traceback in a file
+            trace = settings.run_dir / "logs" / f"nightly-{name}-error.txt"
+            trace.parent.mkdir(parents=True, exist_ok=True)
+            trace.write_text(traceback.format_exc())
+            detail, ok = f"failed: {type(exc).__name__}: {exc} (traceback in {trace})", False
         report.steps.append(StepResult(name, ok, round(time.perf_counter() - t0, 1), detail))
         return ok
 

@@ -104,7 +104,11 @@ def gate(suites: dict[str, tuple[object, list]]) -> GateReport:
     """Run ``{suite name: (spark DataFrame, expectations)}``; every expectation is reported."""
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    # one "Calculating Metrics" bar per suite would flood the nightly's output; its summary table says it all
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_spark(name="lake")
     report = GateReport()
     for name, (frame, expectations) in suites.items():

@@ -86,8 +86,10 @@ def _bring_up(s, topics: bool = True) -> None:
     except stack.StackError as exc:
         _fail(str(exc))
     if topics:
-        for name, what in ensure_topics(s):
-            console.print(f"topic {name:<14} {what}")
+        created = ensure_topics(s)
+        width = max((len(name) for name, _ in created), default=0)
+        for name, what in created:
+            console.print(f"topic {name:<{width}} {what}")
 
 
 @stack_app.command("down")

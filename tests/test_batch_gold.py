@@ -47,10 +47,11 @@ def _version(spark, path) -> int:
     return DeltaTable.forPath(spark, path).history(1).collect()[0].version
 
 
-def test_gold_tables_agree_with_silver_and_with_the_scorers_feature_definitions(lake):
+def test_gold_tables_agree_with_silver_and_with_the_scorers_feature_definitions(lake, capfd):
     settings, spark, cols = lake
     run = run_gold(settings, FROM, TO, spark=spark)
     assert run.published and run.gate.passed, run.gate.text()
+    assert "Calculating Metrics" not in capfd.readouterr().err  # no progress bar per suite from the gate
     paths = LakePaths(settings.streaming.lake_dir)
     day = _table(spark, paths.gold_customer_day, ["customer_id", "event_date"])
     in_range = [(FROM <= datetime.fromtimestamp(t, timezone.utc).date() <= TO) for t in cols["event_time"]]

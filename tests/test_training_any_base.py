@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import settings_from
+from conftest import free_ports, settings_from
 
 from churn.config import Settings
 from churn.features import DAY, SUM_FEATURES
@@ -247,3 +247,24 @@ def test_nightly_training_reports_labels_of_unknown_customers(settings, monkeypa
     monkeypatch.setattr(batch.train, "labels_frame", lambda s: ghosts)
     with pytest.raises(batch.train.NotEnoughLabels, match="250 of unknown customers"):
         batch.train.run_train(settings, trials=0)
+
+
+def test_a_failing_step_ends_the_nightly_with_its_summary_not_a_traceback(settings, monkeypatch):
+    """Whatever a step raises, the nightly returns its report: that step failed with the error in one line
+    (the traceback kept in a file), the steps after it not run."""
+    from datetime import date
+
+    import batch.gold
+    from batch.nightly import run_nightly
+
+    def broken(*args, **kwargs):
+        raise ValueError("Divisions calculation failed for non-numeric column 'profile_time'")
+
+    monkeypatch.setattr(batch.gold, "run_gold", broken)
+    settings.prometheus.pushgateway_port = free_ports(1)[0]  # nobody there: a user's stack must not get this run
+    report = run_nightly(settings, date(2026, 10, 1), date(2026, 10, 2))
+    assert [(st.name, st.ok) for st in report.steps] == [("gold", False)]
+    detail = report.steps[0].detail
+    assert detail.startswith("failed: ValueError: Divisions calculation failed"), detail
+    trace = settings.run_dir / "logs" / "nightly-gold-error.txt"
+    assert str(trace) in detail and "Traceback" in trace.read_text() and "broken" in trace.read_text()
