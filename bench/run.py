@@ -1,5 +1,5 @@
 """Benchmarks. Each figure is the median of several runs, written to bench/results.json
-(name, value, unit, runs, command, cores, date) and quoted in the README.
+(name, value, unit, runs, command, cores, date) and quoted in docs/benchmarks.md.
 
     .venv/bin/python bench/run.py            # all benchmarks
     .venv/bin/python bench/run.py produce    # those whose name contains 'produce'

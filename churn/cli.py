@@ -588,7 +588,7 @@ def batch_nightly(
     """Everything nightly, in order: Gold + quality gate, retrain + promotion, materialize profiles.
 
     A failed quality gate stops the run (nothing published, nothing trained) with exit code 2.
-    Outcome metrics go to <run_dir>/metrics/batch.prom and the Pushgateway. Cron: see the README.
+    Outcome metrics go to <run_dir>/metrics/batch.prom and the Pushgateway. Cron: see docs/operations.md.
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 

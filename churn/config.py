@@ -211,12 +211,12 @@ class StreamingSettings(BaseModel):
     starting_offsets: str = "earliest"
     #: How long the broker may hold a fetch that has no new data. Every micro-batch reads each partition
     #: to its end, where Kafka's default (500 ms) is waited out once per partition: with 12 partitions on
-    #: 2 cores that alone was ~3 s per batch and per query.
+    #: 2 cores that alone costs ~3 s per batch and per query.
     kafka_fetch_max_wait_ms: int = 10
     #: Tasks that read and validate a micro-batch's records: the Kafka source's partitions (one task each)
     #: are coalesced to this many, about the number of cores (0: one task per Kafka partition). With 12
-    #: partitions on 2 cores, 2 tasks made Silver's batches 10-15 % faster (one Python worker, one Arrow
-    #: stream per core instead of twelve).
+    #: partitions on 2 cores, 2 tasks make Silver's batches 10-15 % faster than 12 (one Python worker, one
+    #: Arrow stream per core instead of twelve).
     validate_tasks: int = 2
     #: The ``customer-profiles`` topic's query: how often it looks for upserts, and the most per batch.
     profiles_trigger_s: float = 2.0

@@ -42,7 +42,12 @@ QUERY_UP = Gauge("churn_stream_query_active", "1 while the query runs", ["query"
 class MetricsListener(StreamingQueryListener):
     """Turns every query progress event into the gauges and histograms above."""
 
+    def __init__(self):
+        super().__init__()
+        self._names: dict[str, str] = {}  # query id -> name (idle and terminated events carry only the id)
+
     def onQueryStarted(self, event) -> None:
+        self._names[str(event.id)] = event.name or str(event.id)
         QUERY_UP.labels(event.name or str(event.id)).set(1)
 
     def onQueryProgress(self, event) -> None:
@@ -59,10 +64,13 @@ class MetricsListener(StreamingQueryListener):
                 DUPLICATES.labels(name).inc(dropped)
 
     def onQueryIdle(self, event) -> None:
-        pass
+        """No new data: nothing arrives (a stalled query reports neither progress nor idleness)."""
+        name = self._names.get(str(event.id), str(event.id))
+        INPUT_RATE.labels(name).set(0.0)
+        PROCESSED_RATE.labels(name).set(0.0)
 
     def onQueryTerminated(self, event) -> None:
-        QUERY_UP.labels(str(event.id)).set(0)
+        QUERY_UP.labels(self._names.get(str(event.id), str(event.id))).set(0)
 
 
 def record_batch(silver_rows: int, quarantined: dict[str, int]) -> None:
