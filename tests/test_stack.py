@@ -46,7 +46,8 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path):
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("already running") == n
     assert {st.name: st.pid for st in infra()} == pids  # same processes, nothing restarted
-    assert "topic cdr            exists" in second.stdout
+    topics = [line.split() for line in second.stdout.splitlines() if line.startswith("topic ")]
+    assert topics == [["topic", spec.name, "exists"] for spec in s.topics.all()]  # every topic, once
 
     status = run_cli(["stack", "status"], env)
     assert status.returncode == 0 and status.stdout.count("running") >= n
