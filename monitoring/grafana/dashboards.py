@@ -1,15 +1,19 @@
-"""The Grafana dashboards, as code (grafanalib): ``churn monitoring dashboards`` writes them to
-``monitoring/grafana/dashboards/*.json``, which Grafana provisions (``provisioning/``).
+"""The Grafana dashboards, as code (Grafana Foundation SDK): ``churn monitoring dashboards`` writes
+them to ``monitoring/grafana/dashboards/*.json``, which Grafana provisions (``provisioning/``).
 
 Every panel reads the Prometheus datasource provisioned with uid ``prometheus``; each PromQL
 expression is either a recording rule of ``monitoring/prometheus/rules/recording.yml`` or a
 metric the streaming job, the scoring worker or the nightly batch exports. A test runs every
-expression against the real Prometheus of a running pipeline (tests/test_monitoring.py).
+expression against the real Prometheus of a running pipeline (tests/test_monitoring.py), and
+tests/test_dashboards_schema.py validates the JSON against Grafana's dashboard schema
+(``schema/dashboard.schema.json``).
 
 >>> sorted(d.uid for d in DASHBOARDS)
 ['churn-health', 'churn-latency', 'churn-model']
 >>> len(expressions()) > 20
 True
+>>> json.loads(as_json(LATENCY))["panels"][0]["fieldConfig"]["defaults"]["unit"]
+'s'
 """
 
 from __future__ import annotations
@@ -17,53 +21,92 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from grafanalib import core as g
-from grafanalib._gen import DashboardEncoder
+from grafana_foundation_sdk.builders import common as common_b
+from grafana_foundation_sdk.builders import dashboard as dashboard_b
+from grafana_foundation_sdk.builders import heatmap as heatmap_b
+from grafana_foundation_sdk.builders import prometheus as prometheus_b
+from grafana_foundation_sdk.builders import stat as stat_b
+from grafana_foundation_sdk.builders import timeseries as timeseries_b
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import heatmap as heatmap_m
+from grafana_foundation_sdk.models import prometheus as prometheus_m
 
 FOLDER = Path(__file__).parent / "dashboards"
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="prometheus")
+Panel = timeseries_b.Panel | stat_b.Panel | heatmap_b.Panel
 
 
-def _targets(*queries: tuple[str, str]) -> list[g.Target]:
-    return [g.Target(expr=expr, legendFormat=legend, refId=chr(ord("A") + i), datasource=DATASOURCE)
-            for i, (expr, legend) in enumerate(queries)]
+def _target(i: int, expr: str, legend: str,
+            fmt: prometheus_m.PromQueryFormat = prometheus_m.PromQueryFormat.TIME_SERIES) -> prometheus_b.Dataquery:
+    return (prometheus_b.Dataquery().ref_id(chr(ord("A") + i)).datasource(DATASOURCE).expr(expr)
+            .legend_format(legend).format(fmt).range())
 
 
-def _steps(thresholds: list[tuple[float, str]] | None) -> list[dict]:
+def _thresholds(thresholds: list[tuple[float, str]] | None) -> dashboard_b.ThresholdsConfig:
     """Grafana threshold steps: green below the first (value, colour)."""
-    return [{"value": None, "color": "green"}] + [{"value": v, "color": c} for v, c in (thresholds or [])]
+    steps = [model.Threshold(value=None, color="green")]
+    steps += [model.Threshold(value=v, color=c) for v, c in (thresholds or [])]
+    return dashboard_b.ThresholdsConfig().mode(model.ThresholdsMode.ABSOLUTE).steps(steps)
 
 
 def series(title: str, description: str, *queries: tuple[str, str], unit: str = "short", width: int = 12,
-           thresholds: list[tuple[float, str]] | None = None) -> g.TimeSeries:
+           thresholds: list[tuple[float, str]] | None = None) -> timeseries_b.Panel:
     """A time-series panel; ``queries`` are (PromQL, legend) pairs."""
-    return g.TimeSeries(title=title, description=description, dataSource=DATASOURCE, targets=_targets(*queries),
-                        unit=unit, gridPos=g.GridPos(h=8, w=width, x=0, y=0),
-                        thresholdsStyleMode="line" if thresholds else "off", thresholds=_steps(thresholds))
+    return (timeseries_b.Panel().title(title).description(description).datasource(DATASOURCE)
+            .targets([_target(i, expr, legend) for i, (expr, legend) in enumerate(queries)])
+            .unit(unit).thresholds(_thresholds(thresholds))
+            .grid_pos(model.GridPos(h=8, w=width, x=0, y=0))
+            .color_scheme(dashboard_b.FieldColor().mode(model.FieldColorModeId.PALETTE_CLASSIC))
+            .draw_style(common.GraphDrawStyle.LINE).line_width(1).fill_opacity(0)
+            .show_points(common.VisibilityMode.AUTO)
+            .thresholds_style(common_b.GraphThresholdsStyleConfig().mode(
+                common.GraphTresholdsStyleMode.LINE if thresholds else common.GraphTresholdsStyleMode.OFF))
+            .legend(common_b.VizLegendOptions().show_legend(True).display_mode(common.LegendDisplayMode.LIST)
+                    .placement(common.LegendPlacement.BOTTOM).calcs([]))
+            .tooltip(common_b.VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE).sort(common.SortOrder.NONE)))
 
 
 def stat(title: str, description: str, expr: str, legend: str = "", unit: str = "short",
-         thresholds: list[tuple[float, str]] | None = None) -> g.Stat:
-    return g.Stat(title=title, description=description, dataSource=DATASOURCE, targets=_targets((expr, legend)),
-                  format=unit, gridPos=g.GridPos(h=4, w=6, x=0, y=0), thresholds=_steps(thresholds), reduceCalc="lastNotNull")
+         thresholds: list[tuple[float, str]] | None = None) -> stat_b.Panel:
+    """A single-value panel: the last non-null value of ``expr``."""
+    return (stat_b.Panel().title(title).description(description).datasource(DATASOURCE)
+            .targets([_target(0, expr, legend)]).unit(unit).thresholds(_thresholds(thresholds)).no_value("none")
+            .grid_pos(model.GridPos(h=4, w=6, x=0, y=0))
+            .color_mode(common.BigValueColorMode.VALUE).graph_mode(common.BigValueGraphMode.AREA)
+            .justify_mode(common.BigValueJustifyMode.AUTO).orientation(common.VizOrientation.AUTO)
+            .text_mode(common.BigValueTextMode.AUTO)
+            .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)))
 
 
-def _laid_out(panels: list) -> list:
+def buckets(title: str, description: str, expr: str, legend: str = "{{le}}", width: int = 12) -> heatmap_b.Panel:
+    """A heatmap of a Prometheus histogram's buckets (``expr`` sums ``rate(..._bucket)`` by ``le``)."""
+    return (heatmap_b.Panel().title(title).description(description).datasource(DATASOURCE)
+            .targets([_target(0, expr, legend, prometheus_m.PromQueryFormat.HEATMAP)])
+            .grid_pos(model.GridPos(h=8, w=width, x=0, y=0))
+            .calculate(False).rows_frame(heatmap_b.RowsHeatmapOptions().layout(common.HeatmapCellLayout.AUTO))
+            .color(heatmap_b.HeatmapColorOptions().mode(heatmap_m.HeatmapColorMode.SCHEME).scheme("Oranges")
+                   .scale(heatmap_m.HeatmapColorScale.EXPONENTIAL).exponent(0.5).steps(128))
+            .y_axis(heatmap_b.YAxisConfig().axis_placement(common.AxisPlacement.LEFT).reverse(False))
+            .cell_gap(2).show_value(common.VisibilityMode.NEVER).hide_legend().show_tooltip())
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> model.Dashboard:
     """Panels left to right, wrapping at Grafana's 24 columns; ids in order."""
+    board = (dashboard_b.Dashboard(title).uid(uid).description(description).tags(["churn"]).timezone("utc")
+             .refresh("10s").time("now-30m", "now").tooltip(model.DashboardCursorSync.OFF)
+             .annotations([]).variables([]))
     x = y = row_h = 0
-    for i, p in enumerate(panels, start=1):
-        w, h = p.gridPos.w, p.gridPos.h
+    for i, panel in enumerate(panels, start=1):
+        size = panel.build().grid_pos
+        assert size is not None
+        w, h = size.w, size.h
         if x + w > 24:
             x, y, row_h = 0, y + row_h, 0
-        p.gridPos = g.GridPos(h=h, w=w, x=x, y=y)
-        p.id = i
+        board.with_panel(panel.id(i).grid_pos(model.GridPos(h=h, w=w, x=x, y=y)))
         x, row_h = x + w, max(row_h, h)
-    return panels
-
-
-def dashboard(uid: str, title: str, description: str, panels: list) -> g.Dashboard:
-    return g.Dashboard(uid=uid, title=title, description=description, tags=["churn"], timezone="utc",
-                       refresh="10s", time=g.Time("now-30m", "now"), panels=_laid_out(panels)).auto_panel_ids()
+    return board.build()
 
 
 LATENCY = dashboard("churn-latency", "Churn: latency", "How fast a CDR becomes a score, an alert and a feature.", [
@@ -153,10 +196,8 @@ HEALTH = dashboard("churn-health", "Churn: throughput and health", "Events per s
 MODEL = dashboard("churn-model", "Churn: model", "What the models say and whether the world still looks like training.", [
     series("Alerts by band", "Churn-risk alerts emitted per minute, by band.",
            ("sum by (band) (rate(churn_alerts_total[5m])) * 60", "{{band}}"), unit="short"),
-    g.Heatmap(title="Score distribution", description="Champion risk of scored events, per 0.05 bucket.",
-              dataSource=DATASOURCE, gridPos=g.GridPos(h=8, w=12, x=0, y=0), dataFormat="tsbuckets",
-              targets=[g.Target(expr="sum by (le) (rate(churn_score_risk_bucket[5m]))", legendFormat="{{le}}",
-                                format="heatmap", refId="A", datasource=DATASOURCE)]),
+    buckets("Score distribution", "Champion risk of scored events, per 0.05 bucket.",
+            "sum by (le) (rate(churn_score_risk_bucket[5m]))"),
     series("Online ROC AUC, champion vs challenger",
            "Rolling ROC AUC on arriving churn labels (predict, then learn): the XGBoost champion and the river "
            "online challenger.", ("churn_score_online_auc", "{{model}}"), unit="percentunit"),
@@ -180,8 +221,8 @@ MODEL = dashboard("churn-model", "Churn: model", "What the models say and whethe
 DASHBOARDS = [LATENCY, HEALTH, MODEL]
 
 
-def as_json(d: g.Dashboard) -> str:
-    return json.dumps(d.to_json_data(), cls=DashboardEncoder, indent=2, sort_keys=True) + "\n"
+def as_json(d: model.Dashboard) -> str:
+    return json.dumps(d, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
 
 
 def expressions() -> list[tuple[str, str, str]]:
