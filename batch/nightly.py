@@ -31,6 +31,9 @@ class StepResult:
 @dataclass
 class NightlyReport:
     steps: list[StepResult] = field(default_factory=list)
+    #: ``churn.model.alerting.alert_report`` of the champion after the train step, on the latest labelled
+    #: window (None: the step did not train, or there is no champion).
+    alerting: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -59,6 +62,8 @@ def write_metrics(settings: Settings, report: NightlyReport) -> None:
         next((1 if s.ok else 0 for s in report.steps if s.name == "gold"), 0))
     Gauge("churn_batch_last_run_timestamp_seconds", "When the last nightly run finished", registry=registry).set(
         time.time())
+    if report.alerting is not None:
+        alerting_gauges(report.alerting, registry)
     path = settings.run_dir / "metrics" / "batch.prom"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)
@@ -69,6 +74,34 @@ def write_metrics(settings: Settings, report: NightlyReport) -> None:
     except OSError as e:
         log.warning("nightly metrics not pushed to the Pushgateway at %s:%s (%s); they are in %s",
                     p.pushgateway_host, p.pushgateway_port, e, path)
+
+
+def alerting_gauges(alerting: dict, registry) -> None:
+    """The champion's alert volume, precision, recall and lift on the latest labelled window
+    (``churn.model.alerting.alert_report``) as gauges in ``registry``; figures that are None are left out."""
+    from prometheus_client import Gauge
+
+    def single(name: str, doc: str, value) -> None:  # a gauge without labels is exported even if never set
+        if value is not None:
+            Gauge(name, doc, registry=registry).set(value)
+
+    def labelled(name: str, doc: str, label: str, values: dict) -> None:
+        g = Gauge(name, doc, [label], registry=registry)
+        for key, value in values.items():
+            if value is not None:
+                g.labels(key).set(value)
+
+    single("churn_model_alerts_per_1000_customers_per_day", "Alerts (risk at or above the alerting band) per 1,000 "
+           "customers per day on the latest labelled window", alerting["alerts_per_1000_customers_per_day"])
+    single("churn_model_base_churn_rate", "Churn rate of the latest labelled window",
+           alerting["window"]["base_churn_rate"])
+    bands = alerting["bands"]
+    labelled("churn_model_alert_precision", "Churners among the customers at or above the band, latest labelled "
+             "window", "band", {band: b["precision"] for band, b in bands.items()})
+    labelled("churn_model_alert_recall", "Share of the churners at or above the band, latest labelled window",
+             "band", {band: b["recall"] for band, b in bands.items()})
+    labelled("churn_model_lift", "Churn rate of the top share of customers by risk over the base churn rate, "
+             "latest labelled window", "top", {top: v["lift"] for top, v in alerting["lift"].items()})
 
 
 def run_nightly(settings: Settings, date_from: date, date_to: date, trials: int | None = None,
@@ -104,9 +137,13 @@ def run_nightly(settings: Settings, date_from: date, date_to: date, trials: int 
                 f"{run.snapshot_rows:,} customer snapshots; {run.gate.text()}")
 
     def train() -> str:
+        from churn.model.alerting import alert_summary
+
         release = run_train(settings, trials=trials)
+        report.alerting = release.serving_alerting
         verdict = "promoted" if release.promoted else "kept as challenger"
         return (f"{release.version} ROC AUC {release.metrics['roc_auc']}: {verdict} ({release.reason}); "
+                f"alerts on the latest labelled window: {alert_summary(release.alerting)}; "
                 f"trained on {release.source}")
 
     if step("gold", gold):

@@ -628,6 +628,7 @@ def batch_train(
     labels that passes the sanity checks.
     """
     from batch.train import run_train
+    from churn.model.alerting import alert_summary
 
     s = get_settings()
     with console.status(f"training ({source}, {trials if trials is not None else s.training.trials} trials)"):
@@ -642,6 +643,7 @@ def batch_train(
     console.print(table)
     console.print(f"{release.version}: {'[green]promoted[/]' if release.promoted else '[yellow]kept as challenger[/]'}"
                   f" - {release.reason}")
+    console.print(f"alerts on the validation window: {alert_summary(release.alerting)}", highlight=False)
     console.print(f"trained on {release.source}")
 
 
@@ -761,35 +763,40 @@ def demo(
         _fail(f"simulator failed: {failure[0]!r}")
 
     console.rule("4. summary")
+    from churn.demo_report import Produced, demo_report, where_next
+
     after = {t: sum(end_offsets(s, t).values()) for t in before}
-    landed_cdr = after[s.topics.cdr.name] - before[s.topics.cdr.name]
-    landed_labels = after[s.topics.churn_labels.name] - before[s.topics.churn_labels.name]
-    summary = report.summary()
-    console.print(summary)
-    ok = landed_cdr == report.cdr_messages and landed_labels == report.labels and not report.failed
-    console.print(
-        f"produced {report.cdr_messages:,} CDR messages ({report.good:,} valid, "
-        f"{sum(report.bad.values()):,} invalid) and {report.labels:,} labels; "
-        f"the broker holds {landed_cdr:,} new CDR and {landed_labels:,} new label messages: "
-        + ("[green]all accounted for[/]" if ok else "[red]MISMATCH[/]")
-    )
-    ok = _stream_summary(s, stream_timeout_s) and ok
+    produced = Produced(cdr_messages=report.cdr_messages, valid=report.good, invalid=sum(report.bad.values()),
+                        labels=report.labels, duplicates=report.duplicates, failed=report.failed,
+                        landed_cdr=after[s.topics.cdr.name] - before[s.topics.cdr.name],
+                        landed_labels=after[s.topics.churn_labels.name] - before[s.topics.churn_labels.name])
+    lake = _stream_summary(s, stream_timeout_s)
     churners = {str(c) for c in sim.pop.customer_id[sim.pop.churner]}
-    ok = _scoring_summary(s, stream_timeout_s, churners) and ok
-    console.print("The stack, the streaming job and the scorer are still running: try `churn alerts --follow`,\n"
-                  "`churn watch`, `churn stack status`,\n"
-                  f"  kcat -b {s.kafka.bootstrap_servers} -t {s.topics.cdr_dlq.name} -C -o -3 -e -f '%h %s\\n'\n"
-                  "and `churn stack down` when done.")
+    scored = _scoring_summary(s, stream_timeout_s)
+    counts = None if scored is None else _alert_counts(s, churners)
+    console.print(demo_report(produced, lake, scored, counts, simulated_churners=len(churners)))
+    if lake is not None:
+        console.print(f"lake {s.streaming.lake_dir}: {lake.accounting()}", highlight=False, soft_wrap=True)
+    if counts is not None:
+        console.print(f"The latest alerts on {s.topics.churn_alerts.name}, with their reasons:")
+        alerts(follow=False, last=3, seconds=None)
+    console.print("\nwhere to look next (the stack, the streaming job and the scorer keep running):")
+    for line in where_next(s):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    ok = (produced.accounted and (lake is None or lake.duplicates >= 0)
+          and (counts is None or counts["missing_activity"] == 0))
     if not ok:
         raise typer.Exit(1)
 
 
-def _stream_summary(s, timeout_s: float) -> bool:
-    """Wait until the stream has processed everything on the topic, then account for it."""
-    from churn.transport import end_offsets
+def _stream_summary(s, timeout_s: float):
+    """Wait until the stream has processed everything on the topic, then account for it: a
+    ``churn.demo_report.Lake``, or None if it has not caught up within ``timeout_s``."""
     from deltalake import DeltaTable
 
-    from churn.lake import table_rows
+    from churn.demo_report import Lake
+    from churn.lake import rows_by, table_rows
+    from churn.transport import end_offsets
     from streaming.job import committed_offsets
 
     topic = s.topics.cdr.name
@@ -803,25 +810,26 @@ def _stream_summary(s, timeout_s: float) -> bool:
                 done = sum(committed_offsets(checkpoint, topic).values())
                 err.print(f"[yellow]the stream has processed {done:,} of {sum(target.values()):,} records "
                           f"after {timeout_s:g} s; it keeps going in the background (`churn stack status`)[/]")
-                return True
+                return None
             time.sleep(1)
 
     lake = s.streaming.lake_dir
     bronze, silver, quarantined = (table_rows(lake / t) for t in ("bronze", "silver", "quarantine"))
     customers = len(DeltaTable(str(lake / "feature_history")).to_pyarrow_table(columns=["customer_id"])
                     .column("customer_id").unique()) if table_rows(lake / "feature_history") else 0
-    console.print(f"lake {lake}: Bronze {bronze:,} = Silver {silver:,} + quarantined {quarantined:,} "
-                  f"+ duplicates dropped {bronze - silver - quarantined:,}; features of {customers:,} customers in Feast")
-    return bronze - silver - quarantined >= 0
+    return Lake(bronze=bronze, silver=silver, quarantined=quarantined, customers=customers,
+                quarantined_by_reason=rows_by(lake / "quarantine", "reason") if quarantined else {})
 
 
-def _alert_counts(s, churners: set[str]) -> dict[str, int]:
-    """Every committed alert on the alerts topic, counted: alerts, customers, of whom simulated churners,
-    triggered by time, and alerts citing missing activity (a cold-start artefact: 0 by design)."""
+def _alert_counts(s, churners: set[str]) -> dict:
+    """Every committed alert on the alerts topic, counted: alerts, by band (each band that raises alerts,
+    0 if none), customers, of whom simulated churners, triggered by time, and alerts citing missing
+    activity (a cold-start artefact: 0 by design)."""
     from confluent_kafka import TopicPartition
 
     from churn.model.inputs import NO_ACTIVITY
     from churn.transport import consumer, end_offsets
+    from streaming.scoring.bands import BANDS
 
     topic = s.topics.churn_alerts.name
     c = consumer(s, group_id=f"churn-demo-alerts-{time.time_ns()}", **{"isolation.level": "read_committed"})
@@ -836,13 +844,18 @@ def _alert_counts(s, churners: set[str]) -> dict[str, int]:
     finally:
         c.close()
     customers = {a["customer_id"] for a in alerts}
-    return {"alerts": len(alerts), "customers": len(customers), "churners": len(customers & churners),
+    by_band = dict.fromkeys(BANDS[BANDS.index(s.scoring.alert_min_band):], 0)
+    for a in alerts:
+        by_band[a["band"]] = by_band.get(a["band"], 0) + 1
+    return {"alerts": len(alerts), "by_band": by_band, "customers": len(customers),
+            "churners": len(customers & churners),
             "by_time": sum(1 for a in alerts if a.get("trigger") == "time"),
             "missing_activity": sum(1 for a in alerts if any(r["text"] == NO_ACTIVITY for r in a["reasons"]))}
 
 
-def _scoring_summary(s, timeout_s: float, churners: set[str]) -> bool:
-    """Wait until the scorer has committed a score for every CDR on the topic; count and show the alerts."""
+def _scoring_summary(s, timeout_s: float) -> int | None:
+    """Wait until the scorer has committed a score for every CDR on the topic: the CDR offsets it committed
+    (scored, or skipped as invalid), or None if it has not caught up within ``timeout_s``."""
     from confluent_kafka import TopicPartition
 
     from churn.transport import consumer, end_offsets
@@ -857,24 +870,14 @@ def _scoring_summary(s, timeout_s: float, churners: set[str]) -> bool:
                 done = {tp.partition: max(tp.offset, 0) for tp in
                         group.committed([TopicPartition(topic, p) for p in target], timeout=10)}
                 if all(done[p] >= end for p, end in target.items()):
-                    break
+                    return sum(done.values())
                 if time.monotonic() > deadline:
                     err.print(f"[yellow]the scorer has scored {sum(done.values()):,} of {sum(target.values()):,} "
                               "CDRs; it keeps going in the background[/]")
-                    return True
+                    return None
                 time.sleep(1)
     finally:
         group.close()
-    n = _alert_counts(s, churners)
-    share = f"{n['churners'] / n['customers']:.0%}" if n["customers"] else "-"
-    console.print(f"scorer: all {sum(target.values()):,} CDR offsets scored or skipped as invalid (its committed "
-                  f"offsets = the topic's end offsets). {n['alerts']:,} alerts for {n['customers']:,} customers, "
-                  f"{n['churners']:,} of them ({share}) customers the simulator makes churn "
-                  f"(of {len(churners):,} simulated churners); "
-                  f"{n['by_time']:,} raised by time (customers gone quiet); "
-                  f"{n['missing_activity']} citing missing activity. The latest on {s.topics.churn_alerts.name}:")
-    alerts(follow=False, last=3, seconds=None)
-    return n["missing_activity"] == 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -75,6 +75,9 @@ class PrometheusSettings(BaseModel):
     pushgateway_port: int = 19091
     #: The blackbox exporter through which Prometheus probes Kafka and Redis (TCP connect, Redis PING).
     blackbox_port: int = 19115
+    #: Grafana's host port in ``docker-compose.yml``, where Grafana runs (the local stack has none: there the
+    #: dashboards' expressions run in Prometheus' own UI).
+    grafana_port: int = 13000
 
 
 class TopicSpec(BaseModel):

@@ -58,6 +58,20 @@ def table_rows(path: Path | str) -> int:
     return sum(actions.column("num_records").to_pylist())
 
 
+def rows_by(path: Path | str, column: str) -> dict[str, int]:
+    """Rows of a Delta table by the value of ``column``, most first ({} if there is no table)."""
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    try:
+        table = DeltaTable(str(path))
+    except Exception:  # not (yet) a Delta table
+        return {}
+    counted = pc.value_counts(table.to_pyarrow_table(columns=[column]).column(column)).to_pylist()
+    return {str(c["values"]): int(c["counts"])
+            for c in sorted(counted, key=lambda c: (-c["counts"], str(c["values"])))}
+
+
 def silver_frame(cols: dict, first_id: int = 0):
     """Events as columns (``EventBatch.silver_columns``) as a pandas frame with Silver's types,
     ready for ``spark.createDataFrame(...).write`` into a Silver table (tests, benchmarks)."""

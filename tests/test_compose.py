@@ -38,6 +38,7 @@ def test_infrastructure_uses_official_images_on_the_local_stack_ports():
     assert host_port(services["prometheus"]["ports"][0]) == (s.prometheus.port, 9090)
     assert host_port(services["pushgateway"]["ports"][0]) == (s.prometheus.pushgateway_port, 9091)
     assert host_port(services["blackbox"]["ports"][0]) == (s.prometheus.blackbox_port, 9115)
+    assert host_port(services["grafana"]["ports"][0]) == (s.prometheus.grafana_port, 3000)
     # the EXTERNAL listener is the container port mapped to the host
     kafka_env = services["kafka"]["environment"]
     assert f":{host_port(services['kafka']['ports'][0])[1]}" in kafka_env["KAFKA_LISTENERS"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from churn.config import Settings
+from churn.model.alerting import alert_report
 from churn.model.card import importance, write_plots
 from churn.model.drift import DriftBaseline
 from churn.model.inputs import MODEL_FEATURES
@@ -29,6 +30,14 @@ class Release:
     champion_metrics: dict | None
     source: str = ""  # what it was trained on (the card's ``trained_on``)
     training_source: str = SYNTHETIC  # the card's ``training_source``
+    #: ``churn.model.alerting.alert_report`` of the new model and of the champion on the validation window.
+    alerting: dict | None = None
+    champion_alerting: dict | None = None
+
+    @property
+    def serving_alerting(self) -> dict | None:
+        """The alerting figures of the model that is champion after the decision (None: there is none)."""
+        return self.alerting if self.promoted else self.champion_alerting
 
 
 def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str, n_trials: int,
@@ -48,6 +57,12 @@ def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str
     X_va, y_va = result.validation
     cand, champ = compare(result.model, champion, X_va, y_va, cfg.operating_threshold)
     champion_synthetic = champion is not None and champion.meta["training_source"] == SYNTHETIC
+    sc = settings.scoring
+
+    def alerting(model) -> dict:
+        return alert_report(model.predict(X_va), y_va, result.validation_times, sc.band_thresholds, sc.alert_min_band)
+
+    alerts, champion_alerts = alerting(result.model), None if champion is None else alerting(champion)
     promote, reason = decide(cand, champ, cfg.promotion_margin if margin is None else margin,
                              champion_synthetic=champion_synthetic, candidate_synthetic=training_source == SYNTHETIC)
     card = {
@@ -61,9 +76,10 @@ def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str
                    "best_auc_on_calibration_window": max((t["auc"] for t in result.trials), default=None)},
         "windows": {k: {"from": v[0], "to": v[1], "rows": v[2]} for k, v in result.windows.items()},
         "validation": cand,
+        "alerting": alerts,
         "champion_on_same_window": None if champ is None else {"version": champion.meta["version"],
                                                                "training_source": champion.meta["training_source"],
-                                                               **champ},
+                                                               **champ, "alerting": champion_alerts},
         "calibration": {"method": "Platt on the calibration window", "a": result.model.a, "b": result.model.b},
         "importance": importance(result.model, X_va),
         "decision": {"promoted": promote, "reason": reason},
@@ -75,4 +91,5 @@ def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str
     write_plots(result.model, X_va, y_va, registry.root / version)
     (registry.promote if promote else registry.reject)(version, reason=reason)
     return Release(version=version, promoted=promote, reason=reason, metrics=cand, champion_metrics=champ,
-                   source=source, training_source=training_source)
+                   source=source, training_source=training_source, alerting=alerts,
+                   champion_alerting=champion_alerts)

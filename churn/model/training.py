@@ -43,6 +43,7 @@ class TrainResult:
     params: dict
     windows: dict  # window -> (first time, last time, rows)
     validation: tuple = field(repr=False, default=())  # (X, y) of the validation window
+    validation_times: np.ndarray = field(repr=False, default=None)  # observation times of its rows
     trials: list = field(default_factory=list)
 
 
@@ -130,7 +131,8 @@ def train(X, y, times, features: list[str], n_trials: int = 20, seed: int = 0, t
     model = TreeModel.fit(X_tr, y_tr, X_ca, y_ca, features, params=params, seed=seed)
     windows = {k: (float(times[idx].min()), float(times[idx].max()), int(len(idx))) for k, idx in w.items()}
     return TrainResult(model=model, metrics=evaluate(model, X_va, y_va, threshold), params=params,
-                       windows=windows, validation=(X_va, y_va), trials=trials)
+                       windows=windows, validation=(X_va, y_va), validation_times=times[w["validate"]],
+                       trials=trials)
 
 
 def cross_validate(X, y, features: list[str], params: dict | None = None, folds: int = 5, seed: int = 0) -> list[float]:
