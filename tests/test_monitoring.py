@@ -104,7 +104,13 @@ def test_every_dashboard_expression_returns_data_from_the_real_prometheus(pipeli
              start("simulate", "--days", "3", "--rate", "100", "--duration", "600", "--customers", "400",
                    "--data-scale", "5", "--bad-ratio", "0.02", "--duplicate-ratio", "0.02")]
     # a nightly run whose quality gate failed, pushed to the stack's Pushgateway
-    write_metrics(s, NightlyReport(steps=[StepResult("gold", False, 12.5, "quality gate failed")]))
+    from churn.model.alerting import alert_report
+
+    alerting = alert_report([0.95, 0.8, 0.72, 0.6, 0.55, 0.4, 0.35, 0.2, 0.1, 0.05], [1, 1, 0, 1, 0, 0, 1, 0, 0, 0],
+                            [0.0, 86400.0, 2 * 86400.0, 0, 0, 0, 0, 0, 0, 0], thresholds=(0.3, 0.5, 0.7),
+                            min_band="high", tops=(0.1, 0.5))
+    write_metrics(s, NightlyReport(steps=[StepResult("gold", False, 12.5, "quality gate failed")],
+                                   alerting=alerting))
     try:
         wanted = expressions()
         assert len(wanted) >= 30

@@ -44,9 +44,9 @@ def _target(i: int, expr: str, legend: str,
             .legend_format(legend).format(fmt).range())
 
 
-def _thresholds(thresholds: list[tuple[float, str]] | None) -> dashboard_b.ThresholdsConfig:
-    """Grafana threshold steps: green below the first (value, colour)."""
-    steps = [model.Threshold(value=None, color="green")]
+def _thresholds(thresholds: list[tuple[float, str]] | None, base: str = "green") -> dashboard_b.ThresholdsConfig:
+    """Grafana threshold steps: ``base`` below the first (value, colour)."""
+    steps = [model.Threshold(value=None, color=base)]
     steps += [model.Threshold(value=v, color=c) for v, c in (thresholds or [])]
     return dashboard_b.ThresholdsConfig().mode(model.ThresholdsMode.ABSOLUTE).steps(steps)
 
@@ -69,10 +69,10 @@ def series(title: str, description: str, *queries: tuple[str, str], unit: str = 
 
 
 def stat(title: str, description: str, expr: str, legend: str = "", unit: str = "short",
-         thresholds: list[tuple[float, str]] | None = None) -> stat_b.Panel:
-    """A single-value panel: the last non-null value of ``expr``."""
+         thresholds: list[tuple[float, str]] | None = None, base: str = "green") -> stat_b.Panel:
+    """A single-value panel: the last non-null value of ``expr``, coloured ``base`` below the first threshold."""
     return (stat_b.Panel().title(title).description(description).datasource(DATASOURCE)
-            .targets([_target(0, expr, legend)]).unit(unit).thresholds(_thresholds(thresholds)).no_value("none")
+            .targets([_target(0, expr, legend)]).unit(unit).thresholds(_thresholds(thresholds, base)).no_value("none")
             .grid_pos(model.GridPos(h=4, w=6, x=0, y=0))
             .color_mode(common.BigValueColorMode.VALUE).graph_mode(common.BigValueGraphMode.AREA)
             .justify_mode(common.BigValueJustifyMode.AUTO).orientation(common.VizOrientation.AUTO)
@@ -184,7 +184,7 @@ HEALTH = dashboard("churn-health", "Churn: throughput and health", "Events per s
          "sum(churn_stream_duplicates_dropped_total)"),
     stat("Last nightly quality gate", "1 = the Gold quality gate passed in the last nightly run "
          "(alert ChurnQualityGateFailed).", "min(churn_batch_quality_gate_passed)",
-         thresholds=[(0.5, "green")]),
+         thresholds=[(0.5, "green")], base="red"),
     stat("Hours since the nightly run", "Alert ChurnNightlyMissing over 26 h.",
          "(time() - max(churn_batch_last_run_timestamp_seconds)) / 3600", thresholds=[(26, "red")]),
     series("Components up", "1 when Prometheus can scrape the component; Kafka and Redis as probed by the "
@@ -202,10 +202,13 @@ MODEL = dashboard("churn-model", "Churn: model", "What the models say and whethe
            "Rolling ROC AUC on arriving churn labels (predict, then learn): the XGBoost champion and the river "
            "online challenger.", ("churn_score_online_auc", "{{model}}"), unit="percentunit"),
     series("Drift: PSI of the 10 most drifted inputs",
-           "Population stability index of each model input over the last scored events against the champion's "
-           "training data. < 0.1 stable, 0.1-0.25 moderate, > 0.25 significant (alert ChurnFeatureDrift).",
+           "Population stability index of each model input over customers' latest scored inputs against the "
+           "champion's training data, each input once the pipeline has seen a customer long enough for it "
+           "(3x its horizon; 29 days for the 30-day inputs). < 0.1 stable, 0.1-0.25 moderate, > 0.25 "
+           "significant (alert ChurnFeatureDrift).",
            ("topk(10, churn_drift_psi)", "{{feature}}"), thresholds=[(0.1, "yellow"), (0.25, "red")]),
-    series("Drift: PSI of the risk", "The same for the champion's risk itself.",
+    series("Drift: PSI of the risk", "The same for the champion's risk itself, once the pipeline has seen "
+           "customers for 29 days (no data before: a young pipeline's risks reflect its short history).",
            ("churn_drift_psi{feature=\"risk\"}", "risk"), thresholds=[(0.1, "yellow"), (0.25, "red")], width=8),
     series("Champion version", "1 for the model version each worker scores with.",
            ("churn_score_model_info", "{{version}}"), width=8),
@@ -216,6 +219,19 @@ MODEL = dashboard("churn-model", "Churn: model", "What the models say and whethe
          "scores say nothing about real customers. The first retrain on real churn labels that passes the sanity "
          "checks replaces it; 0 from then on.",
          "max(churn_score_champion_synthetic)", thresholds=[(1, "orange")]),
+    stat("Alerts per 1,000 customers per day",
+         "On the latest labelled window (the nightly's validation rows): customers at or above the alerting band "
+         "(SCORING__ALERT_MIN_BAND) per 1,000 customers per day, each alerted at most once over the window.",
+         "max(churn_model_alerts_per_1000_customers_per_day)"),
+    series("Alert precision and recall, by band",
+           "On the latest labelled window: of the customers at or above each band, the share who churned "
+           "(precision), and the share of all churners at or above it (recall).",
+           ("max by (band) (churn_model_alert_precision)", "precision {{band}}"),
+           ("max by (band) (churn_model_alert_recall)", "recall {{band}}"), unit="percentunit", width=12),
+    series("Lift of the riskiest customers",
+           "Churn rate of the top 1 % and 5 % of customers by risk over the window's churn rate: what a retention "
+           "team calling only those gets over calling at random.",
+           ("max by (top) (churn_model_lift)", "top {{top}}"), width=6),
 ])
 
 DASHBOARDS = [LATENCY, HEALTH, MODEL]
