@@ -83,7 +83,7 @@ class BatchScorer:
         self.drift: DriftMonitor | None = None  # customers' latest inputs and risks vs the champion's training data
         self._drift_version: str | None = None
 
-    def _observe_drift(self, model, customers, X, risk, observed) -> None:
+    def _observe_drift(self, model, customers, X, risk, states, at) -> None:
         version = model.meta["version"]
         if version != self._drift_version:  # a new champion: compare with its own training data
             baseline = model.meta.get("drift_baseline")
@@ -91,7 +91,7 @@ class BatchScorer:
             self.drift = DriftMonitor(baseline, self.cfg.drift_customers) if usable else None
             self._drift_version = version
         if self.drift is not None:
-            self.drift.observe(customers, X, risk, observed)
+            self.drift.observe(customers, X, risk, observed_days(states, at))
 
     def score(self, events: list[Incoming], state: dict[int, dict[str, CustomerState]]) -> BatchResult:
         """Every valid CDR of ``events`` scored, its input including itself."""
@@ -157,10 +157,10 @@ class BatchScorer:
                   else [Input(looked.states.get(c)) for _, c, _ in decisions])
         t0 = time.perf_counter()
         at = [t for *_, t in triggers]
-        X = matrix([looked.profiles.get(c) for _, c, _ in decisions], [inp.state for inp in inputs], at)
+        states = [inp.state for inp in inputs]
+        X = matrix([looked.profiles.get(c) for _, c, _ in decisions], states, at)
         risk = model.predict(X)
-        self._observe_drift(model, [c for _, c, _ in decisions], X, risk,
-                            observed_days([inp.state for inp in inputs], at))
+        self._observe_drift(model, [c for _, c, _ in decisions], X, risk, states, at)
         shadow = self.challenger.predict_many(X) if self.challenger is not None else [None] * len(decisions)
         result.model_s = time.perf_counter() - t0
 
