@@ -133,6 +133,7 @@ class StreamingJob:
         self._lock = threading.Lock()
         self._feature_store = None
         self._profiles_store = None
+        self._profiles_dlq = None  # producer to customer-profiles.dlq, opened on the first invalid upsert
         self._redis = None
         self._feature_state: FeatureState | None = None
         self._writers = ThreadPoolExecutor(5, thread_name_prefix="delta-write")
@@ -226,10 +227,7 @@ class StreamingJob:
         if not rows:
             return
         if self._profiles_store is None:  # its own store: the silver query's thread pushes through the other
-            from churn import feature_store
-
-            feature_store.ensure_applied(self.settings)
-            self._profiles_store = feature_store.store(self.settings)
+            self._profiles_store = self._open_feature_store()
         done = ingest_upserts(self.settings, topic, rows, self._profiles_store)
         if done.invalid:
             self._dead_letter_profiles(topic, done.invalid)
@@ -244,7 +242,9 @@ class StreamingJob:
         once, like ``cdr.dlq``)."""
         from churn.transport import producer
 
-        p = producer(self.settings)
+        if self._profiles_dlq is None:
+            self._profiles_dlq = producer(self.settings)
+        p = self._profiles_dlq
         for bad in invalid:
             rec = bad.record
             p.produce(self.settings.topics.customer_profiles_dlq.name, value=rec["value"].encode(),
@@ -470,11 +470,15 @@ class StreamingJob:
     @property
     def feature_store(self):
         if self._feature_store is None:
-            from churn import feature_store
-
-            feature_store.ensure_applied(self.settings)
-            self._feature_store = feature_store.store(self.settings)
+            self._feature_store = self._open_feature_store()
         return self._feature_store
+
+    def _open_feature_store(self):
+        """A Feast store over the settings' repo, with the definitions applied first."""
+        from churn import feature_store
+
+        feature_store.ensure_applied(self.settings)
+        return feature_store.store(self.settings)
 
     def _dead_letter(self, quarantine) -> None:
         """Quarantined records to ``cdr.dlq``: original key and bytes, the reason in headers.
