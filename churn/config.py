@@ -49,9 +49,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class KafkaSettings(BaseModel):
     """The Kafka broker clients talk to, and how the local one is run."""
 
+    #: Host of the local broker (``churn stack up``) and the address clients use when
+    #: ``bootstrap_override`` is unset.
     host: str = "127.0.0.1"
+    #: Port of the local broker's client listener.
     port: int = 19092
+    #: Port of the local broker's KRaft controller listener.
     controller_port: int = 19093
+    #: JVM heap (``-Xms``/``-Xmx``) of the local broker.
     heap: str = "512m"
     #: If set, clients use this instead of host:port (a user's own cluster).
     bootstrap_override: str | None = None
@@ -62,13 +67,18 @@ class KafkaSettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
+    #: The Redis that serves as Feast's online store (the local one, or yours).
     host: str = "127.0.0.1"
+    #: Port of that Redis.
     port: int = 16379
 
 
 class PrometheusSettings(BaseModel):
+    #: Host of the local stack's Prometheus.
     host: str = "127.0.0.1"
+    #: Port of the local stack's Prometheus.
     port: int = 19090
+    #: How often the local Prometheus scrapes the jobs.
     scrape_interval_s: int = 5
     #: The Pushgateway that one-shot jobs (the nightly batch) push their metrics to; Prometheus scrapes it.
     pushgateway_host: str = "127.0.0.1"
@@ -81,8 +91,11 @@ class PrometheusSettings(BaseModel):
 
 
 class TopicSpec(BaseModel):
+    #: The topic's name.
     name: str
+    #: Partitions the topic is created with.
     partitions: int
+    #: Topic configs set at creation.
     config: dict[str, str] = Field(default_factory=dict)
 
 
@@ -140,6 +153,7 @@ class TopicsSettings(BaseModel):
     in order on one partition.
     """
 
+    #: Replication factor of every topic ``churn topics create`` creates.
     replication_factor: int = 1
     cdr: CdrTopic = CdrTopic()
     churn_alerts: ChurnAlertsTopic = ChurnAlertsTopic()
@@ -160,6 +174,7 @@ class ContractSettings(BaseModel):
 
 
 class SimulatorSettings(BaseModel):
+    #: Random seed: the same seed and time window give the same stream, event ids included.
     seed: int = 42
     #: Days over which a churner's behaviour drifts before the churn label.
     precursor_days: int = 28
@@ -185,6 +200,7 @@ class ProfilesSettings(BaseModel):
 class SparkSettings(BaseModel):
     #: Any Spark master: local[N] by default, or spark://..., yarn, k8s://...
     master: str = "local[2]"
+    #: ``spark.driver.memory``.
     driver_memory: str = "2g"
     #: Partitions of shuffles, state stores and Delta log replay: about the number of cores.
     shuffle_partitions: int = 2
@@ -199,6 +215,7 @@ class StreamingSettings(BaseModel):
     lake_dir: Path | None = None
     #: Streaming checkpoints, one folder per query; keep them with the tables (default: <run_dir>/checkpoints).
     checkpoint_dir: Path | None = None
+    #: Micro-batch trigger interval of the Silver query (validation, features to Feast).
     trigger_s: float = 1.0
     #: Bronze is not on the freshness path: a slower trigger leaves the cores to Silver.
     bronze_trigger_s: float = 5.0
@@ -211,6 +228,7 @@ class StreamingSettings(BaseModel):
     allowed_lateness_s: float = 3600.0
     #: Duplicates of an event_id are recognised if they arrive within this processing-time window.
     dedup_window_s: float = 3600.0
+    #: Where a query starts on its first run (``startingOffsets``); afterwards its checkpoint decides.
     starting_offsets: str = "earliest"
     #: How long the broker may hold a fetch that has no new data. Every micro-batch reads each partition
     #: to its end, where Kafka's default (500 ms) is waited out once per partition: with 12 partitions on
@@ -232,6 +250,8 @@ class StreamingSettings(BaseModel):
 class ScoringSettings(BaseModel):
     """The scoring worker (``churn score``): batching, bands, alerting, the model registry."""
 
+    #: The Faust app id: consumer group and transactional-id prefix. Workers with the same id share the
+    #: ``cdr`` partitions.
     app_id: str = "churn-scorer"
     #: Drift (``churn.model.drift``): PSI over the latest scored input of up to ``drift_customers``
     #: customers, exported once the window holds at least ``drift_min_customers``.
@@ -260,7 +280,9 @@ class ScoringSettings(BaseModel):
     #: How features are read: ``redis`` reads Feast's Redis hashes directly in Feast's format (fast
     #: path), ``feast`` calls ``FeatureStore.get_online_features`` (``churn.online_reader``).
     online_reader: Literal["redis", "feast"] = "redis"
+    #: Reasons (largest feature contributions) carried by each alert.
     reasons: int = 3
+    #: How often a worker checks the champion pointer (hot reload).
     model_check_interval_s: float = 1.0
     #: The overlay (``streaming.scoring.overlay``; off: decisions read the pushed state only, which lags
     #: the CDRs by the streaming job's delay: for benchmarks, not for use): the most CDRs kept that the streaming job's pushed state
@@ -283,7 +305,9 @@ class ScoringSettings(BaseModel):
     takeover_deadline_s: float = 180.0
     #: Write each decision's activity state into its score record (``activity_state``): for audits and tests.
     record_inputs: bool = False
+    #: Address of the worker's ``/metrics`` and ``/healthz`` endpoint.
     metrics_host: str = "127.0.0.1"
+    #: Port of that endpoint.
     metrics_port: int = 19103
 
 
@@ -310,7 +334,9 @@ class Settings(BaseSettings):
         env_prefix="CHURN_", env_nested_delimiter="__", extra="ignore"
     )
 
+    #: Data and logs of the local stack, the lake, checkpoints and the model registry.
     run_dir: Path = PROJECT_ROOT / ".run"
+    #: Downloaded JVM jars (``<cache_dir>/jars``: the Kafka broker's, Spark's Kafka source and Delta).
     cache_dir: Path = PROJECT_ROOT / ".cache"
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()

@@ -9,7 +9,8 @@ with :mod:`ast`). Regenerate the page with::
 ``--check`` exits 1 when the committed page is out of date.
 
 A ``#:`` comment documents the field below it, and the uncommented fields right after it that
-share its first word (``batch_max``, ``batch_within_s``) or that it names in backticks:
+share its first word (``batch_max``, ``batch_within_s``) or that it names in backticks; a field a
+subclass redeclares only to change its default (each topic's ``name``) keeps its base class's comment:
 
 >>> rows = {r.env: r for r in settings_rows()}
 >>> rows["CHURN_KAFKA__BOOTSTRAP_OVERRIDE"].doc
@@ -22,13 +23,14 @@ True
 ('12', '[topics.cdr] partitions')
 >>> rows["CHURN_RUN_DIR"].default
 '<repo>/.run'
+>>> rows["CHURN_TOPICS__CDR__NAME"].doc
+"The topic's name."
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import fnmatch
 import inspect
 import json
 import re
@@ -45,47 +47,6 @@ from churn.config import PROJECT_ROOT, Settings
 
 DOC_PATH = PROJECT_ROOT / "docs" / "configuration.md"
 REGENERATE = ".venv/bin/python -m churn.config_reference > docs/configuration.md"
-
-#: Meanings of the fields ``churn/config.py`` leaves without a ``#:`` comment (dotted path, ``*`` for any
-#: topic). A ``#:`` comment written there takes precedence over these.
-UNCOMMENTED = {
-    "run_dir": "Data and logs of the local stack, the lake, checkpoints and the model registry.",
-    "cache_dir": "Downloaded JVM jars (``<cache_dir>/jars``: the Kafka broker's, Spark's Kafka source and Delta).",
-    "kafka.host": "Host of the local broker (``churn stack up``) and the address clients use when "
-                  "``bootstrap_override`` is unset.",
-    "kafka.port": "Port of the local broker's client listener.",
-    "kafka.controller_port": "Port of the local broker's KRaft controller listener.",
-    "kafka.heap": "JVM heap (``-Xms``/``-Xmx``) of the local broker.",
-    "redis.host": "The Redis that serves as Feast's online store (the local one, or yours).",
-    "redis.port": "Port of that Redis.",
-    "prometheus.host": "Host of the local stack's Prometheus.",
-    "prometheus.port": "Port of the local stack's Prometheus.",
-    "prometheus.scrape_interval_s": "How often the local Prometheus scrapes the jobs.",
-    "topics.replication_factor": "Replication factor of every topic ``churn topics create`` creates.",
-    "topics.*.name": "The topic's name.",
-    "topics.*.partitions": "Partitions the topic is created with.",
-    "topics.*.config": "Topic configs set at creation.",
-    "simulator.seed": "Random seed: the same seed and time window give the same stream, event ids included.",
-    "spark.driver_memory": "``spark.driver.memory``.",
-    "streaming.trigger_s": "Micro-batch trigger interval of the Silver query (validation, features to Feast).",
-    "streaming.starting_offsets": "Where a query starts on its first run (``startingOffsets``); "
-                                  "afterwards its checkpoint decides.",
-    "scoring.app_id": "The Faust app id: consumer group and transactional-id prefix. Workers with the same id "
-                      "share the ``cdr`` partitions.",
-    "scoring.reasons": "Reasons (largest feature contributions) carried by each alert.",
-    "scoring.model_check_interval_s": "How often a worker checks the champion pointer (hot reload).",
-    "scoring.metrics_host": "Address of the worker's ``/metrics`` and ``/healthz`` endpoint.",
-    "scoring.metrics_port": "Port of that endpoint.",
-}
-
-
-def _uncommented_doc(path: tuple[str, ...]) -> str:
-    dotted = ".".join(path)
-    for pattern, doc in UNCOMMENTED.items():
-        if fnmatch.fnmatchcase(dotted, pattern):
-            return doc
-    return ""
-
 
 @dataclass(frozen=True)
 class FieldSource:
@@ -138,7 +99,9 @@ def _declared(model: type[BaseModel]) -> dict[str, FieldSource]:
     merged: dict[str, FieldSource] = {}
     for cls in reversed(model.__mro__):
         if isinstance(cls, type) and issubclass(cls, BaseModel) and cls.__module__ == config.__name__:
-            merged.update(_class_fields(cls))
+            for name, field in _class_fields(cls).items():
+                inherited = merged.get(name)  # a subclass that only changes a default keeps the base's doc
+                merged[name] = field if field.doc or inherited is None else FieldSource(field.annotation, inherited.doc)
     return merged
 
 
@@ -177,7 +140,7 @@ def settings_rows(model: type[BaseModel] = Settings, path: tuple[str, ...] = ())
             toml=toml,
             type=src.annotation,
             default=_value(info.get_default(call_default_factory=True)),
-            doc=info.description or src.doc or _uncommented_doc(full),
+            doc=info.description or src.doc,
         ))
     return rows
 
