@@ -70,6 +70,24 @@ def settings_from(env: dict[str, str]) -> Settings:
         os.environ.update(saved)
 
 
+def sqlite_feature_store(settings: Settings, definitions: list):
+    """A Feast store for one test: ``definitions`` applied to the settings' registry, a SQLite online
+    store under the run directory instead of Redis, the file offline store."""
+    from feast import FeatureStore, RepoConfig
+    from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
+
+    from churn.feature_store import FEATURE_REPO, registry_path
+
+    registry_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    fs = FeatureStore(config=RepoConfig(
+        project=settings.feast.project, registry=str(registry_path(settings)), provider="local",
+        online_store={"type": "sqlite", "path": str(settings.run_dir / "online.db")},
+        offline_store=DaskOfflineStoreConfig(type="file"), entity_key_serialization_version=3,
+        repo_path=str(FEATURE_REPO)))
+    fs.apply(definitions)
+    return fs
+
+
 def run_cli(args: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([CHURN_BIN, *args], env={**os.environ, **env}, capture_output=True, text=True,
                           cwd=PROJECT_ROOT, **kw)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_ports, run_cli, settings_from
+from conftest import free_ports, run_cli, settings_from, sqlite_feature_store
 
 from churn.config import PROJECT_ROOT, Settings
 from churn.contracts import CUSTOMER_PROFILE, parse_time
@@ -222,10 +222,6 @@ def test_load_refuses_an_extract_without_the_mapped_columns(tmp_path, env, mappi
 # -- point in time, offline and online --------------------------------------------------------------------
 def feast_over(settings: Settings):
     """The project's profile view over this test's history, in a private registry; SQLite online store."""
-    from feast import FeatureStore, RepoConfig
-    from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
-
-    from churn.feature_store import FEATURE_REPO, registry_path
     from feature_repo.entities import customer
     from feature_repo.profile import customer_profile, profile_source
 
@@ -234,14 +230,7 @@ def feast_over(settings: Settings):
     view = copy.deepcopy(customer_profile)
     view.batch_source = source
     view.source = source
-    registry_path(settings).parent.mkdir(parents=True, exist_ok=True)
-    fs = FeatureStore(config=RepoConfig(
-        project=settings.feast.project, registry=str(registry_path(settings)), provider="local",
-        online_store={"type": "sqlite", "path": str(settings.run_dir / "online.db")},
-        offline_store=DaskOfflineStoreConfig(type="file"), entity_key_serialization_version=3,
-        repo_path=str(FEATURE_REPO)))
-    fs.apply([customer, source, view])
-    return fs
+    return sqlite_feature_store(settings, [customer, source, view])
 
 
 def test_plan_change_after_an_observation_does_not_leak_into_it(tmp_path, env, mapping):

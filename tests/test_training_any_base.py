@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import free_ports, settings_from
+from conftest import free_ports, settings_from, sqlite_feature_store
 
 from churn.config import Settings
 from churn.features import DAY, SUM_FEATURES
@@ -101,10 +101,6 @@ def columns(rows: list[dict]) -> dict:
 def register(settings: Settings):
     """The project's feature views, read from this test's lake, in the registry ``churn.feature_store.store``
     reads; a SQLite online store instead of Redis (nothing is materialized)."""
-    from feast import FeatureStore, RepoConfig
-    from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
-
-    from churn.feature_store import FEATURE_REPO, registry_path
     from feature_repo.activity import activity_history, activity_push, customer_activity, customer_activity_named
     from feature_repo.entities import customer
     from feature_repo.profile import customer_profile, profile_source
@@ -120,15 +116,9 @@ def register(settings: Settings):
                                                       else "feature_history"))
         return obj
 
-    registry_path(settings).parent.mkdir(parents=True, exist_ok=True)
-    fs = FeatureStore(config=RepoConfig(
-        project=settings.feast.project, registry=str(registry_path(settings)), provider="local",
-        online_store={"type": "sqlite", "path": str(settings.run_dir / "online.db")},
-        offline_store=DaskOfflineStoreConfig(type="file"), entity_key_serialization_version=3,
-        repo_path=str(FEATURE_REPO)))
-    fs.apply([customer, *map(here, [profile_source, customer_profile, activity_history, activity_push,
-                                    customer_activity, customer_activity_named])])
-    return fs
+    return sqlite_feature_store(settings, [customer, *map(here, [profile_source, customer_profile, activity_history,
+                                                                activity_push, customer_activity,
+                                                                customer_activity_named])])
 
 
 def mixed_base(settings: Settings, n_full: int, n_no_profile: int, n_no_activity: int, n_unknown: int,
