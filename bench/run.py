@@ -46,7 +46,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1}  # minutes per run on 2 cores
+RUNS_BY_BENCH = {"realtime": 1, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1}  # minutes per run on 2 cores
 DAY = 86400.0
 
 
@@ -146,12 +146,13 @@ def _live_feed(s: Settings, rate: float, seconds: float) -> None:
     run_live(s, sim, rate, seconds, threading.Event(), warn=lambda _m: None)
 
 
-def bench_stream_sustained(s: Settings) -> dict:
+def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, stop_when_behind: bool = True) -> dict:
     """Streaming job under live traffic at fixed rates (wall-clock event times; Bronze, Silver,
     features to Feast): for each rate, whether the consumer lag stays steady, micro-batch duration
     p50/p99 and feature freshness p50/p99 (now minus the newest event time pushed to Feast, sampled
     every second once the job has caught up with the start), after a 30 s warm-up at 2,000/s. The
-    figure is the highest rate held."""
+    figure is the highest rate held. ``rates``: figure name -> rate (default: ``SUSTAINED_RATES``)."""
+    rates = rates or {f"stream_sustained_{rate}_freshness_p99": rate for rate in SUSTAINED_RATES}
     from churn import feature_store
     from churn.transport import end_offsets
     from streaming.job import StreamingJob, committed_offsets
@@ -185,7 +186,7 @@ def bench_stream_sustained(s: Settings) -> dict:
         deadline = time.time() + 120
         while lag() > 0 and time.time() < deadline:
             time.sleep(1)
-        for rate in SUSTAINED_RATES:
+        for figure, rate in rates.items():
             producer = feed(rate, SUSTAINED_SECONDS)
             first_batch = len(silver.recentProgress)
             producer.start()
@@ -206,7 +207,7 @@ def bench_stream_sustained(s: Settings) -> dict:
             steady = bool(lags) and growth <= rate * s.streaming.trigger_s
             pct = lambda xs, q: round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None  # noqa: E731
             fresh.sort()
-            out[f"stream_sustained_{rate}_freshness_p99"] = (pct(fresh, 0.99) if fresh else -1.0, "s", {
+            out[figure] = (pct(fresh, 0.99) if fresh else -1.0, "s", {
                 "rate": rate, "seconds": SUSTAINED_SECONDS, "lag_steady": steady, "lag_growth_second_half": round(growth), "lag_end": lags[-1] if lags else None,
                 "lag_max": max(lags) if lags else None, "freshness_p50_s": pct(fresh, 0.5),
                 "batch_duration_p50_s": pct(batches, 0.5), "batch_duration_p99_s": pct(batches, 0.99),
@@ -214,17 +215,57 @@ def bench_stream_sustained(s: Settings) -> dict:
             print(f"rate {rate}/s: steady={steady} (growth {growth:,.0f}) lag end {lags[-1] if lags else None} max {max(lags) if lags else None}, "
                   f"freshness p50 {pct(fresh, 0.5)} p99 {pct(fresh, 0.99)} s, batches p50 {pct(batches, 0.5)} "
                   f"p99 {pct(batches, 0.99)} s", flush=True)
-            if not steady:
+            if not steady and stop_when_behind:
                 break
-            held = rate
+            held = rate if steady else held
             deadline = time.time() + 120
             while lag() > 0 and time.time() < deadline:  # drain before the next rate
                 time.sleep(1)
     finally:
         job.stop()
         job.spark.stop()
-    out["stream_sustained_rate"] = (held, "events/s", {"rates_tried": SUSTAINED_RATES[:len(out)],
+    out["stream_sustained_rate"] = (held, "events/s", {"rates_tried": list(rates.values())[:len(out)],
                                                        "seconds_each": SUSTAINED_SECONDS})
+    return out
+
+
+REALTIME_STREAM_FRACTIONS = (0.10, 0.25, 0.50)
+
+
+def bench_realtime(s: Settings) -> dict:
+    """The real-time targets and their ceilings in one run, so that each ratio compares figures measured
+    together on the same machine: the Bronze query alone (median of 3), the whole streaming job live at
+    10, 25 and 50 % of it (feature freshness, lag steady or not), Faust alone (median of 3), the scoring
+    worker (max rate, latency produced and visible to a read_committed consumer at 25/50/75 % of its
+    max, RSS after 1 M CDRs), and the ratios the targets are stated in."""
+    out: dict = {}
+    bronze = [bench_stream_bronze_alone(s)[0] for _ in range(RUNS)]
+    ceiling = statistics.median(bronze)
+    out["realtime_bronze_alone_rate"] = (ceiling, "events/s", {"runs": [round(r) for r in bronze]})
+    figures = {f"realtime_stream_freshness_p99_at_{round(f * 100)}pct": round(f * ceiling)
+               for f in REALTIME_STREAM_FRACTIONS}
+    live = bench_stream_sustained(s, figures, stop_when_behind=False)
+    held = 0.0
+    for (name, rate), fraction in zip(figures.items(), REALTIME_STREAM_FRACTIONS):
+        if name in live:
+            value, unit, detail = live[name]
+            out[name] = (value, unit, {**detail, "fraction_of_ceiling": fraction, "ceiling": round(ceiling)})
+            held = fraction if detail["lag_steady"] else held
+    out["realtime_stream_sustained_vs_bronze_alone"] = (held, "x", {
+        "fractions_tried": list(REALTIME_STREAM_FRACTIONS), "ceiling": round(ceiling), "target": 0.5})
+    faust = [bench_faust_alone(s)[0] for _ in range(RUNS)]
+    faust_rate = statistics.median(faust)
+    out["realtime_faust_alone_rate"] = (faust_rate, "events/s", {"runs": [round(r) for r in faust]})
+    scoring = bench_scoring(s)
+    score_max, _, score_detail = scoring["score_max_rate"]
+    out["realtime_score_max_rate"] = (score_max, "events/s", score_detail)
+    out["realtime_score_vs_faust_alone"] = (score_max / faust_rate, "x", {"faust_alone": round(faust_rate),
+                                                                           "target": 0.5})
+    p50_detail = scoring["score_latency_p99_at_50pct"][2]
+    out["realtime_score_produced_p99_at_50pct"] = (scoring["score_latency_p99_at_50pct"][0], "ms", p50_detail)
+    out["realtime_score_visible_p99_at_50pct"] = (p50_detail["visible_p99_ms"], "ms", {**p50_detail, "target_ms": 150})
+    out["realtime_score_worker_rss"] = (*scoring["score_worker_rss"][:1], "MB",
+                                        {**scoring["score_worker_rss"][2], "target_mb": 500})
     return out
 
 
@@ -248,7 +289,8 @@ def main(selector: str = "") -> None:
                "score_overlay": (bench_overlay, "stack"),
                "score_overlay_with_stream": (bench_overlay_with_stream, "stack"),
                "score_broker_restart": (bench_broker_restart, "stack"),
-               "gold": (bench_gold, "settings")}
+               "gold": (bench_gold, "settings"),
+               "realtime": (bench_realtime, "stack")}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
     exact = selector.endswith("$")
     chosen = {n: b for n, b in benches.items() if (n == selector[:-1] if exact else selector in n)}

@@ -460,7 +460,7 @@ def score(loglevel: str = typer.Option("warn", help="Faust/worker log level: deb
     """Run a scoring worker: CDRs from `cdr`, features from Feast, scores to `churn-scores`, alerts to `churn-alerts`.
 
     Start several with the same settings to share the partitions. Exactly once: scores, alerts and
-    consumed offsets commit in one Kafka transaction per partition. SIGTERM stops it after committing.
+    consumed offsets commit in one Kafka transaction per commit interval. SIGTERM stops it after committing.
     """
     from streaming.scoring.app import run
 

@@ -262,8 +262,8 @@ class ScoringSettings(BaseModel):
     #: Events per scoring batch, and the longest a batch waits to fill.
     batch_max: int = 4000
     batch_within_s: float = 0.005
-    #: How often each partition's transaction commits (outputs become visible to read_committed readers).
-    commit_interval_s: float = 0.1
+    #: How often the worker's transaction commits (outputs become visible to read_committed readers).
+    commit_interval_s: float = 0.05
     #: Consumer-group session timeout: how soon a dead worker's partitions move.
     session_timeout_s: float = 10.0
     #: Lower bounds of the bands medium, high, critical (low below the first).

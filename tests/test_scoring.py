@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -136,7 +137,7 @@ def test_kill_9_and_restart_scores_every_cdr_exactly_once_without_duplicate_aler
             worker = start_worker(env, log)
             workers.append(worker)
             produce(cut[kill])  # new CDRs for this worker, so it is killed mid-stream, with work in flight
-            wait_for(lambda: metric(port, "churn_score_transactions_total") > 5, 120, "committed transactions")
+            wait_for(lambda: metric(port, "churn_score_transactions_total") >= 1, 120, "committed transactions")
             os.killpg(worker.pid, signal.SIGKILL)  # scored but uncommitted work is lost
             worker.wait()
     finally:
@@ -157,6 +158,61 @@ def test_kill_9_and_restart_scores_every_cdr_exactly_once_without_duplicate_aler
     finally:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+def test_a_read_committed_consumer_sees_every_alert_once_while_the_worker_scores(score_env, tmp_path,
+                                                                                  record_property):
+    """What a retention system sees: a ``read_committed`` consumer of ``churn-alerts`` running while CDRs
+    arrive. Every alert reaches it exactly once, and they are the alerts the committed scores recorded.
+    The latency from the trigger CDR's produce time to the alert's arrival is recorded in the test's
+    result (``record_property``), not asserted: timings belong to ``bench/``."""
+    env, s = score_env
+    log = open(tmp_path / "worker.log", "ab")
+    sim = simulate(s, seed=37, customers=800, days=0.6)
+    received: list[tuple[bytes, float]] = []
+    stop = threading.Event()
+
+    def follow():
+        c = consumer(s, group_id=f"retention-{uuid.uuid4().hex[:6]}", **{"isolation.level": "read_committed"})
+        c.subscribe([s.topics.churn_alerts.name])
+        while not stop.is_set():
+            m = c.poll(0.05)
+            if m is not None and m.error() is None:
+                received.append((m.value(), time.time()))
+        c.close()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    worker = start_worker(env, log)
+    follower.start()
+    sender = StepProducer(s, ProduceReport(run_id="follow"))
+    valid: set[str] = set()
+    try:
+        wait_for(lambda: metric(s.scoring.metrics_port, "churn_score_owned_partitions") > 0, 120, "partitions")
+        for step in sim.backfill_steps(slice_s=60.0):  # ~500 CDRs/s, as a live feed
+            sender.send(step)
+            sender.flush()
+            valid.update(orjson.loads(v)["event_id"] for v in step.values[:len(step.good)])
+            time.sleep(0.02)
+        scores = wait_scored(s, len(valid), 180)
+        assert_exactly_once(scores, valid)
+        time.sleep(2)
+    finally:
+        stop.set()
+        follower.join(10)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    committed = assert_alerts_consistent(s, scores)
+    live = [orjson.loads(v) for v, _ in received]
+    assert committed, "no alert at all from 800 customers"
+    assert Counter(a["event_id"] for a in live) == Counter(a["event_id"] for a in committed)  # each once
+    produced = {orjson.loads(m.value())["event_id"]: m.timestamp()[1] / 1000
+                for m in read_committed(s, s.topics.cdr.name)}
+    latency_ms = [(at - produced[a["trigger_event_id"]]) * 1000
+                  for a, (_, at) in zip(live, received) if a["trigger_event_id"] in produced]
+    assert len(latency_ms) == len(live)
+    record_property("alerts", len(live))
+    record_property("alert_visible_latency_p50_ms", round(float(np.percentile(latency_ms, 50)), 1))
+    record_property("alert_visible_latency_p99_ms", round(float(np.percentile(latency_ms, 99)), 1))
 
 
 def _states_for(cols: dict, customer: str, times: list[float]) -> list[dict]:

@@ -4,7 +4,8 @@
   each batch (``BatchScorer``: one online-store lookup, the CDRs the store does
   not cover yet added from the overlay, one model call) and writes every score
   to ``churn-scores`` and every alert to ``churn-alerts`` inside the
-  transaction of the CDR's partition (``PartitionTransactions``);
+  worker's open transaction (``WorkerTransactions``), committed with the CDRs'
+  offsets every ``scoring.commit_interval_s``;
 * timer ``rescore_quiet`` scores customers without a CDR for
   ``scoring.rescore_after_s`` at the current time, into the same transactions;
 * timer ``release_covered`` drops the overlay's CDRs once the streaming job's
@@ -12,7 +13,7 @@
 * agent ``learn`` takes churn labels, scores the labelled customer with the
   champion and the online challenger (predict, then learn) and exports each
   model's rolling ROC AUC;
-* rebalance hooks hand partitions to and from ``PartitionTransactions``.
+* rebalance hooks hand partitions to and from ``WorkerTransactions``.
 
 Why not Faust's own ``processing_guarantee="exactly_once"``: it commits the
 offsets of input partition *p* in the transaction named after *p*, but sends
@@ -48,7 +49,7 @@ from streaming.scoring import metrics
 from streaming.scoring.liveness import Liveness, die
 from streaming.scoring.lookup import OnlineFeatures
 from streaming.scoring.scorer import BatchScorer, Incoming
-from streaming.scoring.transactions import COMMIT_DEADLINE_S, PartitionTransactions
+from streaming.scoring.transactions import COMMIT_DEADLINE_S, TransactionsLost, WorkerTransactions, group_metadata
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class ScoringWorker:
         self._redis = redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=2.0,
                                   socket_connect_timeout=2.0)
         self._covered_key = covered_offsets_key(settings)
-        self.txn: PartitionTransactions | None = None
+        self.txn: WorkerTransactions | None = None
         self.state: dict = {}
         # Set once this worker's partitions are taken over (producers fenced, state restored), cleared
         # when a rebalance starts; Faust resumes fetching before its assignment signal returns, so
@@ -218,16 +219,16 @@ class ScoringWorker:
                     self.state.pop(p, None)
                     self.scorer.overlay.forget(p)
                     _forget_partition(p)
-            metrics.PARTITIONS.set(len(self.txn.producers) if self.txn else 0)
+            metrics.PARTITIONS.set(len(self.txn.owned) if self.txn else 0)
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender, assigned, **kwargs):
+            loop = asyncio.get_running_loop()
             if self.txn is None:
-                self.txn = PartitionTransactions(s)
+                self.txn = await loop.run_in_executor(None, WorkerTransactions, s, self._membership)
             mine = {tp.partition for tp in assigned if tp.topic == s.topics.cdr.name}
             await self._commit_done()
-            loop = asyncio.get_running_loop()
-            gone = set(self.txn.producers) - mine
+            gone = self.txn.owned - mine
             if gone:
                 await self._within(loop.run_in_executor(None, self.txn.revoke, gone), "giving partitions up")
                 for p in gone:
@@ -240,7 +241,7 @@ class ScoringWorker:
                                "reloading the overlay")
             if self.txn is None:  # stopping meanwhile
                 return
-            metrics.PARTITIONS.set(len(self.txn.producers))
+            metrics.PARTITIONS.set(len(self.txn.owned))
             self.ready().set()
 
         @app.on_before_shutdown.connect
@@ -257,6 +258,14 @@ class ScoringWorker:
                 txn.close()
 
         return app
+
+    def _membership(self) -> bytes:
+        """This worker's membership of the consumer group, as the transaction's offsets carry it: the broker
+        refuses them if the group has moved on to a newer generation (this worker was replaced)."""
+        coordinator = self.app.consumer._thread._ensure_consumer()._coordinator
+        if coordinator.generation < 0 or not coordinator.member_id:
+            raise TransactionsLost("not a member of the consumer group: offsets cannot be committed")
+        return group_metadata(self.settings.scoring.app_id, coordinator.generation, coordinator.member_id)
 
     async def _within(self, awaitable, what: str):
         """Await ``awaitable`` for at most ``takeover_deadline_s``; past it, the worker exits (``die``)."""
@@ -313,7 +322,7 @@ class ScoringWorker:
         metrics.BATCH_SIZE.observe(len(incoming))
         metrics.BATCH.observe(time.perf_counter() - t0)
 
-    def _emit(self, txn: PartitionTransactions, result) -> None:
+    def _emit(self, txn: WorkerTransactions, result) -> None:
         """A batch's scores and alerts into their partitions' transactions, and their metrics."""
         scores_topic, alerts_topic = self.settings.topics.churn_scores.name, self.settings.topics.churn_alerts.name
         for out in result.scored:
@@ -389,7 +398,7 @@ class ScoringWorker:
         if not self.settings.scoring.overlay or not partitions or txn is None:
             return
         covered = self._covered() or {}
-        limit = max(self.settings.scoring.overlay_max_events // max(len(txn.producers), 1), 1)
+        limit = max(self.settings.scoring.overlay_max_events // max(len(txn.owned), 1), 1)
         for p in sorted(partitions):
             if self.txn is None:
                 return

@@ -1,28 +1,36 @@
-"""Exactly-once output for the scoring worker: one Kafka transaction stream per owned CDR partition.
+"""Exactly-once output for the scoring worker: one Kafka transaction per commit interval, fenced by the
+consumer group's generation (KIP-447, as Kafka Streams' exactly-once v2).
 
-For every ``cdr`` partition a worker owns, it holds a transactional producer
-whose ``transactional.id`` is ``<app id>-<cdr topic>-<partition>``. Scores,
-alerts and the consumed offsets of that partition go into the same transaction,
-committed every ``commit_interval_s``: either all of a batch's outputs and its
-offsets become visible, or none do and the batch is read again.
+A worker holds one transactional producer. Scores, alerts and the consumed ``cdr`` offsets of every
+partition it owns go into the same transaction, committed every ``commit_interval_s``: either all of an
+interval's outputs and its offsets become visible, or none do and those CDRs are read again.
 
-Taking a partition over (``assign``) first initialises its producer, which
-fences any older producer with the same id (a killed or stalled worker) and
-aborts its open transaction; then it restores the partition's state by reading
-the partition of ``churn-scores`` (the state changelog, partitioned like
-``cdr``) with ``read_committed``; then it reads the group's committed offset,
-below which events are skipped as already scored. So a worker that is killed
-and replaced, or a partition that moves between workers, neither loses nor
-repeats an output.
+Zombie fencing comes from the group, not from the transactional id: the offsets are sent with the
+consumer group's metadata (generation and member id of the Faust consumer that owns the partitions),
+so the broker refuses the commit of a worker that the group has already replaced, and its transaction
+is aborted. A worker that takes partitions over reads the group's committed offsets with
+``require_stable`` (librdkafka's ``committed`` under ``read_committed``): it waits for a transaction
+still open on them to end. Its state is restored from the partition of ``churn-scores`` (the state
+changelog, partitioned like ``cdr``) read with ``read_committed``.
+
+The transactional id is ``<app id>-<host>-<slot>``; the slot is the lowest number whose lock file
+(``<run dir>/faust/<app id>/txn-slot-<n>.lock``) this process could lock. A worker restarted on the same
+host after a crash gets its slot back, and ``init_transactions`` aborts what its previous life left open
+at once instead of after ``transaction.timeout.ms``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import socket
+import struct
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -39,8 +47,35 @@ COMMIT_DEADLINE_S = 20.0
 
 
 class TransactionsLost(RuntimeError):
-    """A partition's transaction cannot be completed (fenced, fatal, or past its deadline). The worker exits;
-    its replacement's ``init_transactions`` aborts what was open and resumes from the last commit."""
+    """The open transaction cannot be completed (fenced, fatal, past its deadline, or the worker is no
+    longer a member of the group). The worker exits; its replacement resumes from the last commit."""
+
+
+def group_metadata(group_id: str, generation: int, member_id: str, group_instance_id: str | None = None) -> bytes:
+    """The consumer group metadata that ``send_offsets_to_transaction`` takes, for a member of a group
+    that librdkafka does not manage (Faust's consumer is aiokafka's): librdkafka's serialised form.
+
+    >>> group_metadata("g1", -1, "")  # what an unjoined confluent_kafka Consumer returns
+    b'CGMDv2:\\xff\\xff\\xff\\xffg1\\x00\\x00\\x01'
+    """
+    out = b"CGMDv2:" + struct.pack("=i", generation) + group_id.encode() + b"\0" + member_id.encode() + b"\0"
+    if group_instance_id is None:
+        return out + b"\x01"
+    return out + b"\x00" + group_instance_id.encode() + b"\0"
+
+
+def _lock_slot(directory: Path) -> tuple[int, object]:
+    """The lowest slot number whose lock file this process could lock, and the open file holding it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    slot = 0
+    while True:
+        handle = open(directory / f"txn-slot-{slot}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return slot, handle
+        except OSError:
+            handle.close()
+            slot += 1
 
 
 @dataclass
@@ -62,50 +97,50 @@ class CustomerState:
                    decided_at=parse_time(record["scored_at"]))
 
 
-class PartitionTransactions:
-    def __init__(self, settings: Settings):
+class WorkerTransactions:
+    """The worker's transaction stream. ``membership`` returns the group's current metadata (see
+    ``group_metadata``), read when offsets are committed."""
+
+    def __init__(self, settings: Settings, membership: Callable[[], bytes]):
         self.settings = settings
         self.app_id = settings.scoring.app_id
         self.cdr_topic = settings.topics.cdr.name
         self.scores_topic = settings.topics.churn_scores.name
-        self.producers: dict[int, Producer] = {}
+        self.membership = membership
+        self.owned: set[int] = set()
         self.next_offset: dict[int, int] = {}  # the first offset not yet in a committed or open transaction
-        self.pending: dict[int, int] = {}  # partitions with uncommitted work -> messages in the open transaction
-        self.opened_at: dict[int, float] = {}
+        self.pending: dict[int, int] = {}  # partitions with work in the open transaction -> messages in it
+        self.opened_at: float | None = None  # None: no transaction open
         self.commits = 0
-        self._pool = ThreadPoolExecutor(max_workers=max(1, settings.topics.cdr.partitions), thread_name_prefix="txn")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, settings.topics.cdr.partitions), thread_name_prefix="restore")
         base = {"bootstrap.servers": settings.kafka.bootstrap_servers}
         self._group = Consumer({**base, "group.id": self.app_id, "enable.auto.commit": False})
-        self._group_metadata = self._group.consumer_group_metadata()
-
-    # -- ownership -------------------------------------------------------------------------
-    def assign(self, partitions: set[int]) -> dict[int, dict[str, CustomerState]]:
-        """Take ``partitions`` over (those not held yet); returns each new partition's restored state."""
-        new = sorted(set(partitions) - set(self.producers))
-        if not new:
-            return {}
-        producers = dict(zip(new, self._pool.map(self._start_producer, new)))
-        self.producers.update(producers)
-        committed = self._group.committed([TopicPartition(self.cdr_topic, p) for p in new], timeout=30)
-        for tp in committed:
-            self.next_offset[tp.partition] = tp.offset if tp.offset >= 0 else -1  # -1: from wherever Faust starts
-        states = dict(zip(new, self._pool.map(self._restore, new)))
-        log.info("took over cdr partitions %s (next offsets %s)", new, {p: self.next_offset[p] for p in new})
-        return states
-
-    def _start_producer(self, partition: int) -> Producer:
-        producer = Producer({
-            "bootstrap.servers": self.settings.kafka.bootstrap_servers,
-            "transactional.id": f"{self.app_id}-{self.cdr_topic}-{partition}",
+        slot, self._slot_lock = _lock_slot(settings.run_dir / "faust" / self.app_id)
+        self.transactional_id = f"{self.app_id}-{socket.gethostname()}-{slot}"
+        self.producer = Producer({
+            **base,
+            "transactional.id": self.transactional_id,
             "linger.ms": 2,
             "compression.type": "lz4",
             "partitioner": "murmur2_random",
             "transaction.timeout.ms": 60_000,
         })
-        producer.init_transactions(30)  # fences an older producer of this partition, aborts its transaction
-        producer.begin_transaction()
-        self.opened_at[partition] = time.monotonic()
-        return producer
+        self.producer.init_transactions(30)  # aborts what an earlier life of this slot left open
+        log.info("transactional id %s", self.transactional_id)
+
+    # -- ownership -------------------------------------------------------------------------
+    def assign(self, partitions: set[int]) -> dict[int, dict[str, CustomerState]]:
+        """Take ``partitions`` over (those not held yet); returns each new partition's restored state."""
+        new = sorted(set(partitions) - self.owned)
+        if not new:
+            return {}
+        committed = self._group.committed([TopicPartition(self.cdr_topic, p) for p in new], timeout=90)
+        for tp in committed:
+            self.next_offset[tp.partition] = tp.offset if tp.offset >= 0 else -1  # -1: from wherever Faust starts
+        states = dict(zip(new, self._pool.map(self._restore, new)))
+        self.owned.update(new)
+        log.info("took over cdr partitions %s (next offsets %s)", new, {p: self.next_offset[p] for p in new})
+        return states
 
     def _restore(self, partition: int) -> dict[str, CustomerState]:
         """The partition's customer states from the committed records of its ``churn-scores`` partition."""
@@ -159,71 +194,77 @@ class PartitionTransactions:
             consumer.close()
 
     def revoke(self, partitions: set[int]) -> None:
-        """Give partitions up: commit what was scored for them, then drop their producers."""
-        mine = sorted(set(partitions) & set(self.producers))
+        """Give partitions up: commit what was scored (for every partition: there is one transaction),
+        then forget them."""
+        mine = sorted(set(partitions) & self.owned)
         if not mine:
             return
-        self.commit(mine)
+        self.commit()
         for p in mine:
-            self.producers.pop(p).flush(10)
+            self.owned.discard(p)
             self.next_offset.pop(p, None)
-            self.opened_at.pop(p, None)
         log.info("gave up cdr partitions %s", mine)
 
     def owns(self, partition: int) -> bool:
-        return partition in self.producers
+        return partition in self.owned
 
     # -- output ----------------------------------------------------------------------------
+    def _open(self) -> None:
+        if self.opened_at is None:
+            self.producer.begin_transaction()  # local to the producer: no broker round trip
+            self.opened_at = time.monotonic()
+
     def accept(self, partition: int, offset: int) -> bool:
-        """Whether the event at ``offset`` is new for this partition's transaction stream (and mark it taken)."""
+        """Whether the event at ``offset`` is new for this partition (and mark it taken in the open transaction)."""
         expected = self.next_offset.get(partition)
         if expected is None or (expected >= 0 and offset < expected):
             return False  # not ours, or already scored in a committed/open transaction
         if expected >= 0 and offset > expected:
             log.warning("cdr[%d]: offsets %d..%d were never seen (deleted by retention?)", partition, expected, offset - 1)
+        self._open()
         self.next_offset[partition] = offset + 1
         self.pending[partition] = self.pending.get(partition, 0)
         return True
 
     def produce(self, partition: int, topic: str, key: bytes, value: bytes, to_partition: int | None = None) -> None:
-        producer = self.producers[partition]
+        """One output of a decision on ``partition``'s CDRs, into the open transaction."""
+        self._open()
         if to_partition is None:
-            producer.produce(topic, value=value, key=key)
+            self.producer.produce(topic, value=value, key=key)
         else:
-            producer.produce(topic, value=value, key=key, partition=to_partition)
+            self.producer.produce(topic, value=value, key=key, partition=to_partition)
         self.pending[partition] = self.pending.get(partition, 0) + 1
 
     def maybe_commit(self) -> int:
-        """Commit the partitions whose transaction has been open for ``commit_interval_s``; returns how many."""
-        now = time.monotonic()
-        due = [p for p in self.pending if now - self.opened_at.get(p, now) >= self.settings.scoring.commit_interval_s]
-        return self.commit(due) if due else 0
+        """Commit the open transaction if it has been open for ``commit_interval_s``; returns 1 if it did."""
+        if self.opened_at is None or time.monotonic() - self.opened_at < self.settings.scoring.commit_interval_s:
+            return 0
+        return self.commit()
 
-    def commit(self, partitions=None) -> int:
-        due = [p for p in (self.pending if partitions is None else partitions) if p in self.pending]
-        for p in due:
-            self.producers[p].poll(0)
-        list(self._pool.map(self._commit_one, due))
-        for p in due:
-            del self.pending[p]
-        self.commits += len(due)
-        return len(due)
-
-    def _commit_one(self, partition: int) -> None:
-        producer = self.producers[partition]
-        offsets = [TopicPartition(self.cdr_topic, partition, self.next_offset[partition])]
+    def commit(self) -> int:
+        """Commit the open transaction (outputs and the offsets of every partition with work in it);
+        returns 1 if one was open, else 0."""
+        if self.opened_at is None:
+            return 0
         deadline = time.monotonic() + COMMIT_DEADLINE_S
-        self._call(partition, lambda: producer.send_offsets_to_transaction(offsets, self._group_metadata,
-                                                                            CALL_TIMEOUT_S), deadline)
-        self._call(partition, lambda: producer.commit_transaction(CALL_TIMEOUT_S), deadline)
-        producer.begin_transaction()
-        self.opened_at[partition] = time.monotonic()
+        offsets = [TopicPartition(self.cdr_topic, p, self.next_offset[p]) for p in sorted(self.pending)
+                   if self.next_offset.get(p, -1) >= 0]
+        if offsets:
+            membership = self.membership()
+            self._call(lambda: self.producer.send_offsets_to_transaction(offsets, membership, CALL_TIMEOUT_S),
+                       deadline)
+        self._call(lambda: self.producer.commit_transaction(CALL_TIMEOUT_S), deadline)
+        self.pending.clear()
+        self.opened_at = None
+        self.commits += 1
+        return 1
 
-    def _call(self, partition: int, call, deadline: float):
+    def _call(self, call, deadline: float):
         """One transactional call, retried while its error is retriable and the deadline allows (a timed-out
         commit resumes where it was when called again, e.g. while the broker restarts). An abortable error
-        aborts the transaction (its outputs are never visible; the batch is read again by the next owner);
-        that or anything else raises ``TransactionsLost``."""
+        (the group has a newer generation: this worker was replaced) aborts the transaction: its outputs are
+        never visible, and its CDRs are read again by the partitions' owner. That or anything else raises
+        ``TransactionsLost``."""
         while True:
             try:
                 return call()
@@ -231,20 +272,23 @@ class PartitionTransactions:
                 err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                 if err is not None and err.retriable() and not err.txn_requires_abort() \
                         and time.monotonic() < deadline:
-                    log.warning("cdr[%d]: transaction call failed, retrying: %s", partition, err)
+                    log.warning("transaction call failed, retrying: %s", err)
                     time.sleep(0.5)
                     continue
                 if err is not None and err.txn_requires_abort():
                     try:
-                        self.producers[partition].abort_transaction(CALL_TIMEOUT_S)
+                        self.producer.abort_transaction(CALL_TIMEOUT_S)
                     except KafkaException:
-                        log.exception("cdr[%d]: aborting the transaction failed", partition)
-                raise TransactionsLost(f"cdr[{partition}]: {err or exc}") from exc
+                        log.exception("aborting the transaction failed")
+                raise TransactionsLost(str(err or exc)) from exc
 
     def close(self) -> None:
-        """Commit everything scored and release the producers (graceful stop)."""
+        """Commit everything scored and release the producer (graceful stop)."""
         try:
-            self.revoke(set(self.producers))
+            self.revoke(set(self.owned))
+            self.commit()
+            self.producer.flush(10)
         finally:
             self._group.close()
             self._pool.shutdown(wait=True)
+            self._slot_lock.close()
