@@ -8,11 +8,16 @@ history and Redis; ``online_activity`` reads pushed activity sums back.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from churn.config import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:  # pandas is imported where frames are built: the scoring worker imports this module
+    import pandas as pd
 
 FEATURE_REPO = PROJECT_ROOT / "feature_repo"
 
@@ -123,6 +128,28 @@ def ensure_applied(settings: Settings, load_profiles: bool = True) -> None:
     """Apply ``feature_repo/`` unless the registry already holds exactly these definitions."""
     if not is_applied(settings):
         apply(settings, load_profiles=load_profiles)
+
+
+_ENSURE_APPLIED = """
+import sys
+from churn.config import Settings
+from churn.feature_store import ensure_applied
+ensure_applied(Settings.model_validate_json(sys.stdin.read()), load_profiles={load_profiles})
+"""
+
+
+def ensure_applied_in_subprocess(settings: Settings, load_profiles: bool = True, timeout_s: float = 900.0) -> None:
+    """``ensure_applied`` in a child Python process, for a process that must not import Feast (the scoring
+    worker, which reads the online store in Feast's format without it: ``churn.online_reader``).
+    ``import feast`` keeps ~170 MB resident for the life of a process. The child gets these exact settings
+    (as JSON on its stdin) and writes to this process's stdout/stderr; it failing raises ``RuntimeError``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-c", _ENSURE_APPLIED.format(load_profiles=bool(load_profiles))],
+                          input=settings.model_dump_json(), text=True, env=env,
+                          timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"applying feature_repo/ (in a child process) failed with exit code {done.returncode}")
 
 
 #: What the scorer reads per customer: the packed activity state (see ``feature_repo/activity.py``).

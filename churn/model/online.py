@@ -39,9 +39,11 @@ class OnlineChallenger:
     name = "river-logreg"
 
     def __init__(self, learning_rate: float = 0.05):
-        from river import linear_model, optim, preprocessing
+        from river import linear_model, optim
 
-        self.model = preprocessing.StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate))
+        from churn.model.online_scaler import StandardScaler  # river's, without river.preprocessing's imports
+
+        self.model = StandardScaler() | linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate))
         self.learned = 0
 
     @staticmethod

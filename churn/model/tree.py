@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,22 @@ DEFAULT_PARAMS = {
     "min_child_weight": 5,
     "reg_lambda": 1.0,
 }
+
+
+def import_xgboost_without_sklearn() -> None:
+    """Import xgboost for scoring only: without the scikit-learn it imports for its estimator API
+    (``XGBClassifier``), which brings scipy's statistics and pandas (~130 MB resident; xgboost alone
+    ~35 MB). Scoring needs only ``Booster`` (``from_bytes``, ``inplace_predict``, ``pred_contribs``).
+    In this process ``XGBClassifier`` then raises ImportError ("sklearn needs to be installed"), so
+    only a process that never trains calls this (``churn score``), before anything imports xgboost.
+    No-op if xgboost or scikit-learn is imported already."""
+    if "xgboost" in sys.modules or "sklearn" in sys.modules:
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]  # importing it raises ImportError: xgboost's fallback
+    try:
+        import xgboost  # noqa: F401
+    finally:
+        del sys.modules["sklearn"]
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
