@@ -271,17 +271,28 @@ def partial_sums_by_executors(df):
     return df.select(*INPUT_COLUMNS).repartition("customer_id").mapInArrow(_partial_sums_arrow, PARTIAL_DDL)
 
 
-def _partial_sums_arrow(batches):
+def partial_sums_table(table):
+    """``partial_sums_arrays`` over an Arrow table with ``INPUT_COLUMNS`` (``event_time`` a timestamp in
+    microseconds, as Spark hands it over): one record batch, a row per customer, columns as ``PARTIAL_DDL``;
+    None for an empty table. The executors run it in ``partial_sums_by_executors``; the streaming job
+    runs it on the driver over a micro-batch it has collected."""
     import pyarrow as pa
 
-    batches = list(batches)
-    table = pa.Table.from_batches(batches) if batches else None
-    if table is None or table.num_rows == 0:  # a partition without events
-        return
+    if table.num_rows == 0:
+        return None
     cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in INPUT_COLUMNS}
     cols["event_time"] = table.column("event_time").cast(pa.int64()).to_numpy() / 1e6  # microseconds
     ids, ref, sums, days = partial_sums_arrays(cols)
     arrays = [pa.array(ids, pa.string()), pa.array(ref, pa.float64()),
               *(pa.array(sums[:, i], pa.float64()) for i in range(len(SUM_FEATURES))),
               pa.array(days, pa.list_(pa.int32()))]
-    yield pa.RecordBatch.from_arrays(arrays, names=["customer_id", "ref_time", *SUM_FEATURES, "active_days"])
+    return pa.RecordBatch.from_arrays(arrays, names=["customer_id", "ref_time", *SUM_FEATURES, "active_days"])
+
+
+def _partial_sums_arrow(batches):
+    import pyarrow as pa
+
+    batches = list(batches)
+    out = partial_sums_table(pa.Table.from_batches(batches)) if batches else None
+    if out is not None:  # None: a partition without events
+        yield out
