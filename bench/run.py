@@ -198,8 +198,9 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
                 if job.last_pushed_ref_time > started:
                     fresh.append(time.time() - job.last_pushed_ref_time)
             producer.join()
-            batches = sorted(p["batchDuration"] / 1000 for p in silver.recentProgress[first_batch:]
-                             if p["numInputRows"])
+            progress = [p for p in silver.recentProgress[first_batch:] if p["numInputRows"]]
+            batches = sorted(p["batchDuration"] / 1000 for p in progress)
+            batch_rows = sorted(p["numInputRows"] for p in progress)
             # steady: over the second half of the run the lag (a saw-tooth, one tooth per batch) grows, by
             # its least-squares trend, by less than one trigger interval of events
             half = lags[len(lags) // 2:]
@@ -211,6 +212,7 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
                 "rate": rate, "seconds": SUSTAINED_SECONDS, "lag_steady": steady, "lag_growth_second_half": round(growth), "lag_end": lags[-1] if lags else None,
                 "lag_max": max(lags) if lags else None, "freshness_p50_s": pct(fresh, 0.5),
                 "batch_duration_p50_s": pct(batches, 0.5), "batch_duration_p99_s": pct(batches, 0.99),
+                "batch_rows_p50": batch_rows[len(batch_rows) // 2] if batch_rows else None,
                 "batches": len(batches)})
             print(f"rate {rate}/s: steady={steady} (growth {growth:,.0f}) lag end {lags[-1] if lags else None} max {max(lags) if lags else None}, "
                   f"freshness p50 {pct(fresh, 0.5)} p99 {pct(fresh, 0.99)} s, batches p50 {pct(batches, 0.5)} "
@@ -253,6 +255,15 @@ def bench_realtime(s: Settings) -> dict:
             held = fraction if detail["lag_steady"] else held
     out["realtime_stream_sustained_vs_bronze_alone"] = (held, "x", {
         "fractions_tried": list(REALTIME_STREAM_FRACTIONS), "ceiling": round(ceiling), "target": 0.5})
+    # A micro-batch costs a fixed part plus a part per record (least squares over the rates' median
+    # batches). Fed at r events/s, a batch of duration D holds r*D records, so D = fixed / (1 - r*per_record)
+    # and features are up to about two batches old: that, not a tuning knob, bounds freshness.
+    points = [(d["batch_rows_p50"], d["batch_duration_p50_s"]) for _, _, d in (live[n] for n in figures if n in live)
+              if d.get("batch_rows_p50") and d.get("batch_duration_p50_s")]
+    if len(points) >= 2:
+        per_record, fixed = np.polyfit([r for r, _ in points], [d for _, d in points], 1)
+        out["realtime_stream_batch_fixed_s"] = (float(fixed), "s", {"points_rows_seconds": points})
+        out["realtime_stream_batch_per_record_us"] = (float(per_record) * 1e6, "µs", {"points_rows_seconds": points})
     faust = [bench_faust_alone(s)[0] for _ in range(RUNS)]
     faust_rate = statistics.median(faust)
     out["realtime_faust_alone_rate"] = (faust_rate, "events/s", {"runs": [round(r) for r in faust]})
