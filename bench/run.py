@@ -40,13 +40,15 @@ from gold import bench_gold  # noqa: E402
 from overlay import bench_overlay, bench_overlay_with_stream  # noqa: E402
 from reliability import bench_broker_restart  # noqa: E402
 from scoring import bench_faust_alone, bench_scoring  # noqa: E402
+from simulator_auc import bench_simulator_behaviour_auc  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"realtime": 1, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1}  # minutes per run on 2 cores
+RUNS_BY_BENCH = {"realtime": 1, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+                 "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 
 
@@ -301,6 +303,7 @@ def main(selector: str = "") -> None:
                "score_overlay_with_stream": (bench_overlay_with_stream, "stack"),
                "score_broker_restart": (bench_broker_restart, "stack"),
                "gold": (bench_gold, "settings"),
+               "simulator_behaviour_auc": (bench_simulator_behaviour_auc, "settings"),
                "realtime": (bench_realtime, "stack")}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
     exact = selector.endswith("$")
@@ -321,14 +324,14 @@ def main(selector: str = "") -> None:
                     values, _, _ = figures.setdefault(fig, ([], unit, extra))
                     values.append(value)
                     figures[fig] = (values, unit, extra)
-                    print(f"{fig} run {i + 1}: {value:,.1f} {unit}", flush=True)
+                    print(f"{fig} run {i + 1}: {value:,.{3 if unit in ('x', 'AUC') else 1}f} {unit}", flush=True)
             for fig, (values, unit, extra) in figures.items():
                 results[fig] = {
                     "name": fig,
-                    "value": round(statistics.median(values), 3 if unit == "x" else 1),  # ratios: 0.48, not 0.5
+                    "value": round(statistics.median(values), 3 if unit in ("x", "AUC") else 1),  # 0.48, not 0.5
                     "unit": unit,
                     "statistic": f"median of {runs}",
-                    "runs": [round(v, 3 if unit == "x" else 1) for v in values],
+                    "runs": [round(v, 3 if unit in ("x", "AUC") else 1) for v in values],
                     "detail": {k: v for k, v in extra.items() if v is not None},
                     "description": (fn.__doc__ or "").strip(),
                     "command": "make bench  # " + shlex.join(["python", "bench/run.py", selector or name]),

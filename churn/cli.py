@@ -243,8 +243,10 @@ def simulate(
     Backfill (--days N): N days of history up to --end, as fast as the broker takes it.
     Live (--rate N): N events/s with current event times, holding the rate or saying it can't;
     simulated time runs faster than the clock so that churners drift visibly.
-    Both: history first, then live. Churners (Churn=Yes) use less, call customer care more,
-    drop more calls and call off-net more in the weeks before their churn label.
+    Both: history first, then live. Most churners (Churn=Yes) use less, call customer care more,
+    drop more calls and call off-net more in the weeks before their churn label (how much:
+    simulator.signal_strength); some leave without warning; anyone can go through a billing
+    dispute, a holiday or a week of bad coverage.
     """
     from churn.simulator import Simulator
     from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
@@ -262,7 +264,7 @@ def simulate(
         seed=s.simulator.seed if seed is None else seed, start_s=start_s, end_s=horizon_end,
         precursor_days=s.simulator.precursor_days, customers=customers, csv_path=_telco_table(s),
         bad_ratio=bad_ratio, duplicate_ratio=duplicate_ratio, mode="live" if rate else "backfill",
-        data_scale=data_scale,
+        data_scale=data_scale, signal_strength=s.simulator.signal_strength,
         labels_from_s=end_s if rate is not None else None,
     )
     _start_metrics(s.simulator.metrics_host, s.simulator.metrics_port)
@@ -740,7 +742,7 @@ def demo(
     now = time.time()
     sim = Simulator(seed=s.simulator.seed, start_s=now - history_days * 86400, end_s=now + 60 * 86400,
                     precursor_days=s.simulator.precursor_days, bad_ratio=bad_ratio, mode="live",
-                    labels_from_s=now)
+                    labels_from_s=now, signal_strength=s.simulator.signal_strength)
     report = ProduceReport(run_id=sim.run_id.decode())
     sender = StepProducer(s, report)
     done = threading.Event()

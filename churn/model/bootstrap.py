@@ -56,7 +56,7 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
     end_s = float(end_s if end_s is not None else (np.floor(time.time() / DAY) * DAY))
     sim = Simulator(seed=seed, start_s=end_s - days * DAY, end_s=end_s, customers=customers,
                     precursor_days=settings.simulator.precursor_days, csv_path=telco_table(settings),
-                    data_scale=data_scale)
+                    data_scale=data_scale, signal_strength=settings.simulator.signal_strength)
     ids = np.asarray(sim.pop.customer_id, dtype=object)
     cols = sim.silver_columns(slice_s=6 * 3600.0)
     if seen_from_s is not None:
@@ -72,6 +72,24 @@ def simulated_training_set(settings: Settings, customers: int = 3000, days: floa
     X = matrix([profiles.get(c) for c in ids], row_states, observe.tolist())
     return TrainingSet(X=X, y=sim.pop.churner.astype(int), at_s=observe, customer_id=ids,
                        observed_days=observed_days(row_states, observe))
+
+
+def simulated_auc(settings: Settings, customers: int = 3000, days: float = 60.0, end_s: float = 1.79e9,
+                  seed: int | None = None) -> dict:
+    """How hard the simulated world is: the bootstrap's ROC AUC on the later validation window of a simulated
+    history (``simulated_training_set`` and ``train`` as ``train_bootstrap`` runs them, no registry), and the same
+    trainer's on the profile alone. The history ends at ``end_s`` (fixed by default: the figure is reproducible)."""
+    from churn.model.inputs import ACTIVITY_FEATURES, MODEL_FEATURES
+    from churn.model.training import train
+
+    ts = simulated_training_set(settings, customers=customers, days=days, end_s=end_s, seed=seed)
+    full = train(ts.X, ts.y, ts.at_s, MODEL_FEATURES, n_trials=0)
+    profile_only = ts.X.copy()
+    profile_only[:, [MODEL_FEATURES.index(f) for f in ACTIVITY_FEATURES]] = np.nan
+    without = train(profile_only, ts.y, ts.at_s, MODEL_FEATURES, n_trials=0)
+    return {"signal_strength": settings.simulator.signal_strength, "customers": customers, "days": days,
+            "roc_auc": full.metrics["roc_auc"], "profile_only_roc_auc": without.metrics["roc_auc"],
+            "validation_rows": full.metrics["rows"], "validation_churners": full.metrics["positives"]}
 
 
 def train_bootstrap(settings: Settings, customers: int = 3000, days: float = 60.0, promote: bool = True) -> str:

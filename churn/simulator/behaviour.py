@@ -1,16 +1,28 @@
-"""How customers behave over time: daily and weekly rhythm, and the drift before churn.
+"""How customers behave over time: rhythm, day-to-day noise, the drift before churn, and episodes.
 
-``intensity`` gives every customer's rate of voice, SMS and data events at a
-moment; ``sample_events`` draws the events of a time slice with all their
-attributes, vectorised with numpy.
+``shift_at`` says how far every customer's behaviour is from their usual at a
+moment; ``intensity`` gives their rates of voice, SMS and data events then;
+``sample_events`` draws the events of a time slice with all their attributes,
+vectorised with numpy.
 
-A churner's behaviour drifts over the ``precursor_days`` before the churn date
-(``ramp`` goes from 0 to 1): usage falls by up to 65 %, calls to customer care
-rise to a quarter of calls, dropped calls rise, and the off-net share of calls
-grows. After the churn date the customer is gone and produces nothing.
+* **Day-to-day noise**: each customer's usage on a given day is multiplied by
+  log-normal noise (``DAILY_SIGMA``, mean 1), so a quiet day or two is normal.
+* **Drift before churn**: a churner who warns drifts over the ``precursor_days``
+  before the churn date (``ramp`` goes from 0 to 1), by their own
+  ``drift_weight`` times the simulator's signal strength (``amplitude``). At
+  amplitude 1, usage falls by 65 %, calls to customer care rise by a quarter
+  of calls, dropped calls rise by 12 points and the off-net share of calls by
+  35 points. Silent churners (``Population.silent``) do not drift at all.
+  After the churn date the customer is gone and produces nothing.
+* **Episodes**: anyone, loyal customers included, goes through churn-like
+  episodes at random (``EPISODES``): a billing dispute (many calls to customer
+  care), a holiday (almost no usage) or a week of bad coverage (many dropped
+  calls). They end, and behaviour returns to normal.
 
 >>> ramp(np.array([0.0, 14.0, 28.0, 29.0]) * DAY, label_s=28.0 * DAY, churner=True, precursor_s=28 * DAY).tolist()
 [0.0, 0.5, 1.0, 1.0]
+>>> sorted(EPISODES)
+['bad_coverage', 'billing_dispute', 'holiday']
 """
 
 from __future__ import annotations
@@ -42,11 +54,34 @@ _WEEKLY = np.array(
 )
 WEEKLY = _WEEKLY / _WEEKLY.mean(axis=1, keepdims=True)
 
-# How strongly a full ramp (1.0) changes behaviour.
+# How strongly a full ramp at amplitude 1 changes behaviour.
 USAGE_DROP = 0.65
 CARE_SHARE_ADD = 0.25
 DROP_PROB_ADD = 0.12
 OFFNET_SHARE_ADD = 0.35
+DATA_MB_DROP = 0.5
+
+#: Spread (sigma of the log) of each customer's day-to-day usage noise.
+DAILY_SIGMA = 0.35
+
+
+@dataclass(frozen=True)
+class EpisodeKind:
+    per_year: float  # how often a customer goes through one, on average
+    days: tuple[float, float]  # how long one lasts: uniform between these
+    usage: float = 1.0  # multiplies the event rates
+    care_add: float = 0.0  # added to the share of calls that go to customer care
+    drop_add: float = 0.0  # added to the probability that a call drops
+
+
+#: Churn-like episodes anyone can go through; they end and behaviour returns to normal.
+EPISODES = {
+    "billing_dispute": EpisodeKind(per_year=1.5, days=(3.0, 10.0), usage=1.1, care_add=0.3),
+    "holiday": EpisodeKind(per_year=2.0, days=(5.0, 15.0), usage=0.05),
+    "bad_coverage": EpisodeKind(per_year=1.5, days=(4.0, 9.0), drop_add=0.18),
+}
+_KINDS = list(EPISODES.values())
+_MAX_EPISODE_S = max(k.days[1] for k in _KINDS) * 86400.0
 
 DIRECTIONS = ("outgoing", "incoming")
 COUNTERPARTIES = ("on_net", "off_net", "customer_care", "international")
@@ -59,6 +94,73 @@ def ramp(t_s, label_s, churner, precursor_s: float) -> np.ndarray:
     return np.where(churner, np.clip(r, 0.0, 1.0), 0.0)
 
 
+@dataclass
+class Episodes:
+    """Every episode of a simulation, sorted by start time."""
+
+    customer: np.ndarray  # int
+    kind: np.ndarray  # int index into EPISODES
+    start_s: np.ndarray
+    end_s: np.ndarray
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, n: int, start_s: float, end_s: float) -> "Episodes":
+        """Episodes of ``n`` customers that are under way at some moment of [start_s, end_s)."""
+        lo = start_s - _MAX_EPISODE_S
+        years = (end_s - lo) / (365.0 * 86400.0)
+        parts = []
+        for k, kind in enumerate(_KINDS):
+            counts = rng.poisson(kind.per_year * years, n)
+            who = np.repeat(np.arange(n), counts)
+            begin = lo + rng.random(len(who)) * (end_s - lo)
+            length = rng.uniform(*kind.days, len(who)) * 86400.0
+            parts.append((who, np.full(len(who), k), begin, begin + length))
+        customer, kind, begin, stop = (np.concatenate(x) for x in zip(*parts))
+        order = np.argsort(begin, kind="stable")
+        return cls(customer[order], kind[order], begin[order], stop[order])
+
+    def active(self, t_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(customer, kind) of the episodes under way at ``t_s``."""
+        lo, hi = np.searchsorted(self.start_s, [t_s - _MAX_EPISODE_S, t_s], side="right")
+        on = self.end_s[lo:hi] > t_s
+        return self.customer[lo:hi][on], self.kind[lo:hi][on]
+
+
+@dataclass
+class Shift:
+    """How far each customer's behaviour is from their usual at a moment, one value per customer."""
+
+    usage: np.ndarray  # multiplies the event rates
+    care_add: np.ndarray  # added to the share of calls that go to customer care
+    drop_add: np.ndarray  # added to the probability that a call drops
+    offnet_add: np.ndarray  # added to the off-net share of calls and SMS
+    data_mb: np.ndarray  # multiplies the volume of data sessions
+
+
+def shift_at(t_s: float, label_s: np.ndarray, amplitude: np.ndarray, precursor_s: float,
+             episodes: Episodes | None = None) -> Shift:
+    """Every customer's ``Shift`` at ``t_s``: the drift before churn (``amplitude`` per customer, 0 for
+    none) and the episodes under way."""
+    r = ramp(t_s, label_s, amplitude > 0, precursor_s) * amplitude
+    shift = Shift(usage=np.maximum(1.0 - USAGE_DROP * r, 0.05), care_add=CARE_SHARE_ADD * r,
+                  drop_add=DROP_PROB_ADD * r, offnet_add=OFFNET_SHARE_ADD * r,
+                  data_mb=np.maximum(1.0 - DATA_MB_DROP * r, 0.1))
+    if episodes is not None:
+        customer, kind = episodes.active(t_s)
+        for k, spec in enumerate(_KINDS):
+            c = customer[kind == k]
+            shift.usage[c] *= spec.usage
+            shift.care_add[c] += spec.care_add
+            shift.drop_add[c] += spec.drop_add
+    return shift
+
+
+def day_noise(seed: int, n: int, t_s: float) -> np.ndarray:
+    """Each customer's usage multiplier (n,) on the day of ``t_s``: log-normal, mean 1, the same all day."""
+    rng = np.random.default_rng([seed, 7, int(t_s // DAY)])
+    return rng.lognormal(-0.5 * DAILY_SIGMA**2, DAILY_SIGMA, n)
+
+
 def rhythm(t_s: float) -> np.ndarray:
     """Multipliers (3,) for voice, SMS, data at epoch time ``t_s`` (UTC)."""
     hour = int(t_s // 3600) % 24
@@ -66,12 +168,11 @@ def rhythm(t_s: float) -> np.ndarray:
     return HOURLY[:, hour] * WEEKLY[:, weekday]
 
 
-def intensity(pop: Population, label_s: np.ndarray, t_s: float, precursor_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Events per second (n, 3) for every customer at ``t_s``, and each customer's ramp (n,)."""
-    r = ramp(t_s, label_s, pop.churner, precursor_s)
+def intensity(pop: Population, label_s: np.ndarray, t_s: float, shift: Shift, noise: np.ndarray) -> np.ndarray:
+    """Events per second (n, 3) for every customer at ``t_s``, given their ``shift`` and day noise."""
     active = ~(pop.churner & (t_s >= label_s))
-    per_day = pop.daily_rate * rhythm(t_s)[None, :] * (1.0 - USAGE_DROP * r)[:, None]
-    return per_day * active[:, None] / DAY, r
+    per_day = pop.daily_rate * rhythm(t_s)[None, :] * (shift.usage * noise * active)[:, None]
+    return per_day / DAY
 
 
 @dataclass
@@ -118,21 +219,20 @@ def sample_events(
     pop: Population,
     customer: np.ndarray,
     record_type: np.ndarray,
-    r: np.ndarray,
+    shift: Shift,
     time_ms: np.ndarray,
 ) -> EventBatch:
-    """Draw every attribute of the given (customer, record type, time) events."""
+    """Draw every attribute of the given (customer, record type, time) events, customers shifted by ``shift``."""
     m = len(customer)
     order = np.argsort(time_ms, kind="stable")
     customer, record_type, time_ms = customer[order], record_type[order], time_ms[order]
-    r = r[customer]
     is_voice, is_sms, is_data = record_type == VOICE, record_type == SMS, record_type == DATA
 
     # who is on the other end (voice and SMS)
-    care = pop.care_share[customer] + CARE_SHARE_ADD * r
+    care = np.minimum(pop.care_share[customer] + shift.care_add[customer], 0.8)
     care = np.where(is_voice, care, care * 0.1)
     intl = pop.intl_share[customer]
-    offnet = np.minimum(pop.offnet_share[customer] + OFFNET_SHARE_ADD * r, 0.95)
+    offnet = np.minimum(pop.offnet_share[customer] + shift.offnet_add[customer], 0.95)
     u = rng.random(m)
     counterparty = np.full(m, ON_NET, dtype=np.int8)
     counterparty[u < care + intl + (1 - care - intl) * offnet] = OFF_NET
@@ -143,7 +243,7 @@ def sample_events(
     direction = (rng.random(m) < np.where(is_voice, 0.45, 0.5)).astype(np.int8)  # 1 = incoming
     direction[is_data | (counterparty == CARE)] = 0
 
-    dropped = is_voice & (rng.random(m) < pop.drop_prob[customer] + DROP_PROB_ADD * r)
+    dropped = is_voice & (rng.random(m) < pop.drop_prob[customer] + shift.drop_add[customer])
     call_s = pop.mean_call_s[customer] * rng.lognormal(-0.3, 0.8, m)
     call_s = np.where(counterparty == CARE, call_s * 2.5, call_s)
     call_s = np.where(dropped, call_s * 0.3, call_s)
@@ -151,7 +251,7 @@ def sample_events(
     duration_s = np.round(np.where(is_voice, call_s, np.where(is_data, session_s, np.nan)), 1)
     duration_s = np.minimum(duration_s, 86400.0)
 
-    mb = pop.mean_session_mb[customer] * (1.0 - 0.5 * r) * rng.lognormal(-0.5, 1.0, m)
+    mb = pop.mean_session_mb[customer] * shift.data_mb[customer] * rng.lognormal(-0.5, 1.0, m)
     data_bytes = np.where(is_data, (mb * 1e6).astype(np.int64), -1)
 
     roaming = rng.random(m) < pop.roaming_prob[customer]
