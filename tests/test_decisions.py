@@ -274,7 +274,7 @@ def test_a_burst_is_alerted_by_its_own_cdr_and_a_customer_who_goes_quiet_is_resc
     assert quiet_alerts[0]["newest_event_age_s"] > 19 * DAY
 
 
-def test_the_stream_stopped_for_60_s_loses_no_score_and_marks_degraded_only_where_the_cap_was_reached(
+def test_the_stream_stopped_for_30_s_loses_no_score_and_marks_degraded_only_where_the_cap_was_reached(
         decision_env, tmp_path):
     env, s = decision_env
     # a small cap, and few customers' own last inputs kept, so that decisions need the dropped CDRs
@@ -293,7 +293,7 @@ def test_the_stream_stopped_for_60_s_loses_no_score_and_marks_degraded_only_wher
         wait_for(lambda: len(scores_of(s)) >= len(valid), 120, "everything scored")
         before = len(valid)
         stop(stream, signal.SIGKILL)
-        produce(steps[24:60], pause_s=60.0 / 36)  # 60 s of CDRs, more than the overlay holds
+        produce(steps[24:60], pause_s=30.0 / 36)  # 30 s of CDRs, more than the overlay holds
         wait_for(lambda: len(scores_of(s)) >= len(valid), 120, "scored with the stream stopped")
         stream = start_stream(env, log)
         wait_for(lambda: table_rows(tmp_path / "lake" / "silver") >= len(valid), 300, "the stream caught up again")
