@@ -424,6 +424,53 @@ def test_two_workers_share_partitions_and_one_stopping_hands_over_without_loss_o
                 w.wait(timeout=60)
 
 
+def test_a_worker_frozen_past_its_session_is_replaced_and_cannot_commit_when_it_wakes(score_env, tmp_path):
+    """A zombie: one of two workers is frozen (SIGSTOP) inside an open transaction (it commits every 5 s,
+    so one is open while CDRs flow) until the group has replaced it (session timeout 6 s). When it
+    wakes, it is no longer the member its offsets name: it aborts the transaction and exits (code 70,
+    for its supervisor), and its outputs are never visible. Every CDR is scored exactly once."""
+    env, s = score_env
+    ports = free_ports(2)
+    sender = StepProducer(s, ProduceReport(run_id="zombie"))
+    steps = list(simulate(s, seed=35, customers=400, days=0.6).backfill_steps(slice_s=300.0))
+    valid = {orjson.loads(v)["event_id"] for st in steps for v in st.values[:len(st.good)]}
+    log = open(tmp_path / "workers.log", "ab")
+    zombie = start_worker(env, log, CHURN_SCORING__METRICS_PORT=str(ports[0]), CHURN_SCORING__COMMIT_INTERVAL_S="5")
+    survivor = start_worker(env, log, CHURN_SCORING__METRICS_PORT=str(ports[1]))
+
+    def feed():  # ~17 s of CDRs
+        for step in steps:
+            sender.send(step)
+            sender.flush()
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    try:
+        wait_for(lambda: metric(ports[0], "churn_score_owned_partitions") > 0
+                 and metric(ports[1], "churn_score_owned_partitions") > 0
+                 and metric(ports[0], "churn_score_owned_partitions")
+                 + metric(ports[1], "churn_score_owned_partitions") == s.topics.cdr.partitions, 120,
+                 "both workers owning partitions")
+        feeder.start()
+        wait_for(lambda: metric(ports[0], "churn_score_events_total") > 0, 60, "the first worker scoring")
+        os.killpg(zombie.pid, signal.SIGSTOP)  # CDRs scored, not committed: a transaction is open
+        time.sleep(14)  # past the session timeout: the group rebalances without it
+        os.killpg(zombie.pid, signal.SIGCONT)
+        assert zombie.wait(timeout=90) == 70, (tmp_path / "workers.log").read_text()[-4000:]
+        feeder.join(60)
+        wait_for(lambda: metric(ports[1], "churn_score_owned_partitions") == s.topics.cdr.partitions, 120,
+                 "the survivor owning every partition")
+        scores = wait_scored(s, len(valid), 180)
+        assert_exactly_once(scores, valid)
+        assert_alerts_consistent(s, scores)
+    finally:
+        for w in (zombie, survivor):
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGCONT)
+                w.send_signal(signal.SIGTERM)
+                w.wait(timeout=60)
+
+
 def test_direct_redis_reader_returns_what_feast_get_online_features_returns(score_env):
     """The scorer's fast path reads Feast's Redis hashes itself: it must agree with Feast's own API,
     value for value, for pushed customers, customers with a profile only, and unknown ones."""

@@ -268,11 +268,19 @@ class ScoringWorker:
         return group_metadata(self.settings.scoring.app_id, coordinator.generation, coordinator.member_id)
 
     async def _within(self, awaitable, what: str):
-        """Await ``awaitable`` for at most ``takeover_deadline_s``; past it, the worker exits (``die``)."""
+        """Await ``awaitable`` for at most ``takeover_deadline_s``; past it, or if it fails, the worker exits
+        (``die``). A hand-over that failed must not be survived: e.g. a worker the group has already
+        replaced cannot commit (``TransactionsLost``), and its open transaction, still holding the
+        outputs of partitions now owned by another worker, must never be committed later under a new
+        generation. Its restart aborts it."""
         try:
             return await asyncio.wait_for(awaitable, self.settings.scoring.takeover_deadline_s)
         except asyncio.TimeoutError:
             die("%s took more than %.0f s", what, self.settings.scoring.takeover_deadline_s)
+        except Exception as exc:
+            metrics.AGENT_ERRORS.labels("rebalance").inc()
+            log.exception("%s failed", what)
+            die("%s failed: %s", what, exc)
 
     async def _taken_over(self) -> None:
         if not self.ready().is_set():

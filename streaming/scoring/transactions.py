@@ -250,7 +250,11 @@ class WorkerTransactions:
         offsets = [TopicPartition(self.cdr_topic, p, self.next_offset[p]) for p in sorted(self.pending)
                    if self.next_offset.get(p, -1) >= 0]
         if offsets:
-            membership = self.membership()
+            try:
+                membership = self.membership()
+            except TransactionsLost:  # replaced: abort now, so that the new owner does not wait for it
+                self._abort()
+                raise
             self._call(lambda: self.producer.send_offsets_to_transaction(offsets, membership, CALL_TIMEOUT_S),
                        deadline)
         self._call(lambda: self.producer.commit_transaction(CALL_TIMEOUT_S), deadline)
@@ -276,11 +280,16 @@ class WorkerTransactions:
                     time.sleep(0.5)
                     continue
                 if err is not None and err.txn_requires_abort():
-                    try:
-                        self.producer.abort_transaction(CALL_TIMEOUT_S)
-                    except KafkaException:
-                        log.exception("aborting the transaction failed")
+                    self._abort()
                 raise TransactionsLost(str(err or exc)) from exc
+
+    def _abort(self) -> None:
+        """Abort the open transaction (best effort: if this fails, the broker aborts it after
+        ``transaction.timeout.ms``, or at once when this slot's next worker initialises)."""
+        try:
+            self.producer.abort_transaction(CALL_TIMEOUT_S)
+        except KafkaException:
+            log.exception("aborting the transaction failed")
 
     def close(self) -> None:
         """Commit everything scored and release the producer (graceful stop)."""
