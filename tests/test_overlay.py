@@ -154,14 +154,17 @@ def test_a_reload_gap_marks_decisions_from_an_older_pushed_state_until_the_strea
     cols, partition, offset, weights = _topic(customers=5, days=3)
     p = int(partition[0])
     rows = np.flatnonzero(partition == p)
-    customer = cols["customer_id"][rows[-1]]
+    # a customer with CDRs in the gap (after the stale pushed state, before the reloaded tail) and in the tail
+    in_gap = set(cols["customer_id"][rows[1:-10]])
+    last = next(r for r in rows[-10:][::-1] if cols["customer_id"][r] in in_gap)
+    customer = cols["customer_id"][last]
     overlay = ActivityOverlay()
     overlay.mark_gap(p, int(offset[rows[-10]]))  # a new owner reloaded only the last 10 CDRs
     tail = rows[-10:]
     overlay.admit(p, offset[tail].tolist(), cols["customer_id"][tail].tolist(), [f"e{o}" for o in offset[tail]],
                   cols["event_time"][tail].tolist(), weights[tail])
     stale = _pushed(cols, partition, offset, {p: int(offset[rows[0]]) + 1})
-    (inp,) = overlay.inputs([(p, customer, int(offset[rows[-1]]))], stale)
+    (inp,) = overlay.inputs([(p, customer, int(offset[last]))], stale)
     assert inp.basis == BUFFER_CAP and inp.not_included is None  # some may be missing: not known how many
     covered = {p: int(offset[rows[-10]])}
     overlay.evict(covered)
