@@ -384,6 +384,12 @@ def test_redis_down_scores_degraded_without_losing_events_then_recovers(score_en
         worker.wait(timeout=60)
 
 
+def wait_sharing(ports: list[int], partitions: int) -> None:
+    """Until the two workers on ``ports`` each own some of the ``partitions`` and together all of them."""
+    owned = lambda: [metric(port, "churn_score_owned_partitions") for port in ports]  # noqa: E731
+    wait_for(lambda: min(owned()) > 0 and sum(owned()) == partitions, 120, "both workers owning partitions")
+
+
 def test_two_workers_share_partitions_and_one_stopping_hands_over_without_loss_or_repeat(score_env, tmp_path):
     env, s = score_env
     ports = free_ports(2)
@@ -395,10 +401,7 @@ def test_two_workers_share_partitions_and_one_stopping_hands_over_without_loss_o
     a = start_worker(env, log, CHURN_SCORING__METRICS_PORT=str(ports[0]))
     b = start_worker(env, log, CHURN_SCORING__METRICS_PORT=str(ports[1]))
     try:
-        wait_for(lambda: metric(ports[0], "churn_score_owned_partitions")
-                 + metric(ports[1], "churn_score_owned_partitions") == s.topics.cdr.partitions
-                 and metric(ports[0], "churn_score_owned_partitions") > 0
-                 and metric(ports[1], "churn_score_owned_partitions") > 0, 120, "both workers owning partitions")
+        wait_sharing(ports, s.topics.cdr.partitions)
         half = len(steps) // 2
         for step in steps[:half]:
             sender.send(step)
@@ -446,11 +449,7 @@ def test_a_worker_frozen_past_its_session_is_replaced_and_cannot_commit_when_it_
 
     feeder = threading.Thread(target=feed, daemon=True)
     try:
-        wait_for(lambda: metric(ports[0], "churn_score_owned_partitions") > 0
-                 and metric(ports[1], "churn_score_owned_partitions") > 0
-                 and metric(ports[0], "churn_score_owned_partitions")
-                 + metric(ports[1], "churn_score_owned_partitions") == s.topics.cdr.partitions, 120,
-                 "both workers owning partitions")
+        wait_sharing(ports, s.topics.cdr.partitions)
         feeder.start()
         wait_for(lambda: metric(ports[0], "churn_score_events_total") > 0, 60, "the first worker scoring")
         os.killpg(zombie.pid, signal.SIGSTOP)  # CDRs scored, not committed: a transaction is open
