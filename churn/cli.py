@@ -478,6 +478,21 @@ def score(loglevel: str = typer.Option("warn", help="Faust/worker log level: deb
 
 
 @app.command()
+def serve() -> None:
+    """Run the scoring API (FastAPI on uvicorn) on `api.host`:`api.port`, docs at /docs.
+
+    Committed scores and alerts (read from `churn-scores` and `churn-alerts`), live scores from
+    Feast's online features with per-feature explanations, customers at risk, the model registry,
+    /healthz, /readyz and Prometheus /metrics. Reloads the champion when a new one is promoted.
+    """
+    from churn.api.app import serve as run_api
+
+    s = get_settings()
+    console.print(f"scoring API on http://{s.api.host}:{s.api.port} (docs: /docs)")
+    run_api(s)
+
+
+@app.command()
 def alerts(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new alerts (Ctrl-C to stop)."),
     last: int = typer.Option(10, help="Start with the last N alerts of each partition (0: only new ones)."),

@@ -333,6 +333,26 @@ class FeastSettings(BaseModel):
     project: str = "churn"
 
 
+class ApiSettings(BaseModel):
+    """The scoring API (``churn serve``) and the retention dashboard (``churn dashboard``)."""
+
+    #: Where the API listens.
+    host: str = "127.0.0.1"
+    port: int = 18080
+    #: Scores kept per customer for its risk history (the latest is always kept).
+    history: int = 100
+    #: Most rows one page of ``/v1/at-risk`` returns.
+    max_page: int = 1000
+    #: Where the dashboard listens, and the API it reads (None: this API's host and port).
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 18501
+    dashboard_api_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.dashboard_api_url or f"http://{self.host}:{self.port}"
+
+
 class Settings(BaseSettings):
     """Everything configurable, in one place."""
 
@@ -356,6 +376,7 @@ class Settings(BaseSettings):
     feast: FeastSettings = FeastSettings()
     scoring: ScoringSettings = ScoringSettings()
     training: TrainingSettings = TrainingSettings()
+    api: ApiSettings = ApiSettings()
     #: Seconds a service may take to become ready before `stack up` gives up.
     startup_timeout_s: float = 60.0
 

@@ -117,8 +117,11 @@ class TreeModel:
         return _sigmoid(self.a * self.margin(X) + self.b)
 
     def contributions(self, X) -> np.ndarray:
-        """Each feature's contribution to each row's calibrated log-odds (last column: the base)."""
-        return self.a * self.booster.predict(self._dmatrix(X), pred_contribs=True)
+        """Each feature's contribution to each row's calibrated log-odds (last column: the base, so a
+        row sums to the log-odds)."""
+        out = self.a * self.booster.predict(self._dmatrix(X), pred_contribs=True)
+        out[:, -1] += self.b
+        return out
 
     def reasons(self, X, top: int = 3) -> list[list[dict]]:
         """Per row, the ``top`` features pushing the risk up most, largest first, in plain words."""

@@ -1,0 +1,1 @@
+"""The scoring API (``churn serve``) and its read model."""

@@ -1,0 +1,320 @@
+"""The scoring API (``churn serve``): committed scores, live scores with explanations, the model registry.
+
+Routes (OpenAPI docs at ``/docs``):
+
+- ``GET /v1/customers/{id}``: the latest score the worker committed for the customer
+  (``churn.api.scores_view``), its band, alert state and the reasons of its latest alert.
+  Nothing is rescored.
+- ``POST /v1/customers/{id}/score``: a live score from Feast's online features, built and
+  scored by the same code as the worker (``OnlineFeatures.fetch``, ``churn.model.inputs.matrix``,
+  the champion's ``predict``), with every feature's exact contribution to the log-odds
+  (TreeSHAP for tree models, ``contributions``) in plain words.
+- ``GET /v1/at-risk``: customers at or above a band now, riskiest first, paginated.
+- ``GET /v1/models``, ``GET /v1/models/{version}``: the registry, the champion, model cards.
+- ``/healthz``, ``/readyz`` (Redis, the broker, a champion), ``/metrics`` (Prometheus).
+
+Errors are RFC 9457 problem details (``application/problem+json``). The champion is
+reloaded when the registry names a new one, as in the worker.
+"""
+
+import math
+import threading
+import time
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+import redis
+from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from churn.api.scores_view import ScoresView
+from churn.config import Settings
+from churn.contracts import format_time
+from churn.model.inputs import MODEL_FEATURES, describe, describe_missing, matrix
+from churn.model.registry import ChampionWatcher, ModelRegistry
+from streaming.scoring.bands import BANDS, band_of
+
+PROBLEM = "application/problem+json"
+Band = Literal["low", "medium", "high", "critical"]
+CUSTOMER_ID = Path(description="The customer's id, as in the CDRs.", min_length=1, max_length=64,
+                   pattern=r"^[A-Za-z0-9._:-]+$")
+
+
+class LiveScoreRequest(BaseModel):
+    """Score as of ``at`` (default: now). Activity is read as of that time from the customer's
+    newest pushed state; an ``at`` before that state's time reads the state as if no time had passed."""
+
+    at: datetime | None = None
+
+
+def problem(status: int, title: str, detail: str, instance: str | None = None, **extra) -> JSONResponse:
+    """An RFC 9457 problem details response."""
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    return JSONResponse({**body, **extra}, status_code=status, media_type=PROBLEM)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("churn_api_request_seconds", "API request latency by route", ["method", "route", "status"],
+                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                                 registry=self.registry)
+        self.customers = Gauge("churn_api_view_customers", "Customers in the API's view of committed scores",
+                               registry=self.registry)
+
+
+def _reader(settings: Settings):
+    from churn.online_reader import FeastRedisReader, FeastSdkReader
+
+    if settings.scoring.online_reader == "redis":
+        return FeastRedisReader.from_settings(settings)
+    from churn.feature_store import store
+
+    return FeastSdkReader(store(settings))
+
+
+class Services:
+    """What the routes read: the scores view, the online features, the champion, the registry."""
+
+    def __init__(self, settings: Settings, view: ScoresView | None = None):
+        from streaming.scoring.lookup import OnlineFeatures
+
+        self.settings = settings
+        self.view = view if view is not None else ScoresView(settings)
+        self.registry = ModelRegistry(settings.scoring.registry_dir)
+        self.models = ChampionWatcher(self.registry, interval_s=settings.scoring.model_check_interval_s)
+        self.reader = _reader(settings)
+        cfg = settings.scoring
+        self.features = OnlineFeatures(self.reader, attempts=cfg.lookup_attempts, backoff_s=cfg.lookup_backoff_s)
+        self.redis = redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=1.0,
+                                 socket_connect_timeout=1.0)
+        self.lock = threading.Lock()  # the lookup caches and the champion watcher are not thread-safe
+        self.metrics = Metrics()
+
+    def champion(self):
+        with self.lock:
+            return self.models.current()
+
+
+def _customer(view: ScoresView, customer_id: str) -> dict:
+    record = view.latest(customer_id)
+    if record is None:
+        raise HTTPException(404, f"no committed score for customer {customer_id}")
+    alert = view.alert(customer_id)
+    return {
+        "customer_id": customer_id,
+        "risk": record["risk"],
+        "band": record["band"],
+        "scored_at": record.get("scored_at"),
+        "model_version": record.get("model_version"),
+        "trigger": record.get("trigger"),
+        "trigger_event_id": record.get("trigger_event_id"),
+        "trigger_event_time": record.get("trigger_event_time"),
+        "degraded": record.get("degraded"),
+        "degraded_reason": record.get("degraded_reason"),
+        "challenger_risk": record.get("challenger_risk"),
+        "alert": {
+            "active": record.get("alert_band") is not None,
+            "band": record.get("alert_band"),
+            "alerted_at": record.get("alerted_at"),
+            "event_id": None if alert is None else alert.get("event_id"),
+            "reasons": [] if alert is None else alert.get("reasons", []),
+        },
+        "history": view.history(customer_id),
+    }
+
+
+def _explained(model, x, top: int) -> dict:
+    """Each feature's value and exact contribution to the log-odds, the base value, and the top reasons."""
+    contrib = model.contributions(x[None, :])[0]
+    aligned = model.aligned(x[None, :])[0]
+    features = []
+    for name, value, c in zip(model.features, aligned, contrib[:-1]):
+        known = not math.isnan(float(value))
+        features.append({"feature": name, "value": float(value) if known else None,
+                         "contribution": round(float(c), 6),
+                         "text": describe(name, float(value)) if known else describe_missing([name])})
+    features.sort(key=lambda f: -abs(f["contribution"]))
+    base = float(contrib[-1])
+    return {"base": round(base, 6), "log_odds": round(base + float(contrib[:-1].sum()), 6), "features": features,
+            "reasons": model.reasons(x[None, :], top=top)[0]}
+
+
+def create_app(settings: Settings, view: ScoresView | None = None, start_view: bool = True) -> FastAPI:
+    services = Services(settings, view)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if start_view:
+            services.view.start()
+        yield
+        services.view.stop()
+        services.reader.close()
+
+    app = FastAPI(title="churn scoring API", version="1", lifespan=lifespan,
+                  description="Committed churn scores, live scores with explanations, and the model registry.")
+    app.state.services = services
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        services.metrics.latency.labels(request.method, getattr(route, "path", "unmatched"),
+                                        str(response.status_code)).observe(time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(request: Request, exc: StarletteHTTPException):
+        titles = {404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_problem(request: Request, exc: RequestValidationError):
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+        fields = ", ".join(e["field"] for e in errors)
+        return problem(422, "Unprocessable Content", f"invalid {fields}", request.url.path, errors=errors)
+
+    # -- customers ------------------------------------------------------------------------
+    @app.get("/v1/customers/{customer_id}", summary="The customer's latest committed score")
+    async def get_customer(customer_id: Annotated[str, CUSTOMER_ID]):
+        return _customer(services.view, customer_id)
+
+    @app.post("/v1/customers/{customer_id}/score", summary="Score the customer now, with explanations")
+    def live_score(customer_id: Annotated[str, CUSTOMER_ID],
+                   request: Annotated[LiveScoreRequest | None, Body()] = None,
+                   top: Annotated[int, Query(ge=1, le=len(MODEL_FEATURES), description="Reasons to list")] = 3):
+        at_dt = request.at if request is not None and request.at is not None else datetime.now(timezone.utc)
+        if at_dt.tzinfo is None:
+            at_dt = at_dt.replace(tzinfo=timezone.utc)
+        at = at_dt.timestamp()
+        with services.lock:
+            model = services.models.current()
+            looked = services.features.fetch([customer_id])
+        if looked.degraded:
+            raise HTTPException(503, "the online feature store cannot be read: " + "; ".join(looked.errors))
+        profile, state = looked.profiles.get(customer_id), looked.states.get(customer_id)
+        if profile is None and state is None:
+            raise HTTPException(404, f"customer {customer_id} has no profile and no activity in the online store")
+        X = matrix([profile], [state], [at])
+        risk = float(model.predict(X)[0])
+        return {
+            "customer_id": customer_id,
+            "risk": round(risk, 6),
+            "band": BANDS[band_of(risk, settings.scoring.band_thresholds)],
+            "model_version": model.meta["version"],
+            "model_kind": model.meta.get("kind", "xgboost"),
+            "at": format_time(at),
+            "activity_as_of": None if state is None else format_time(state["ref_time"]),
+            "newest_event_age_s": None if state is None else round(max(at - state["ref_time"], 0.0), 3),
+            "profile_known": profile is not None,
+            "explanation": {"method": "exact per-feature contributions to the log-odds (TreeSHAP for trees)",
+                            **_explained(model, X[0], top)},
+        }
+
+    @app.get("/v1/at-risk", summary="Customers at or above a band now, riskiest first")
+    def at_risk(band: Band = "high",
+                limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 50,
+                offset: Annotated[int, Query(ge=0)] = 0,
+                contract: Annotated[str | None, Query(description="Only customers on this contract")] = None):
+        keep = None
+        if contract is not None:
+            contracts = _contracts(services, [r["customer_id"] for r in _all_at_or_above(services.view, band)])
+            keep = lambda r: contracts.get(r["customer_id"]) == contract  # noqa: E731
+        total, rows = services.view.at_risk(band, limit, offset, keep)
+        items = []
+        for r in rows:
+            alert = services.view.alert(r["customer_id"])
+            items.append({"customer_id": r["customer_id"], "risk": r["risk"], "band": r["band"],
+                          "scored_at": r.get("scored_at"), "alert_band": r.get("alert_band"),
+                          "alerted_at": r.get("alerted_at"),
+                          "reasons": [] if alert is None else alert.get("reasons", [])})
+        nxt = offset + limit if offset + limit < total else None
+        return {"band": band, "total": total, "offset": offset, "limit": limit, "next_offset": nxt, "items": items,
+                "bands": services.view.bands()}
+
+    # -- models ---------------------------------------------------------------------------
+    @app.get("/v1/models", summary="The registry: every version and the champion")
+    def models():
+        champion = services.registry.champion_version()
+        out = []
+        for v in services.registry.versions():
+            card = services.registry.card(v)
+            out.append({"version": v, "champion": v == champion, "kind": card.get("kind"),
+                        "model_kind": card.get("model_kind", "xgboost"),
+                        "trained_at": card.get("trained_at"), "metrics": card.get("metrics")})
+        return {"champion": champion, "versions": out}
+
+    @app.get("/v1/models/{version}", summary="One model's card")
+    def model_card(version: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]+$")]):
+        if version not in services.registry.versions():
+            raise HTTPException(404, f"no model version {version}")
+        return {"champion": version == services.registry.champion_version(), "card": services.registry.card(version)}
+
+    # -- operations -----------------------------------------------------------------------
+    @app.get("/healthz", summary="The process is up")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Redis, the broker and a champion are there")
+    def readyz():
+        checks = {"redis": _check(lambda: services.redis.ping()),
+                  "broker": _check(lambda: _broker_up(settings)),
+                  "champion": _check(lambda: services.champion() is not None or _raise("no champion model")),
+                  "scores_view": "ok" if services.view.caught_up.is_set() else "catching up"}
+        ready = all(checks[k] == "ok" for k in ("redis", "broker", "champion"))
+        body = {"status": "ready" if ready else "not ready", "checks": checks,
+                "customers": services.view.customers(), "champion": services.models.version}
+        if ready:
+            return body
+        failing = ", ".join(f"{k}: {v}" for k, v in checks.items() if v not in ("ok", "catching up"))
+        return problem(503, "Service Unavailable", f"not ready: {failing}", "/readyz", checks=checks)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics():
+        services.metrics.customers.set(services.view.customers())
+        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _raise(message: str):
+    raise RuntimeError(message)
+
+
+def _check(fn) -> str:
+    try:
+        fn()
+        return "ok"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _broker_up(settings: Settings) -> None:
+    from churn.transport import admin
+
+    admin(settings).list_topics(settings.topics.churn_scores.name, timeout=2.0)
+
+
+def _all_at_or_above(view: ScoresView, band: str) -> list[dict]:
+    return view.at_risk(band, limit=10**9, offset=0)[1]
+
+
+def _contracts(services: Services, customers: list[str]) -> dict[str, str | None]:
+    rows = services.reader.read("customer_profile", ["contract"], customers) if customers else []
+    return {c: (None if row is None else row.get("contract")) for c, row in zip(customers, rows)}
+
+
+def serve(settings: Settings) -> None:
+    """Run the API with uvicorn on the configured host and port (until SIGINT/SIGTERM)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.api.host, port=settings.api.port, log_level="warning",
+                access_log=False)

@@ -1,0 +1,192 @@
+"""The scoring API against the real stack: a worker scores simulated CDRs, `churn serve` answers from what it
+committed, live scores come from Feast's online store, and readiness follows Redis."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+from conftest import CHURN_BIN, free_ports, private_pipeline_env, run_cli
+from test_scoring import _push, read_committed, simulate, start_worker, wait_for, wait_scored
+
+from churn.feature_store import profile_frame
+from churn.features import SUM_FEATURES
+from churn.model.registry import ModelRegistry
+from churn.simulator.produce import ProduceReport, StepProducer
+from streaming.scoring.bands import BAND_INDEX
+
+pytestmark = pytest.mark.stack
+
+
+def call(port: int, path: str, body: dict | None = None, method: str | None = None) -> tuple[int, str, dict | str]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            status, ctype, raw = r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        status, ctype, raw = e.code, e.headers.get("Content-Type", ""), e.read()
+    return status, ctype, (json.loads(raw) if "json" in ctype else raw.decode())
+
+
+def caught_up(port: int) -> bool:
+    try:
+        code, _, body = call(port, "/readyz")
+    except OSError:  # not listening yet
+        return False
+    return code == 200 and body["checks"]["scores_view"] == "ok"
+
+
+def assert_problem(got, status: int, *mentions: str) -> dict:
+    code, ctype, body = got
+    assert code == status, got
+    assert ctype.startswith("application/problem+json"), ctype
+    assert body["status"] == status and body["title"] and body["type"] == "about:blank"
+    for m in mentions:
+        assert m in body["detail"], body
+    return body
+
+
+def test_the_api_serves_what_the_worker_committed_scores_live_with_exact_explanations_and_follows_redis(
+        live_stack, live_env, bootstrap_registry, tmp_path):
+    from churn.stack.services import redis_service
+
+    api_port, metrics_port = free_ports(2)
+    env, s = private_pipeline_env(live_env, bootstrap_registry, tmp_path, CHURN_SCORING__RECORD_INPUTS="true",
+                                  CHURN_SCORING__METRICS_PORT=str(metrics_port), CHURN_API__PORT=str(api_port),
+                                  CHURN_SCORING__MODEL_CHECK_INTERVAL_S="0.5")
+    sender = StepProducer(s, ProduceReport(run_id="api"))
+    steps = list(simulate(s, seed=61, customers=250, days=2.0).backfill_steps(slice_s=3600.0))
+    valid = {orjson.loads(v)["event_id"] for st in steps for v in st.values[:len(st.good)]}
+    worker = start_worker(env, open(tmp_path / "worker.log", "ab"))
+    api = None
+    try:
+        for step in steps:
+            sender.send(step)
+        sender.flush()
+        scores = wait_scored(s, len(valid), 180)
+        assert len(scores) >= len(valid)
+        api = subprocess.Popen([CHURN_BIN, "serve"], env={**os.environ, **env}, start_new_session=True,
+                               stdout=open(tmp_path / "api.log", "ab"), stderr=subprocess.STDOUT)
+        wait_for(lambda: caught_up(api_port), 60, "the API ready, its view caught up")
+
+        # -- committed scores: each customer's latest, as the worker committed it -------------------
+        latest: dict[str, dict] = {}
+        for r in scores:  # in each partition's order; a customer's records are all on one partition
+            latest[r["customer_id"]] = r
+        alerts = {}
+        for m in read_committed(s, s.topics.churn_alerts.name):
+            a = orjson.loads(m.value())
+            alerts[a["customer_id"]] = a
+        assert alerts, "the simulation raised no alert: nothing to compare reasons with"
+        for cid, r in latest.items():
+            code, _, got = call(api_port, f"/v1/customers/{cid}")
+            assert code == 200
+            for key in ("risk", "band", "scored_at", "model_version", "trigger_event_id", "degraded"):
+                assert got[key] == r[key], (cid, key)
+            assert got["alert"]["band"] == r["alert_band"] and got["alert"]["alerted_at"] == r["alerted_at"]
+            assert got["alert"]["reasons"] == (alerts[cid]["reasons"] if cid in alerts else [])
+            assert got["history"][-1]["risk"] == r["risk"]
+            assert [h["risk"] for h in got["history"]] == [x["risk"] for x in scores if x["customer_id"] == cid][-100:]
+
+        # -- at risk: every customer at or above the band, riskiest first, in pages ----------------
+        expected = sorted((r for r in latest.values() if BAND_INDEX[r["band"]] >= BAND_INDEX["medium"]),
+                          key=lambda r: (-r["risk"], r["customer_id"]))
+        assert expected, "no customer at medium or above"
+        paged, offset = [], 0
+        while offset is not None:
+            code, _, page = call(api_port, f"/v1/at-risk?band=medium&limit=7&offset={offset}")
+            assert code == 200 and page["total"] == len(expected)
+            paged += page["items"]
+            offset = page["next_offset"]
+        assert [(p["customer_id"], p["risk"]) for p in paged] == [(r["customer_id"], r["risk"]) for r in expected]
+        contract = profile_frame().set_index("customer_id")["contract"].to_dict()
+        monthly = [r["customer_id"] for r in expected if contract.get(r["customer_id"]) == "Month-to-month"]
+        _, _, page = call(api_port, "/v1/at-risk?band=medium&limit=1000&contract=Month-to-month")
+        assert [p["customer_id"] for p in page["items"]] == monthly and page["total"] == len(monthly)
+
+        # -- the registry ---------------------------------------------------------------------------
+        registry = ModelRegistry(s.scoring.registry_dir)
+        _, _, models = call(api_port, "/v1/models")
+        assert models["champion"] == registry.champion_version()
+        assert [m["version"] for m in models["versions"]] == registry.versions()
+        _, _, card = call(api_port, f"/v1/models/{registry.champion_version()}")
+        assert card["champion"] is True and card["card"] == registry.card(registry.champion_version())
+
+        # -- live score: the same input gives the worker's risk; contributions sum to the log-odds ----
+        cid, r = next((c, r) for c, r in latest.items() if r["trigger"] == "cdr" and r["activity_state"])
+        state = r["activity_state"]
+        _push(s, cid, {**state, **dict(zip(SUM_FEATURES, state["sums"]))})
+        code, _, live = call(api_port, f"/v1/customers/{cid}/score", {"at": r["trigger_event_time"]})
+        assert code == 200, live
+        assert live["risk"] == pytest.approx(r["risk"], abs=2e-6) and live["model_version"] == r["model_version"]
+        explained = live["explanation"]
+        total = explained["base"] + sum(f["contribution"] for f in explained["features"])
+        assert total == pytest.approx(explained["log_odds"], abs=1e-4)
+        assert total == pytest.approx(math.log(live["risk"] / (1 - live["risk"])), abs=1e-3)
+        assert len(explained["features"]) == len(registry.load_champion().features)
+        assert all(f["text"] for f in explained["features"])
+        by_name = {f["feature"]: f for f in explained["features"]}
+        assert explained["reasons"], "no reason for a live score"
+        for x in explained["reasons"]:
+            assert x["contribution"] > 0 and x["text"]
+            if x["feature"] != "missing_features":
+                assert x["contribution"] == pytest.approx(by_name[x["feature"]]["contribution"], abs=1e-4)
+
+        # -- problems: 404, 422 ---------------------------------------------------------------------
+        assert_problem(call(api_port, "/v1/customers/NOBODY-0000"), 404, "NOBODY-0000")
+        assert_problem(call(api_port, "/v1/customers/NOBODY-0000/score", {}), 404, "NOBODY-0000")
+        assert_problem(call(api_port, "/v1/models/xgb-none"), 404, "xgb-none")
+        bad = assert_problem(call(api_port, "/v1/at-risk?band=purple"), 422, "query.band")
+        assert [e["field"] for e in bad["errors"]] == ["query.band"]
+        assert_problem(call(api_port, f"/v1/customers/{cid}/score", {"at": "yesterday"}), 422, "body.at")
+        assert_problem(call(api_port, "/v1/at-risk?limit=0"), 422, "query.limit")
+
+        # -- hot reload: a promoted model serves the next live score ---------------------------------
+        champion = registry.champion_version()
+        copy = registry.register(registry.model_bytes(champion), {**registry.card(champion), "kind": "copy"},
+                                 version="xgb-copy-1")
+        registry.promote(copy, reason="test")
+        wait_for(lambda: call(api_port, f"/v1/customers/{cid}/score", {})[2]["model_version"] == copy, 10,
+                 "the API scoring with the promoted model")
+        assert call(api_port, "/v1/models")[2]["champion"] == copy
+
+        # -- metrics: latency by route ---------------------------------------------------------------
+        _, _, text = call(api_port, "/metrics")
+        routes = {line.split('route="')[1].split('"')[0] for line in text.splitlines()
+                  if line.startswith("churn_api_request_seconds_count")}
+        assert {"/v1/customers/{customer_id}", "/v1/customers/{customer_id}/score", "/v1/at-risk",
+                "/v1/models"} <= routes
+        count = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith('churn_api_request_seconds_count{method="GET",route="/v1/customers/{customer_id}"'))
+        assert count >= len(latest)
+        assert call(api_port, "/docs")[0] == 200 and "/v1/at-risk" in call(api_port, "/openapi.json")[2]["paths"]
+
+        # -- readiness follows Redis ---------------------------------------------------------------
+        redis = redis_service(live_stack)
+        redis.stop()
+        try:
+            body = assert_problem(call(api_port, "/readyz"), 503, "redis")
+            assert body["checks"]["redis"] != "ok" and body["checks"]["broker"] == "ok"
+            assert_problem(call(api_port, f"/v1/customers/{cid}/score", {}), 503, "online feature store")
+            assert call(api_port, "/healthz")[0] == 200
+            assert call(api_port, f"/v1/customers/{cid}")[0] == 200  # committed scores do not need Redis
+        finally:
+            redis.start(60)
+        wait_for(lambda: call(api_port, "/readyz")[0] == 200, 30, "ready again")
+        applied = run_cli(["features", "apply"], env, timeout=180)  # the restarted Redis is empty
+        assert applied.returncode == 0, applied.stderr
+    finally:
+        for proc in (api, worker):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
