@@ -35,6 +35,8 @@ from typing import Any, Sequence
 import mmh3
 import numpy as np
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 class FeastSdkReader:
@@ -243,8 +245,10 @@ class FeastRedisReader:
     def __init__(self, project: str, host: str, port: int, key_cache: int = 200_000,
                  socket_timeout_s: float = 2.0):
         self.project = project
+        # no retries inside the client (redis-py's default: 3, backing off from 1 s to 10 s): the caller
+        # (``streaming.scoring.lookup.OnlineFeatures``) retries on its own short schedule, then scores degraded
         self.client = redis.Redis(host=host, port=port, socket_timeout=socket_timeout_s,
-                                  socket_connect_timeout=socket_timeout_s)
+                                  socket_connect_timeout=socket_timeout_s, retry=Retry(NoBackoff(), 0))
         self._keys: OrderedDict[str, bytes] = OrderedDict()
         self._fields: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
         self.key_cache = key_cache

@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import orjson
 import pytest
 from conftest import CHURN_BIN, free_ports, private_pipeline_env, run_cli
@@ -19,6 +20,8 @@ from test_scoring import _push, read_committed, simulate, start_worker, wait_for
 
 from churn.feature_store import profile_frame
 from churn.features import SUM_FEATURES
+from churn.model.inputs import MODEL_FEATURES
+from churn.model.linear import LinearModel
 from churn.model.registry import ModelRegistry
 from churn.simulator.produce import ProduceReport, StepProducer
 from streaming.scoring.bands import BAND_INDEX
@@ -151,14 +154,25 @@ def test_the_api_serves_what_the_worker_committed_scores_live_with_exact_explana
         assert_problem(call(api_port, f"/v1/customers/{cid}/score", {"at": "yesterday"}), 422, "body.at")
         assert_problem(call(api_port, "/v1/at-risk?limit=0"), 422, "query.limit")
 
-        # -- hot reload: a promoted model serves the next live score ---------------------------------
-        champion = registry.champion_version()
-        copy = registry.register(registry.model_bytes(champion), {**registry.card(champion), "kind": "copy"},
-                                 version="xgb-copy-1")
+        # -- hot reload: a promoted model of another family serves the next live score, explained --------
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(600, len(MODEL_FEATURES))).astype(np.float32)
+        y = (X[:, MODEL_FEATURES.index("care_calls_7d")] + rng.normal(size=600) > 0.5).astype(int)
+        linear = LinearModel.fit(X[:400], y[:400], X[400:], y[400:], MODEL_FEATURES)
+        copy = registry.register(linear.to_bytes(), {"family": "logistic_regression", "kind": "test"},
+                                 version="lr-test-1")
         registry.promote(copy, reason="test")
         wait_for(lambda: call(api_port, f"/v1/customers/{cid}/score", {})[2]["model_version"] == copy, 10,
                  "the API scoring with the promoted model")
-        assert call(api_port, "/v1/models")[2]["champion"] == copy
+        _, _, live = call(api_port, f"/v1/customers/{cid}/score", {})
+        assert live["model_family"] == "logistic_regression"
+        assert "standardised" in live["explanation"]["method"]
+        explained = live["explanation"]
+        assert explained["base"] + sum(f["contribution"] for f in explained["features"]) == pytest.approx(
+            math.log(live["risk"] / (1 - live["risk"])), abs=1e-3)
+        _, _, models = call(api_port, "/v1/models")
+        assert models["champion"] == copy
+        assert {m["version"]: m["family"] for m in models["versions"]}[copy] == "logistic_regression"
 
         # -- metrics: latency by route ---------------------------------------------------------------
         _, _, text = call(api_port, "/metrics")

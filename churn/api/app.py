@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -40,6 +42,13 @@ from churn.model.registry import ChampionWatcher, ModelRegistry
 from streaming.scoring.bands import BANDS, band_of
 
 PROBLEM = "application/problem+json"
+#: How each model family's contributions are computed (each is exact and sums to the log-odds).
+EXPLANATION = {
+    "xgboost": "TreeSHAP: XGBoost's exact per-feature contributions (pred_contribs), scaled by the calibration",
+    "random_forest": "TreeSHAP: XGBoost's exact per-feature contributions (pred_contribs), scaled by the calibration",
+    "logistic_regression": "weight times standardised input: each feature's exact share of the linear log-odds, "
+                           "relative to a customer at the training mean, scaled by the calibration",
+}
 Band = Literal["low", "medium", "high", "critical"]
 CUSTOMER_ID = Path(description="The customer's id, as in the CDRs.", min_length=1, max_length=64,
                    pattern=r"^[A-Za-z0-9._:-]+$")
@@ -94,7 +103,7 @@ class Services:
         cfg = settings.scoring
         self.features = OnlineFeatures(self.reader, attempts=cfg.lookup_attempts, backoff_s=cfg.lookup_backoff_s)
         self.redis = redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=1.0,
-                                 socket_connect_timeout=1.0)
+                                 socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
         self.lock = threading.Lock()  # the lookup caches and the champion watcher are not thread-safe
         self.metrics = Metrics()
 
@@ -210,12 +219,12 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
             "risk": round(risk, 6),
             "band": BANDS[band_of(risk, settings.scoring.band_thresholds)],
             "model_version": model.meta["version"],
-            "model_kind": model.meta.get("kind", "xgboost"),
+            "model_family": model.meta.get("family", "xgboost"),
             "at": format_time(at),
             "activity_as_of": None if state is None else format_time(state["ref_time"]),
             "newest_event_age_s": None if state is None else round(max(at - state["ref_time"], 0.0), 3),
             "profile_known": profile is not None,
-            "explanation": {"method": "exact per-feature contributions to the log-odds (TreeSHAP for trees)",
+            "explanation": {"method": EXPLANATION[model.meta.get("family", "xgboost")],
                             **_explained(model, X[0], top)},
         }
 
@@ -248,7 +257,7 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
         for v in services.registry.versions():
             card = services.registry.card(v)
             out.append({"version": v, "champion": v == champion, "kind": card.get("kind"),
-                        "model_kind": card.get("model_kind", "xgboost"),
+                        "family": card.get("family", "xgboost"),
                         "trained_at": card.get("trained_at"), "metrics": card.get("metrics")})
         return {"champion": champion, "versions": out}
 

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from churn.model.tree import TreeModel
 
-
-def write_plots(model: TreeModel, X_val, y_val, out_dir: Path, top_features: int = 15) -> list[str]:
+def write_plots(model, X_val, y_val, out_dir: Path, top_features: int = 15) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +56,7 @@ def write_plots(model: TreeModel, X_val, y_val, out_dir: Path, top_features: int
     return written
 
 
-def importance(model: TreeModel, X_val, top: int = 15) -> list[dict]:
+def importance(model, X_val, top: int = 15) -> list[dict]:
     """Features by mean absolute contribution on the validation window."""
     contrib = np.abs(model.contributions(X_val)[:, :-1]).mean(axis=0)
     order = np.argsort(contrib)[::-1][:top]

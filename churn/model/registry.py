@@ -2,7 +2,7 @@
 
 Layout under the registry root (``<run_dir>/models`` by default)::
 
-    <version>/model.json    the model (``TreeModel.to_bytes``)
+    <version>/model.json    the model (its ``to_bytes``; ``churn.model.families.model_from_bytes`` reads any)
     <version>/card.json     its model card: metrics, training window and source, reasons for its status
     CHAMPION                the champion's version (one line)
     history.jsonl           every promotion and rejection, appended
@@ -134,15 +134,15 @@ class ModelRegistry:
         return DriftBaseline.from_json(path.read_text()) if path.exists() else None
 
     def load_champion(self):
-        """The champion as a ``TreeModel`` with its version in ``meta['version']``, its drift baseline
+        """The champion (a model of any family, ``churn.model.families``) with its version in ``meta['version']``, its drift baseline
         in ``meta['drift_baseline']`` and what it learned from in ``meta['training_source']``
         (``training_source``); None if there is no champion."""
-        from churn.model.tree import TreeModel
+        from churn.model.families import model_from_bytes
 
         version = self.champion_version()
         if version is None:
             return None
-        model = TreeModel.from_bytes(self.model_bytes(version))
+        model = model_from_bytes(self.model_bytes(version))
         model.meta["version"] = version
         model.meta["drift_baseline"] = self.drift_baseline(version)
         model.meta["training_source"] = training_source(self.card(version))

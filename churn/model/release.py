@@ -1,4 +1,4 @@
-"""From a training set to a registered model: train, write the card and plots, promote or keep.
+"""From a training set to a registered model: train and select, write the card and plots, promote or keep.
 
 Used by the bootstrap at setup and by the nightly retrain, so every model in the
 registry has the same kind of card and went through the same promotion rule. The
@@ -72,8 +72,18 @@ def train_and_release(settings: Settings, X, y, times, *, kind: str, source: str
         "labels": labels if training_source == LABELS else None,
         "features": MODEL_FEATURES,
         "params": result.params,
-        "search": {"trials": len(result.trials), "space": "churn.model.training.SEARCH_SPACE",
-                   "best_auc_on_calibration_window": max((t["auc"] for t in result.trials), default=None)},
+        "family": result.family,
+        "selection": {
+            "rule": "each family searched with the same Optuna budget on the same windows; the family whose best "
+                    "trial has the highest ROC AUC on the calibration window wins (the validation window stays "
+                    "unseen by the choice)",
+            "chosen": result.family,
+            "families": {name: {"search_auc_on_calibration_window": f["search_auc"],
+                                "validation": f["validation"], "params": f["params"], "trials": len(f["trials"])}
+                         for name, f in result.families.items()},
+        },
+        "search": {"trials": len(result.trials), "space": f"churn.model.families.FAMILIES[{result.family!r}]",
+                   "best_auc_on_calibration_window": result.families[result.family]["search_auc"]},
         "windows": {k: {"from": v[0], "to": v[1], "rows": v[2]} for k, v in result.windows.items()},
         "validation": cand,
         "alerting": alerts,

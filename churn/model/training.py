@@ -1,17 +1,30 @@
-"""Training the champion: bounded hyper-parameter search, time-based validation, calibration, metrics.
+"""Training the champion: model selection over three families, bounded hyper-parameter search,
+time-based validation, calibration, metrics.
 
 Rows are ordered by their observation time and split into three windows: the
-trees learn on the earliest 60 %, the search and the calibration look at the
+models learn on the earliest 60 %, the search and the calibration look at the
 next 20 %, and the metrics come from the latest 20 %, which nothing was fitted
-on (train on earlier, validate on later). ``cross_validate`` gives k-fold ROC
-AUC for data without times (the IBM Telco table).
+on (train on earlier, validate on later).
+
+Each family of ``churn.model.families`` (logistic regression, random forest,
+gradient-boosted trees) gets the same windows and the same Optuna budget; its
+best trial is the one with the highest ROC AUC on the search window. The family
+whose best trial ranks best there wins. Choosing on the search window, not the
+latest one, keeps the latest window untouched: its metrics, and the promotion
+rule that compares them with the champion's, are not inflated by the choice.
+Every family's figures go into the result (and the model card).
+
+``cross_validate`` gives k-fold ROC AUC for data without times (the IBM Telco
+table), per family or with the selection inside each fold.
 
 >>> rng = np.random.default_rng(1)
 >>> X = rng.normal(size=(1500, 3)).astype(np.float32)
 >>> y = (X[:, 0] + rng.normal(size=1500) > 1).astype(int)
 >>> result = train(X, y, np.arange(1500.0), ["a", "b", "c"], n_trials=3, seed=1)
->>> result.metrics["roc_auc"] > 0.75, sorted(result.windows)
-(True, ['calibrate', 'train', 'validate'])
+>>> result.metrics["roc_auc"] > 0.75, sorted(result.windows), sorted(result.families)
+(True, ['calibrate', 'train', 'validate'], ['logistic_regression', 'random_forest', 'xgboost'])
+>>> result.family == max(result.families, key=lambda f: result.families[f]["search_auc"])
+True
 >>> round(expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0])), 3)
 0.0
 """
@@ -22,29 +35,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from churn.model.tree import DEFAULT_PARAMS, TreeModel
-
-#: Bounds of the hyper-parameter search.
-SEARCH_SPACE = {
-    "n_estimators": (100, 600),
-    "max_depth": (2, 6),
-    "learning_rate": (0.01, 0.2),
-    "subsample": (0.6, 1.0),
-    "colsample_bytree": (0.5, 1.0),
-    "min_child_weight": (1, 20),
-    "reg_lambda": (0.1, 10.0),
-}
+from churn.model.families import FAMILIES, FAMILY_NAMES, Family
 
 
 @dataclass
 class TrainResult:
-    model: TreeModel
+    model: object  # the chosen family's calibrated model
     metrics: dict
     params: dict
     windows: dict  # window -> (first time, last time, rows)
     validation: tuple = field(repr=False, default=())  # (X, y) of the validation window
     validation_times: np.ndarray = field(repr=False, default=None)  # observation times of its rows
-    trials: list = field(default_factory=list)
+    trials: list = field(default_factory=list)  # the chosen family's search trials
+    family: str = "xgboost"
+    #: every family: ``search_auc`` (best on the search window), ``validation`` (metrics on the latest
+    #: window), ``params``, ``trials``
+    families: dict = field(default_factory=dict)
 
 
 def expected_calibration_error(y, p, bins: int = 10) -> float:
@@ -60,7 +66,7 @@ def expected_calibration_error(y, p, bins: int = 10) -> float:
     return float(err)
 
 
-def evaluate(model: TreeModel, X, y, threshold: float = 0.5) -> dict:
+def evaluate(model, X, y, threshold: float = 0.5) -> dict:
     """ROC AUC, PR AUC, F1/recall/precision at the operating threshold, calibration error, Brier score."""
     from sklearn.metrics import average_precision_score, brier_score_loss, f1_score, precision_score, recall_score
     from sklearn.metrics import roc_auc_score
@@ -90,61 +96,73 @@ def time_windows(times, shares=(0.6, 0.2, 0.2)) -> dict[str, np.ndarray]:
     return {"train": order[:a], "calibrate": order[a:b], "validate": order[b:]}
 
 
-def search(X_tr, y_tr, X_va, y_va, features, n_trials: int, seed: int = 0) -> tuple[dict, list]:
-    """Bounded TPE search (Optuna) for the parameters with the best ROC AUC on the later window."""
-    if n_trials <= 0:
-        return dict(DEFAULT_PARAMS), []
+def search(family: Family, X_tr, y_tr, X_va, y_va, features, n_trials: int, seed: int = 0):
+    """Bounded TPE search (Optuna) for the ``family``'s parameters with the best ROC AUC on the later
+    window (its defaults first; only those with ``n_trials`` 0). Returns the best trial's model (not
+    calibrated), its parameters, its ROC AUC and every trial's."""
     import optuna
     from sklearn.metrics import roc_auc_score
 
+    best: dict = {}
+
+    def fit_and_rank(params: dict) -> float:
+        model = family.train(X_tr, y_tr, features, params, seed)
+        auc = float(roc_auc_score(y_va, model.margin(X_va)))
+        if not best or auc > best["auc"]:
+            best.update(auc=auc, model=model, params={**family.defaults, **params})
+        return auc
+
+    if n_trials <= 0:
+        fit_and_rank({})
+        return best["model"], best["params"], best["auc"], []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def objective(trial):
-        params = {
-            "n_estimators": trial.suggest_int("n_estimators", *SEARCH_SPACE["n_estimators"], step=50),
-            "max_depth": trial.suggest_int("max_depth", *SEARCH_SPACE["max_depth"]),
-            "learning_rate": trial.suggest_float("learning_rate", *SEARCH_SPACE["learning_rate"], log=True),
-            "subsample": trial.suggest_float("subsample", *SEARCH_SPACE["subsample"]),
-            "colsample_bytree": trial.suggest_float("colsample_bytree", *SEARCH_SPACE["colsample_bytree"]),
-            "min_child_weight": trial.suggest_int("min_child_weight", *SEARCH_SPACE["min_child_weight"]),
-            "reg_lambda": trial.suggest_float("reg_lambda", *SEARCH_SPACE["reg_lambda"], log=True),
-        }
-        import xgboost as xgb
-
-        clf = xgb.XGBClassifier(**params, tree_method="hist", random_state=seed, n_jobs=2)
-        clf.fit(X_tr, y_tr)
-        return roc_auc_score(y_va, clf.predict_proba(X_va)[:, 1])
-
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial({k: v for k, v in DEFAULT_PARAMS.items() if k in SEARCH_SPACE})
-    study.optimize(objective, n_trials=n_trials)
+    study.enqueue_trial({k: v for k, v in family.defaults.items()
+                         if k in family.suggest(optuna.trial.FixedTrial(family.defaults))})
+    study.optimize(lambda trial: fit_and_rank(family.suggest(trial)), n_trials=n_trials)
     trials = [{"auc": round(t.value, 4), **t.params} for t in study.trials if t.value is not None]
-    return {**DEFAULT_PARAMS, **study.best_params}, trials
+    return best["model"], best["params"], best["auc"], trials
 
 
-def train(X, y, times, features: list[str], n_trials: int = 20, seed: int = 0, threshold: float = 0.5) -> TrainResult:
-    """Search, fit, calibrate and evaluate on time-ordered windows."""
+def train(X, y, times, features: list[str], n_trials: int = 20, seed: int = 0, threshold: float = 0.5,
+          families: tuple[str, ...] = FAMILY_NAMES) -> TrainResult:
+    """Search, fit, calibrate and evaluate every family on time-ordered windows; keep the best."""
     X, y, times = np.asarray(X, dtype=np.float32), np.asarray(y), np.asarray(times, dtype=float)
     w = time_windows(times)
     (X_tr, y_tr), (X_ca, y_ca), (X_va, y_va) = ((X[w[k]], y[w[k]]) for k in ("train", "calibrate", "validate"))
-    params, trials = search(X_tr, y_tr, X_ca, y_ca, features, n_trials, seed)
-    model = TreeModel.fit(X_tr, y_tr, X_ca, y_ca, features, params=params, seed=seed)
+    models, summary = {}, {}
+    for name in families:
+        model, params, search_auc, trials = search(FAMILIES[name], X_tr, y_tr, X_ca, y_ca, features, n_trials, seed)
+        models[name] = model.calibrate(X_ca, y_ca)
+        summary[name] = {"search_auc": round(search_auc, 4), "validation": evaluate(model, X_va, y_va, threshold),
+                         "params": params, "trials": trials}
+    chosen = max(families, key=lambda name: summary[name]["search_auc"])
     windows = {k: (float(times[idx].min()), float(times[idx].max()), int(len(idx))) for k, idx in w.items()}
-    return TrainResult(model=model, metrics=evaluate(model, X_va, y_va, threshold), params=params,
+    return TrainResult(model=models[chosen], metrics=summary[chosen]["validation"], params=summary[chosen]["params"],
                        windows=windows, validation=(X_va, y_va), validation_times=times[w["validate"]],
-                       trials=trials)
+                       trials=summary[chosen]["trials"], family=chosen, families=summary)
 
 
-def cross_validate(X, y, features: list[str], params: dict | None = None, folds: int = 5, seed: int = 0) -> list[float]:
-    """Stratified k-fold ROC AUC of the tree model (calibration does not change AUC, so it is skipped)."""
-    import xgboost as xgb
+def cross_validate(X, y, features: list[str], params: dict | None = None, folds: int = 5, seed: int = 0,
+                   family: str = "xgboost") -> list[float]:
+    """Stratified k-fold ROC AUC of one family (calibration does not change AUC, so it is skipped).
+    ``family="selected"``: in each fold, every family is trained on three quarters of the fold's
+    training rows and ranked on the rest (with its defaults, ``params`` for XGBoost); the winner is
+    refitted on all of them and scored on the fold."""
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, train_test_split
 
     X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
-    p = {**DEFAULT_PARAMS, **(params or {})}
+
+    def fit(name, X_fit, y_fit):
+        return FAMILIES[name].train(X_fit, y_fit, features, params if name == "xgboost" else None, seed)
+
     aucs = []
     for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
-        clf = xgb.XGBClassifier(**p, tree_method="hist", random_state=seed, n_jobs=2).fit(X[tr], y[tr])
-        aucs.append(float(roc_auc_score(y[va], clf.predict_proba(X[va])[:, 1])))
+        name = family
+        if family == "selected":
+            inner_tr, inner_va = train_test_split(tr, test_size=0.25, stratify=y[tr], random_state=seed)
+            name = max(FAMILY_NAMES, key=lambda f: roc_auc_score(y[inner_va], fit(f, X[inner_tr], y[inner_tr])
+                                                                 .margin(X[inner_va])))
+        aucs.append(float(roc_auc_score(y[va], fit(name, X[tr], y[tr]).margin(X[va]))))
     return aucs

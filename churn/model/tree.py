@@ -1,6 +1,6 @@
-"""The champion: a gradient-boosted tree model with Platt calibration and per-feature reasons.
+"""Tree models: gradient-boosted trees or a random forest, with Platt calibration and per-feature reasons.
 
-``TreeModel.fit`` trains XGBoost on earlier rows and calibrates on later ones
+``TreeModel.fit`` trains XGBoost (boosting, or its random-forest mode) on earlier rows and calibrates on later ones
 (``risk = sigmoid(a * margin + b)``), so the risk is a probability. Because the
 calibration is linear in the margin, XGBoost's exact per-feature contributions
 (``pred_contribs``, SHAP values of the margin) scaled by ``a`` are the
@@ -28,12 +28,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from churn.model.explain import align, platt, reasons, sigmoid
+
 DEFAULT_PARAMS = {
     "n_estimators": 300,
     "max_depth": 4,
     "learning_rate": 0.05,
     "subsample": 0.9,
     "colsample_bytree": 0.8,
+    "min_child_weight": 5,
+    "reg_lambda": 1.0,
+}
+#: The random forest's defaults (``XGBRFClassifier``: ``n_estimators`` parallel trees in one round).
+RANDOM_FOREST_PARAMS = {
+    "n_estimators": 200,
+    "max_depth": 8,
+    "subsample": 0.7,
+    "colsample_bynode": 0.5,
     "min_child_weight": 5,
     "reg_lambda": 1.0,
 }
@@ -55,10 +66,6 @@ def import_xgboost_without_sklearn() -> None:
         del sys.modules["sklearn"]
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
-
-
 @dataclass
 class TreeModel:
     booster: object  # xgboost.Booster
@@ -69,39 +76,40 @@ class TreeModel:
 
     # -- training ---------------------------------------------------------------------------
     @classmethod
-    def fit(cls, X_train, y_train, X_cal, y_cal, features: list[str], params: dict | None = None,
-            seed: int = 0) -> "TreeModel":
-        """Fit the trees on ``X_train`` and the calibration on ``X_cal`` (later rows, never seen by the trees)."""
+    def train(cls, X, y, features: list[str], params: dict | None = None, seed: int = 0,
+              family: str = "xgboost") -> "TreeModel":
+        """Trees on ``(X, y)``, not calibrated yet (``calibrate``): gradient boosting (``xgboost``) or a
+        random forest (``random_forest``: XGBoost's random-forest mode, bagged trees each split on a
+        random subset of features, one round, no boosting), both served and explained by the same
+        ``Booster``."""
         import xgboost as xgb
-        from sklearn.linear_model import LogisticRegression
 
-        p = {**DEFAULT_PARAMS, **(params or {})}
-        clf = xgb.XGBClassifier(**p, tree_method="hist", random_state=seed, n_jobs=2, eval_metric="auc")
-        clf.fit(np.asarray(X_train, dtype=np.float32), np.asarray(y_train))
-        model = cls(booster=clf.get_booster(), features=list(features), meta={"params": p})
-        margin = model.margin(X_cal).reshape(-1, 1)
-        platt = LogisticRegression(C=1e6).fit(margin, np.asarray(y_cal))
-        model.a, model.b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
-        return model
+        if family == "xgboost":
+            p = {**DEFAULT_PARAMS, **(params or {})}
+            clf = xgb.XGBClassifier(**p, tree_method="hist", random_state=seed, n_jobs=2, eval_metric="auc")
+        elif family == "random_forest":
+            p = {**RANDOM_FOREST_PARAMS, **(params or {})}
+            clf = xgb.XGBRFClassifier(**p, tree_method="hist", random_state=seed, n_jobs=2)
+        else:
+            raise ValueError(f"not a tree family: {family!r}")
+        clf.fit(np.asarray(X, dtype=np.float32), np.asarray(y))
+        return cls(booster=clf.get_booster(), features=list(features), meta={"params": p, "family": family})
+
+    def calibrate(self, X_cal, y_cal) -> "TreeModel":
+        """Platt scaling on later rows than the trees saw."""
+        self.a, self.b = platt(self.margin(X_cal), y_cal)
+        return self
+
+    @classmethod
+    def fit(cls, X_train, y_train, X_cal, y_cal, features: list[str], params: dict | None = None,
+            seed: int = 0, family: str = "xgboost") -> "TreeModel":
+        """Fit the trees on ``X_train`` and the calibration on ``X_cal`` (later rows, never seen by the trees)."""
+        return cls.train(X_train, y_train, features, params, seed, family).calibrate(X_cal, y_cal)
 
     # -- scoring ----------------------------------------------------------------------------
     def aligned(self, X) -> np.ndarray:
-        """``X`` with this model's columns: as is if it has them, else picked by name from rows built
-        with today's ``MODEL_FEATURES`` (NaN for a feature the inputs no longer have), so a model
-        trained before the inputs changed keeps scoring."""
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim == 2 and X.shape[1] == len(self.features):
-            return X
-        from churn.model.inputs import MODEL_FEATURES
-
-        if X.ndim != 2 or X.shape[1] != len(MODEL_FEATURES):
-            raise ValueError(f"inputs have {X.shape[-1]} columns; the model has {len(self.features)} features")
-        index = {name: i for i, name in enumerate(MODEL_FEATURES)}
-        out = np.full((X.shape[0], len(self.features)), np.nan, dtype=np.float32)
-        for j, name in enumerate(self.features):
-            if name in index:
-                out[:, j] = X[:, index[name]]
-        return out
+        """``X`` with this model's columns (``churn.model.explain.align``)."""
+        return align(X, self.features)
 
     def _dmatrix(self, X):
         import xgboost as xgb
@@ -114,7 +122,7 @@ class TreeModel:
 
     def predict(self, X) -> np.ndarray:
         """Calibrated churn probability of each row."""
-        return _sigmoid(self.a * self.margin(X) + self.b)
+        return sigmoid(self.a * self.margin(X) + self.b)
 
     def contributions(self, X) -> np.ndarray:
         """Each feature's contribution to each row's calibrated log-odds (last column: the base, so a
@@ -125,27 +133,8 @@ class TreeModel:
 
     def reasons(self, X, top: int = 3) -> list[list[dict]]:
         """Per row, the ``top`` features pushing the risk up most, largest first, in plain words."""
-        from churn.model.inputs import describe, describe_missing
-
         X = self.aligned(X)
-        contrib = self.contributions(X)[:, :-1]
-        out = []
-        for row, c in zip(X, contrib):
-            missing = np.isnan(row)
-            # largest first; ties keep feature order, and what the model made of absent features
-            # (one reason, not dozens) comes after present features of equal weight
-            ranked = sorted(((round(float(c[i]), 4), int(i)) for i in np.flatnonzero(~missing)), key=lambda t: -t[0])
-            candidates = ranked[:top]
-            if missing.any():
-                candidates.append((round(float(c[missing].sum()), 4), None))
-                candidates.sort(key=lambda t: -t[0])
-            out.append([
-                {"feature": self.features[i], "contribution": value, "text": describe(self.features[i], float(row[i]))}
-                if i is not None else
-                {"feature": "missing_features", "contribution": value,
-                 "text": describe_missing([f for f, m in zip(self.features, missing) if m])}
-                for value, i in candidates[:top] if value > 0])
-        return out
+        return reasons(X, self.contributions(X), self.features, top)
 
     # -- storage ----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -155,9 +144,12 @@ class TreeModel:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "TreeModel":
+        return cls.from_doc(json.loads(data))
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "TreeModel":
         import xgboost as xgb
 
-        doc = json.loads(data)
         booster = xgb.Booster()
         booster.load_model(bytearray(doc["booster"].encode()))
         booster.set_param({"nthread": 1})

@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import faust
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from churn.config import Settings
@@ -141,7 +143,7 @@ class ScoringWorker:
         self.evaluators = {"champion": ProgressiveEvaluator(), "challenger": ProgressiveEvaluator()}
         self.scorer = BatchScorer(settings, self.models, self.features, self.challenger)
         self._redis = redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=2.0,
-                                  socket_connect_timeout=2.0)
+                                  socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))  # fail fast, retried by us
         self._covered_key = covered_offsets_key(settings)
         self.txn: WorkerTransactions | None = None
         self.state: dict = {}
