@@ -493,6 +493,25 @@ def serve() -> None:
 
 
 @app.command()
+def dashboard() -> None:
+    """Run the retention dashboard (Streamlit) on `api.dashboard_host`:`api.dashboard_port`.
+
+    Pages: customers at risk now, one customer (risk history, reasons as a waterfall, daily behaviour,
+    profile), the model (champion, selection, ROC and calibration, online AUC, drift) and the pipeline
+    (lag, freshness, dead letters). It reads the scoring API (`churn serve`, `api.url`) and Prometheus.
+    """
+    import subprocess
+
+    s = get_settings()
+    script = Path(__file__).resolve().parent / "dashboard" / "app.py"
+    console.print(f"dashboard on http://{s.api.dashboard_host}:{s.api.dashboard_port} (reads {s.api.url})")
+    raise typer.Exit(subprocess.call([
+        sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(s.api.dashboard_port),
+        "--server.address", s.api.dashboard_host, "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]))
+
+
+@app.command()
 def alerts(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new alerts (Ctrl-C to stop)."),
     last: int = typer.Option(10, help="Start with the last N alerts of each partition (0: only new ones)."),

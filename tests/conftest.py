@@ -32,7 +32,7 @@ def free_ports(n: int) -> list[int]:
 
 def stack_env(run_dir: Path) -> dict[str, str]:
     """Environment for a private stack: its own run directory and free ports."""
-    kafka, controller, redis, prometheus, pushgateway, blackbox, stream_metrics, score_metrics = free_ports(8)
+    kafka, controller, redis, prometheus, pushgateway, blackbox, stream_metrics, score_metrics, api, dash = free_ports(10)
     return {
         "CHURN_RUN_DIR": str(run_dir),
         "CHURN_KAFKA__PORT": str(kafka),
@@ -44,6 +44,8 @@ def stack_env(run_dir: Path) -> dict[str, str]:
         "CHURN_SIMULATOR__METRICS_PORT": "0",
         "CHURN_STREAMING__METRICS_PORT": str(stream_metrics),
         "CHURN_SCORING__METRICS_PORT": str(score_metrics),
+        "CHURN_API__PORT": str(api),
+        "CHURN_API__DASHBOARD_PORT": str(dash),
     }
 
 

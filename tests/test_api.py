@@ -63,10 +63,11 @@ def test_the_api_serves_what_the_worker_committed_scores_live_with_exact_explana
         live_stack, live_env, bootstrap_registry, tmp_path):
     from churn.stack.services import redis_service
 
-    api_port, metrics_port = free_ports(2)
+    (metrics_port,) = free_ports(1)
     env, s = private_pipeline_env(live_env, bootstrap_registry, tmp_path, CHURN_SCORING__RECORD_INPUTS="true",
-                                  CHURN_SCORING__METRICS_PORT=str(metrics_port), CHURN_API__PORT=str(api_port),
+                                  CHURN_SCORING__METRICS_PORT=str(metrics_port),
                                   CHURN_SCORING__MODEL_CHECK_INTERVAL_S="0.5")
+    api_port = s.api.port  # the stack's Prometheus scrapes it
     sender = StepProducer(s, ProduceReport(run_id="api"))
     steps = list(simulate(s, seed=61, customers=250, days=2.0).backfill_steps(slice_s=3600.0))
     valid = {orjson.loads(v)["event_id"] for st in steps for v in st.values[:len(st.good)]}

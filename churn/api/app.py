@@ -228,6 +228,26 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
                             **_explained(model, X[0], top)},
         }
 
+    @app.get("/v1/customers/{customer_id}/profile", summary="The customer's profile in the online store")
+    def profile(customer_id: Annotated[str, CUSTOMER_ID]):
+        from churn.model.inputs import PROFILE_COLUMNS
+
+        try:
+            (row,) = services.reader.read("customer_profile", PROFILE_COLUMNS, [customer_id])
+        except Exception as exc:
+            raise HTTPException(503, f"the online feature store cannot be read: {type(exc).__name__}: {exc}")
+        if row is None or all(v is None for v in row.values()):
+            raise HTTPException(404, f"no profile for customer {customer_id}")
+        return {"customer_id": customer_id, "profile": row}
+
+    @app.get("/v1/customers/{customer_id}/activity", summary="The customer's daily activity (Gold customer_day)")
+    def activity(customer_id: Annotated[str, CUSTOMER_ID],
+                 days: Annotated[int, Query(ge=1, le=400, description="Days back from the latest day in Gold")] = 30):
+        rows = _daily_activity(settings, customer_id, days)
+        if rows is None:
+            raise HTTPException(404, "no Gold customer_day table yet: run `churn batch nightly` (or `batch gold`)")
+        return {"customer_id": customer_id, "days": days, "rows": rows}
+
     @app.get("/v1/at-risk", summary="Customers at or above a band now, riskiest first")
     def at_risk(band: Band = "high",
                 limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 50,
@@ -258,7 +278,7 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
             card = services.registry.card(v)
             out.append({"version": v, "champion": v == champion, "kind": card.get("kind"),
                         "family": card.get("family", "xgboost"),
-                        "trained_at": card.get("trained_at"), "metrics": card.get("metrics")})
+                        "trained_on": card.get("trained_on"), "validation": card.get("validation")})
         return {"champion": champion, "versions": out}
 
     @app.get("/v1/models/{version}", summary="One model's card")
@@ -266,6 +286,15 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
         if version not in services.registry.versions():
             raise HTTPException(404, f"no model version {version}")
         return {"champion": version == services.registry.champion_version(), "card": services.registry.card(version)}
+
+    @app.get("/v1/models/{version}/plots/{name}", summary="A plot of the model card (PNG)",
+             response_class=Response)
+    def model_plot(version: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]+$")],
+                   name: Annotated[str, Path(pattern=r"^[a-z_]+\.png$")]):
+        path = services.registry.root / version / name
+        if version not in services.registry.versions() or not path.is_file():
+            raise HTTPException(404, f"no plot {name} for model version {version}")
+        return Response(path.read_bytes(), media_type="image/png")
 
     # -- operations -----------------------------------------------------------------------
     @app.get("/healthz", summary="The process is up")
@@ -310,6 +339,31 @@ def _broker_up(settings: Settings) -> None:
     from churn.transport import admin
 
     admin(settings).list_topics(settings.topics.churn_scores.name, timeout=2.0)
+
+
+def _daily_activity(settings: Settings, customer_id: str, days: int) -> list[dict] | None:
+    """The customer's rows of Gold's ``customer_day`` for the last ``days`` days of the table (None: no table)."""
+    from datetime import timedelta
+
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    from churn.lake import LakePaths
+
+    try:
+        table = DeltaTable(LakePaths(settings.streaming.lake_dir).gold_customer_day)
+    except TableNotFoundError:
+        return None
+    mine = table.to_pyarrow_dataset().to_table(filter=pc.field("customer_id") == customer_id)
+    if mine.num_rows == 0:
+        return []
+    frame = mine.to_pandas().sort_values("event_date")
+    last = frame["event_date"].max()
+    frame = frame[frame["event_date"] > last - timedelta(days=days)]
+    frame["event_date"] = frame["event_date"].astype(str)
+    keep = [c for c in frame.columns if c not in ("first_event_time", "last_event_time")]
+    return frame[keep].to_dict("records")
 
 
 def _all_at_or_above(view: ScoresView, band: str) -> list[dict]:

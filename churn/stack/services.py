@@ -170,6 +170,7 @@ def prometheus_config(s: Settings) -> str:
         simulator=f"127.0.0.1:{s.simulator.metrics_port}",
         streaming=f"127.0.0.1:{s.streaming.metrics_port}",
         scoring=f"{s.scoring.metrics_host}:{s.scoring.metrics_port}",
+        api=f"{s.api.host}:{s.api.port}",
         pushgateway=f"{s.prometheus.pushgateway_host}:{s.prometheus.pushgateway_port}",
         rules_dir=RULES_DIR,
         blackbox=f"{s.prometheus.host}:{s.prometheus.blackbox_port}",
