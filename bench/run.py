@@ -35,6 +35,7 @@ from churn.simulator.produce import run_backfill  # noqa: E402
 from churn.transport import ensure_topics  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from api import bench_api  # noqa: E402
 from feast_processor import bench_stream_vs_feast_processor, in_fresh_process, stream_catch_up  # noqa: E402
 from gold import bench_gold  # noqa: E402
 from overlay import bench_overlay, bench_overlay_with_stream  # noqa: E402
@@ -47,7 +48,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"realtime": 1, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime": 1, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 
@@ -289,6 +290,20 @@ def bench_stream_vs_feast(s: Settings) -> dict:
     return bench_stream_vs_feast_processor(s, _stream_bench_settings)
 
 
+def bench_model_selection_telco(s: Settings) -> dict:
+    """Model selection on the IBM Telco profiles: 5-fold ROC AUC of each family (logistic regression,
+    random forest, XGBoost) and of the selection made inside each fold, on the same folds."""
+    from batch.telco import telco_cross_validation
+    from churn.model.families import FAMILY_NAMES
+
+    out = {}
+    for family in (*FAMILY_NAMES, "selected"):
+        aucs = telco_cross_validation(s, folds=5, family=family)
+        out[f"telco_cv_auc_{family}"] = (statistics.mean(aucs), "AUC", {
+            "folds": [round(a, 4) for a in aucs], "std": round(statistics.stdev(aucs), 4)})
+    return out
+
+
 def main(selector: str = "") -> None:
     # name -> (function, what it needs: None, "settings" (default ones, no stack) or "stack")
     benches = {"simulator_generate_rate": (bench_simulator_generate, None),
@@ -304,7 +319,9 @@ def main(selector: str = "") -> None:
                "score_broker_restart": (bench_broker_restart, "stack"),
                "gold": (bench_gold, "settings"),
                "simulator_behaviour_auc": (bench_simulator_behaviour_auc, "settings"),
-               "realtime": (bench_realtime, "stack")}
+               "realtime": (bench_realtime, "stack"),
+               "api": (bench_api, "stack"),
+               "model_selection_telco": (bench_model_selection_telco, "settings")}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
     exact = selector.endswith("$")
     chosen = {n: b for n, b in benches.items() if (n == selector[:-1] if exact else selector in n)}

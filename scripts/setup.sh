@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian machine, idempotently:
-#   1. system packages (apt): redis-server, prometheus (with promtool), prometheus-pushgateway, prometheus-blackbox-exporter, kcat, chromium and its driver, a JDK and Maven if missing
+#   1. system packages (apt): redis-server, prometheus (with promtool), prometheus-pushgateway, prometheus-blackbox-exporter, kcat, chromium and its driver, hey, a JDK and Maven if missing
 #   2. Python: .venv with exactly requirements.lock, plus this project (editable)
 #   3. JVM jars: each jvm/*/pom.xml fetched by Maven into .cache/jars/<name>
 # Each part records a stamp (a hash of its inputs) and is skipped when nothing changed,
@@ -26,6 +26,7 @@ command -v mvn >/dev/null || need+=(maven)
 # the dashboard's browser test (Selenium drives Debian's chromium through its chromedriver)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v hey >/dev/null || need+=(hey)  # the API benchmark's HTTP load generator
 if ((${#need[@]})); then
   say "apt-get install ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from churn.api.scores_view import ScoresView
 from churn.config import Settings
 from churn.contracts import format_time
+from churn.model.explain import reasons
 from churn.model.inputs import MODEL_FEATURES, describe, describe_missing, matrix
 from churn.model.registry import ChampionWatcher, ModelRegistry
 from streaming.scoring.bands import BANDS, band_of
@@ -142,8 +143,9 @@ def _customer(view: ScoresView, customer_id: str) -> dict:
 
 def _explained(model, x, top: int) -> dict:
     """Each feature's value and exact contribution to the log-odds, the base value, and the top reasons."""
-    contrib = model.contributions(x[None, :])[0]
-    aligned = model.aligned(x[None, :])[0]
+    X = model.aligned(x[None, :])
+    contributions = model.contributions(X)
+    contrib, aligned = contributions[0], X[0]
     features = []
     for name, value, c in zip(model.features, aligned, contrib[:-1]):
         known = not math.isnan(float(value))
@@ -153,7 +155,7 @@ def _explained(model, x, top: int) -> dict:
     features.sort(key=lambda f: -abs(f["contribution"]))
     base = float(contrib[-1])
     return {"base": round(base, 6), "log_odds": round(base + float(contrib[:-1].sum()), 6), "features": features,
-            "reasons": model.reasons(x[None, :], top=top)[0]}
+            "reasons": reasons(X, contributions, model.features, top)[0]}
 
 
 def create_app(settings: Settings, view: ScoresView | None = None, start_view: bool = True) -> FastAPI:
