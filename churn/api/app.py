@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
+import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -60,6 +61,12 @@ class LiveScoreRequest(BaseModel):
     newest pushed state; an ``at`` before that state's time reads the state as if no time had passed."""
 
     at: datetime | None = None
+
+
+def as_json(body: dict) -> Response:
+    """``body`` as JSON, serialised by orjson directly (FastAPI's encoder for a returned dict costs ~0.7 ms
+    on a live score's 60-feature explanation; this, ~0.01 ms)."""
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def problem(status: int, title: str, detail: str, instance: str | None = None, **extra) -> JSONResponse:
@@ -196,7 +203,7 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
     # -- customers ------------------------------------------------------------------------
     @app.get("/v1/customers/{customer_id}", summary="The customer's latest committed score")
     async def get_customer(customer_id: Annotated[str, CUSTOMER_ID]):
-        return _customer(services.view, customer_id)
+        return as_json(_customer(services.view, customer_id))
 
     @app.post("/v1/customers/{customer_id}/score", summary="Score the customer now, with explanations")
     def live_score(customer_id: Annotated[str, CUSTOMER_ID],
@@ -216,7 +223,7 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
             raise HTTPException(404, f"customer {customer_id} has no profile and no activity in the online store")
         X = matrix([profile], [state], [at])
         risk = float(model.predict(X)[0])
-        return {
+        return as_json({
             "customer_id": customer_id,
             "risk": round(risk, 6),
             "band": BANDS[band_of(risk, settings.scoring.band_thresholds)],
@@ -228,7 +235,7 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
             "profile_known": profile is not None,
             "explanation": {"method": EXPLANATION[model.meta.get("family", "xgboost")],
                             **_explained(model, X[0], top)},
-        }
+        })
 
     @app.get("/v1/customers/{customer_id}/profile", summary="The customer's profile in the online store")
     def profile(customer_id: Annotated[str, CUSTOMER_ID]):
@@ -240,7 +247,7 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
             raise HTTPException(503, f"the online feature store cannot be read: {type(exc).__name__}: {exc}")
         if row is None or all(v is None for v in row.values()):
             raise HTTPException(404, f"no profile for customer {customer_id}")
-        return {"customer_id": customer_id, "profile": row}
+        return as_json({"customer_id": customer_id, "profile": row})
 
     @app.get("/v1/customers/{customer_id}/activity", summary="The customer's daily activity (Gold customer_day)")
     def activity(customer_id: Annotated[str, CUSTOMER_ID],
@@ -248,7 +255,7 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
         rows = _daily_activity(settings, customer_id, days)
         if rows is None:
             raise HTTPException(404, "no Gold customer_day table yet: run `churn batch nightly` (or `batch gold`)")
-        return {"customer_id": customer_id, "days": days, "rows": rows}
+        return as_json({"customer_id": customer_id, "days": days, "rows": rows})
 
     @app.get("/v1/at-risk", summary="Customers at or above a band now, riskiest first")
     def at_risk(band: Band = "high",
@@ -268,8 +275,8 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
                           "alerted_at": r.get("alerted_at"),
                           "reasons": [] if alert is None else alert.get("reasons", [])})
         nxt = offset + limit if offset + limit < total else None
-        return {"band": band, "total": total, "offset": offset, "limit": limit, "next_offset": nxt, "items": items,
-                "bands": services.view.bands()}
+        return as_json({"band": band, "total": total, "offset": offset, "limit": limit, "next_offset": nxt,
+                        "items": items, "bands": services.view.bands()})
 
     # -- models ---------------------------------------------------------------------------
     @app.get("/v1/models", summary="The registry: every version and the champion")
@@ -281,13 +288,14 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
             out.append({"version": v, "champion": v == champion, "kind": card.get("kind"),
                         "family": card.get("family", "xgboost"),
                         "trained_on": card.get("trained_on"), "validation": card.get("validation")})
-        return {"champion": champion, "versions": out}
+        return as_json({"champion": champion, "versions": out})
 
     @app.get("/v1/models/{version}", summary="One model's card")
     def model_card(version: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]+$")]):
         if version not in services.registry.versions():
             raise HTTPException(404, f"no model version {version}")
-        return {"champion": version == services.registry.champion_version(), "card": services.registry.card(version)}
+        return as_json({"champion": version == services.registry.champion_version(),
+                        "card": services.registry.card(version)})
 
     @app.get("/v1/models/{version}/plots/{name}", summary="A plot of the model card (PNG)",
              response_class=Response)
