@@ -500,15 +500,17 @@ def dashboard() -> None:
     profile), the model (champion, selection, ROC and calibration, online AUC, drift) and the pipeline
     (lag, freshness, dead letters). It reads the scoring API (`churn serve`, `api.url`) and Prometheus.
     """
-    import subprocess
+    import os
 
     s = get_settings()
     script = Path(__file__).resolve().parent / "dashboard" / "app.py"
     console.print(f"dashboard on http://{s.api.dashboard_host}:{s.api.dashboard_port} (reads {s.api.url})")
-    raise typer.Exit(subprocess.call([
+    sys.stdout.flush()
+    # Streamlit replaces this process, so signals (a supervisor's SIGTERM) reach it directly
+    os.execv(sys.executable, [
         sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(s.api.dashboard_port),
         "--server.address", s.api.dashboard_host, "--server.headless", "true",
-        "--browser.gatherUsageStats", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal"]))
+        "--browser.gatherUsageStats", "false", "--global.developmentMode", "false", "--client.toolbarMode", "minimal"])
 
 
 @app.command()
