@@ -219,28 +219,23 @@ def pipeline_page() -> None:
     d.metric("CDRs scored", "no data" if scored is None else f"{scored:,.0f}")
     left, right = st.columns(2)
     with left:
-        st.subheader("Dead letters by reason (stream)")
-        dlq = _safe(prom.query, "sum by (reason) (churn_stream_quarantined_rows_total)")
-        if dlq:
-            st.bar_chart(pd.DataFrame({"reason": [l["reason"] for l, _ in dlq], "events": [v for _, v in dlq]})
-                         .set_index("reason"), height=240)
-        else:
-            st.info("The streaming job reports no dead letters (or is not running).")
+        _counts_chart(prom, "Dead letters by reason (stream)", "churn_stream_quarantined_rows_total", "reason",
+                      "The streaming job reports no dead letters (or is not running).")
     with right:
-        st.subheader("Invalid CDRs skipped by the scorer")
-        bad = _safe(prom.query, "sum by (reason) (churn_score_invalid_events_total)")
-        if bad:
-            st.bar_chart(pd.DataFrame({"reason": [l["reason"] for l, _ in bad], "events": [v for _, v in bad]})
-                         .set_index("reason"), height=240)
-        else:
-            st.info("No invalid CDR seen by the scorer.")
-    alerts = _safe(prom.query, "sum by (band) (churn_alerts_total)")
-    st.subheader("Alerts by band")
-    if alerts:
-        st.bar_chart(pd.DataFrame({"band": [l["band"] for l, _ in alerts], "alerts": [v for _, v in alerts]})
-                     .set_index("band"), height=200)
+        _counts_chart(prom, "Invalid CDRs skipped by the scorer", "churn_score_invalid_events_total", "reason",
+                      "No invalid CDR seen by the scorer.")
+    _counts_chart(prom, "Alerts by band", "churn_alerts_total", "band", "No alert yet.", height=200)
+
+
+def _counts_chart(prom: Prometheus, title: str, counter: str, label: str, empty: str, height: int = 240) -> None:
+    """A counter summed by one label, as bars (``empty`` when there is no series)."""
+    st.subheader(title)
+    got = _safe(prom.query, f"sum by ({label}) ({counter})")
+    if got:
+        st.bar_chart(pd.DataFrame({label: [labels[label] for labels, _ in got], "count": [v for _, v in got]})
+                     .set_index(label), height=height)
     else:
-        st.info("No alert yet.")
+        st.info(empty)
 
 
 def main() -> None:
