@@ -111,6 +111,9 @@ def decide_challenger(settings: Settings, version: str, margin: float | None = N
             champion_alerts = before.get("alerting")
             champ = {k: v for k, v in before.items() if k not in ("version", "training_source", "alerting")}
         promote, reason = card["decision"]["promoted"], card["decision"]["reason"]
+    elif registry.champion_version() == version:  # made champion by hand meanwhile (`churn model promote`)
+        promote, reason = True, "already the champion when the promotion step came (promoted by hand)"
+        registry.update_card(version, decision={"promoted": promote, "reason": reason})
     else:
         X_va, y_va, times = registry.validation(version)
         champion = registry.load_champion()
