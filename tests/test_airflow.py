@@ -144,7 +144,8 @@ def test_a_days_run_goes_through_every_step_and_a_bad_day_stops_at_the_gate(live
     bad_dir = tmp_path / "run-bad"
     assert "churn_batch_quality_gate_passed 0.0" in (bad_dir / "metrics" / "batch.prom").read_text()
     results = json.loads((bad_dir / "nightly" / f"{BAD}_{BAD}.json").read_text())["steps"]
-    assert [(r["name"], r["ok"], r["blocked"]) for r in results] == [("gold", True, False), ("quality_gate", False, True)]
+    assert [(r["name"], r["ok"], r["blocked"]) for r in results] == [("gold", True, False),
+                                                                     ("quality_gate", False, True)]
 
     # published: the good day alone
     assert {str(d) for d in DeltaTable(lake.gold_customer_day).to_pandas()["event_date"]} == {GOOD.isoformat()}
