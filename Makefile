@@ -1,19 +1,23 @@
 # The two commands of the README:
 #   make demo   set up everything, then run the main job end to end on the local stack
-#   make test   set up everything, then run the tests (they start their own stack)
+#   make test   set up everything (Airflow's environment too), then run the tests (they start their own stack)
+# make airflow: everything `make setup` installs, plus .venv-airflow (the nightly DAG's Airflow)
 SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench docs stack-up stack-down clean
+.PHONY: setup airflow demo test bench docs stack-up stack-down clean
 
 setup:
 	@bash scripts/setup.sh
 
+airflow:
+	@bash scripts/setup.sh --airflow
+
 demo: setup
 	$(VENV)/churn demo
 
-test: setup
+test: airflow
 	$(VENV)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

@@ -1,36 +1,48 @@
 """Gold: customer-day behaviour aggregates and a customer snapshot, rebuilt from Silver behind a quality gate.
 
-``run_gold(settings, date_from, date_to)``:
+Three steps, each a plain function (``churn batch nightly`` and the Airflow DAG,
+``batch/dags/churn_nightly.py``, call the same ones), with the lake between them:
 
-1. reads Silver for the date range (and, for the snapshot, everything up to its end);
-2. builds ``customer_day`` (per customer and UTC day: every ``churn.features`` measure as a plain
-   daily sum, plus dropped-call rate and care share) and ``customer_snapshot`` (per customer as
-   of the end of ``date_to``: profile plus every activity feature, computed with the same Spark
-   feature code as the stream and read with the same ``churn.model.inputs`` code as the scorer);
-3. runs the quality gate (``batch.quality``) on Silver and on both Gold frames;
-4. only if it passes, publishes both: ``customer_day`` overwrites exactly the range
-   (``replaceWhere``), the snapshot overwrites its date, so a rerun replaces rather than appends;
-   then compacts Silver's small streaming files for the range (``OPTIMIZE``);
-5. records the run (passed or failed, with the gate's report) in ``gold/runs``.
+1. ``stage_gold(settings, date_from, date_to)`` reads Silver as of its current version (recorded)
+   for the date range (and, for the snapshot, everything up to its end), builds ``customer_day``
+   (per customer and UTC day: every ``churn.features`` measure as a plain daily sum, plus
+   dropped-call rate and care share) and ``customer_snapshot`` (per customer as of the end of
+   ``date_to``: profile plus every activity feature, computed with the same Spark feature code as
+   the stream and read with the same ``churn.model.inputs`` code as the scorer), and writes both to
+   a staging area, ``gold/staging/<from>_<to>/``, with a manifest (``manifest.json``); the
+   published Gold is not touched;
+2. ``check_gold`` runs the quality gate (``batch.quality``) on that Silver version and on both staged
+   tables, and records its verdict in the manifest; a failed gate is recorded in ``gold/runs`` (with
+   its report) and raises ``QualityGateFailed``: nothing is published, the previous Gold stays current;
+3. ``publish_gold`` publishes staged Gold whose gate passed, and nothing else: ``customer_day``
+   overwrites exactly the range (``replaceWhere``), the snapshot overwrites its date, so a rerun
+   replaces rather than appends; then compacts Silver's small streaming files for the range
+   (``OPTIMIZE``), records the run in ``gold/runs`` and removes the staging area.
 
-A failed gate publishes nothing (the previous Gold stays current) and raises ``QualityGateFailed``.
+``run_gold`` runs the three in order (``churn batch gold``).
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 from churn.config import Settings
 from churn.features import MEASURES
-from churn.lake import LakePaths
+from churn.lake import LakePaths, table_rows
 
 
 class QualityGateFailed(RuntimeError):
     def __init__(self, report):
         super().__init__(report.text())
         self.report = report
+
+
+class NotStaged(RuntimeError):
+    """Nothing staged for the range, or staged Gold that has not passed the quality gate: nothing published."""
 
 
 @dataclass
@@ -40,7 +52,7 @@ class GoldRun:
     silver_rows: int
     customer_day_rows: int
     snapshot_rows: int
-    gate: object  # batch.quality.GateReport
+    gate: object | None  # batch.quality.GateReport (None: not run by this call)
     published: bool
 
 
@@ -99,23 +111,84 @@ def _last_published_rows(spark, lake: LakePaths, days: int) -> int | None:
     return int(last[0].customer_day_rows / max(last[0].days, 1) * days)
 
 
-def run_gold(settings: Settings, date_from: date, date_to: date, spark=None, max_change: float = 0.5,
-             freshness_s: float = 86400.0) -> GoldRun:
+# -- the staging area ------------------------------------------------------------------------
+def _staging(settings: Settings, date_from: date, date_to: date) -> Path:
+    return Path(LakePaths(Path(settings.streaming.lake_dir)).gold_staging(date_from, date_to))
+
+
+def _manifest(staging: Path, date_from: date, date_to: date) -> dict:
+    try:
+        return json.loads((staging / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise NotStaged(f"no Gold staged for {date_from} .. {date_to} in {staging}: run the gold step first "
+                        f"(nothing published)") from None
+
+
+def _write_manifest(staging: Path, manifest: dict) -> None:
+    from churn.model.registry import atomic_write
+
+    atomic_write(staging / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+
+
+def _run(manifest: dict, gate=None, published: bool = False) -> GoldRun:
+    return GoldRun(date.fromisoformat(manifest["date_from"]), date.fromisoformat(manifest["date_to"]),
+                   manifest["silver_rows"], manifest["customer_day_rows"], manifest["snapshot_rows"], gate, published)
+
+
+def _silver_in_range(spark, lake: LakePaths, version: int, date_from: date, date_to: date):
+    from pyspark.sql import functions as F
+
+    silver = spark.read.format("delta").option("versionAsOf", version).load(lake.silver)
+    return silver, silver.filter((F.col("event_date") >= F.lit(date_from)) & (F.col("event_date") <= F.lit(date_to)))
+
+
+# -- the three steps ---------------------------------------------------------------------------
+def stage_gold(settings: Settings, date_from: date, date_to: date, spark=None) -> GoldRun:
+    """Build ``customer_day`` and ``customer_snapshot`` for the range from Silver's current version into the
+    staging area (replacing what was staged for the range before); the published Gold is not touched."""
+    from deltalake import DeltaTable
+    from pyspark.sql import functions as F
+
+    from churn.spark import spark_session
+
+    spark = spark or spark_session(settings, app_name="churn-gold")
+    lake = LakePaths(Path(settings.streaming.lake_dir))
+    staging = _staging(settings, date_from, date_to)
+    shutil.rmtree(staging, ignore_errors=True)  # a new stage of the range: the old one, checked or not, is gone
+    silver_version = DeltaTable(lake.silver).version()
+    silver_all, in_range = _silver_in_range(spark, lake, silver_version, date_from, date_to)
+    until = silver_all.filter(F.col("event_time") < F.lit(_end_of(date_to)).cast("timestamp"))
+    customer_day(in_range).write.format("delta").save(str(staging / "customer_day"))
+    customer_snapshot(spark, settings, until, _end_of(date_to), date_to).write.format("delta").save(
+        str(staging / "customer_snapshot"))
+    manifest = {"date_from": date_from.isoformat(), "date_to": date_to.isoformat(), "silver_version": silver_version,
+                "silver_rows": in_range.count(), "customer_day_rows": table_rows(staging / "customer_day"),
+                "snapshot_rows": table_rows(staging / "customer_snapshot"),
+                "staged_at": datetime.now(timezone.utc).isoformat(), "gate": None}
+    _write_manifest(staging, manifest)
+    return _run(manifest)
+
+
+def check_gold(settings: Settings, date_from: date, date_to: date, spark=None, max_change: float = 0.5,
+               freshness_s: float = 86400.0):
+    """The quality gate on the staged range: the Silver version it was built from and both staged tables.
+    Returns the ``batch.quality.GateReport`` if it passed; otherwise records the run (not published, with
+    the failures) in ``gold/runs`` and raises ``QualityGateFailed``. Either way the verdict goes into the
+    staging manifest, which ``publish_gold`` requires to have passed."""
     from pyspark.sql import functions as F
 
     from batch import quality
     from churn.spark import spark_session
 
-    spark = spark or spark_session(settings, app_name="churn-gold")
+    staging = _staging(settings, date_from, date_to)
+    manifest = _manifest(staging, date_from, date_to)
+    spark = spark or spark_session(settings, app_name="churn-gold-gate")
     lake = LakePaths(Path(settings.streaming.lake_dir))
-    silver_all = spark.read.format("delta").load(lake.silver)
-    in_range = silver_all.filter((F.col("event_date") >= F.lit(date_from)) & (F.col("event_date") <= F.lit(date_to)))
+    _, in_range = _silver_in_range(spark, lake, manifest["silver_version"], date_from, date_to)
     in_range = in_range.withColumn("event_time_s", F.col("event_time").cast("double")).persist()
-    until = silver_all.filter(F.col("event_time") < F.lit(_end_of(date_to)).cast("timestamp"))
+    daily = spark.read.format("delta").load(str(staging / "customer_day")).persist()
+    snapshot = spark.read.format("delta").load(str(staging / "customer_snapshot")).persist()
     days = (date_to - date_from).days + 1
-
-    daily = customer_day(in_range).persist()
-    snapshot = customer_snapshot(spark, settings, until, _end_of(date_to), date_to).persist()
     previous = _last_published_rows(spark, lake, days)
     bounds = None if previous is None else (int(previous * (1 - max_change)), int(previous * (1 + max_change)) + 1)
     report = quality.gate({
@@ -123,19 +196,54 @@ def run_gold(settings: Settings, date_from: date, date_to: date, spark=None, max
         "customer_day": (daily, quality.customer_day_suite(bounds)),
         "customer_snapshot": (snapshot, quality.snapshot_suite()),
     })
-    run = GoldRun(date_from, date_to, in_range.count(), daily.count(), snapshot.count(), report, report.passed)
-    if report.passed:
-        (daily.write.format("delta").mode("overwrite").partitionBy("event_date")
-         .option("replaceWhere", f"event_date >= '{date_from}' AND event_date <= '{date_to}'")
-         .save(lake.gold_customer_day))
-        (snapshot.write.format("delta").mode("overwrite").partitionBy("snapshot_date")
-         .option("replaceWhere", f"snapshot_date = '{date_to}'").save(lake.gold_customer_snapshot))
-        _compact(spark, lake, date_from, date_to)
-    _record(spark, lake, run)
     for frame in (in_range, daily, snapshot):
         frame.unpersist()
+    manifest["gate"] = {"passed": report.passed, "expectations": len(report.checks), "report": report.text(),
+                        "checked_at": datetime.now(timezone.utc).isoformat()}
+    _write_manifest(staging, manifest)
     if not report.passed:
+        _record(spark, lake, _run(manifest, report), report.failures)
         raise QualityGateFailed(report)
+    return report
+
+
+def publish_gold(settings: Settings, date_from: date, date_to: date, spark=None) -> GoldRun:
+    """Publish the staged range, if its quality gate passed (``NotStaged`` otherwise): ``customer_day`` replaces
+    exactly the range, the snapshot its date; Silver compacted for the range; the run recorded; staging removed."""
+    from churn.spark import spark_session
+
+    staging = _staging(settings, date_from, date_to)
+    manifest = _manifest(staging, date_from, date_to)
+    if not (manifest["gate"] or {}).get("passed"):
+        raise NotStaged(f"the Gold staged for {date_from} .. {date_to} has not passed the quality gate"
+                        f"{' (it failed)' if manifest['gate'] else ''}: run the quality gate first (nothing published)")
+    spark = spark or spark_session(settings, app_name="churn-gold-publish")
+    lake = LakePaths(Path(settings.streaming.lake_dir))
+    (spark.read.format("delta").load(str(staging / "customer_day"))
+     .write.format("delta").mode("overwrite").partitionBy("event_date")
+     .option("replaceWhere", f"event_date >= '{date_from}' AND event_date <= '{date_to}'")
+     .save(lake.gold_customer_day))
+    (spark.read.format("delta").load(str(staging / "customer_snapshot"))
+     .write.format("delta").mode("overwrite").partitionBy("snapshot_date")
+     .option("replaceWhere", f"snapshot_date = '{date_to}'").save(lake.gold_customer_snapshot))
+    _compact(spark, lake, date_from, date_to)
+    run = _run(manifest, published=True)
+    _record(spark, lake, run, [])
+    shutil.rmtree(staging, ignore_errors=True)
+    return run
+
+
+def run_gold(settings: Settings, date_from: date, date_to: date, spark=None, max_change: float = 0.5,
+             freshness_s: float = 86400.0) -> GoldRun:
+    """Stage, gate and publish the range in one go (``churn batch gold``); a failed gate raises
+    ``QualityGateFailed`` with nothing published."""
+    from churn.spark import spark_session
+
+    spark = spark or spark_session(settings, app_name="churn-gold")
+    stage_gold(settings, date_from, date_to, spark=spark)
+    report = check_gold(settings, date_from, date_to, spark=spark, max_change=max_change, freshness_s=freshness_s)
+    run = publish_gold(settings, date_from, date_to, spark=spark)
+    run.gate = report
     return run
 
 
@@ -146,12 +254,10 @@ def _compact(spark, lake: LakePaths, date_from: date, date_to: date) -> None:
      .where(f"event_date >= '{date_from}' AND event_date <= '{date_to}'").executeCompaction())
 
 
-def _record(spark, lake: LakePaths, run: GoldRun) -> None:
-    import json
-
+def _record(spark, lake: LakePaths, run: GoldRun, failures: list) -> None:
     row = [(run.date_from, run.date_to, run.date_to.toordinal() - run.date_from.toordinal() + 1, run.silver_rows,
             run.customer_day_rows, run.snapshot_rows, run.published,
-            json.dumps([c.__dict__ for c in run.gate.failures]), datetime.now(timezone.utc))]
+            json.dumps([c.__dict__ for c in failures]), datetime.now(timezone.utc))]
     schema = ("date_from date, date_to date, days int, silver_rows long, customer_day_rows long, snapshot_rows long, "
               "published boolean, failures string, finished_at timestamp")
     spark.createDataFrame(row, schema).write.format("delta").mode("append").save(lake.gold_runs)

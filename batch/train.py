@@ -11,7 +11,8 @@ so depended on how the stream batched the history. Its profile is Feast's
 point-in-time join (``get_historical_features``). No event or profile from
 after the observation can leak in. The rows become model inputs with the same
 ``churn.model.inputs`` code the scorer uses, and ``churn.model.release``
-trains, writes the card and applies the promotion rule.
+trains and writes the card (``train_challenger``: the nightly's train step);
+the promotion rule is a step of its own (``promote_challengers``).
 """
 
 from __future__ import annotations
@@ -187,11 +188,10 @@ def label_summary(labels: pd.DataFrame, rows: int | None = None) -> dict:
             "last_label_time": format_time(float(times.max())) if len(times) else None, "rows": rows}
 
 
-def run_train(settings: Settings, trials: int | None = None, source: str = "feast"):
-    """The nightly training step: build the set, train, card, promote or keep. Returns the ``Release``."""
-    from churn.model.release import train_and_release
-
-    trials = settings.training.trials if trials is None else trials
+def training_set(settings: Settings, source: str = "feast") -> tuple[TrainingSet, str, dict]:
+    """The nightly's training set, what it was trained on in words (the card's ``trained_on``) and its
+    provenance for the card. ``feast``: labels from the topic, point in time (``NotEnoughLabels`` when
+    there are too few to train on); ``simulated``: the bootstrap's simulated history."""
     if source == "feast":
         labels = labels_frame(settings)
         hint = "to train on; `churn simulate --days 60` produces history and labels"
@@ -211,14 +211,38 @@ def run_train(settings: Settings, trials: int | None = None, source: str = "feas
         what = (f"labels from {settings.topics.churn_labels.name}, activity from Silver at each observation, "
                 f"profiles from Feast (point in time): "
                 f"{ts.summary()}")
-        provenance = {"training_source": "labels", "labels": label_summary(labels, rows=len(ts.y))}
-    elif source == "simulated":
+        return ts, what, {"training_source": "labels", "labels": label_summary(labels, rows=len(ts.y))}
+    if source == "simulated":
         from churn.model.bootstrap import simulated_training_set
 
-        ts = simulated_training_set(settings)
-        what = "simulated history of 3000 customers over 60 days + customer table"
-        provenance = {"training_source": "synthetic"}
-    else:
-        raise ValueError(f"unknown training source {source!r} (feast or simulated)")
-    return train_and_release(settings, ts.X, ts.y, ts.at_s, kind="xgb", source=what, n_trials=trials,
-                             seed=settings.simulator.seed, observed=ts.observed_days, **provenance)
+        return (simulated_training_set(settings), "simulated history of 3000 customers over 60 days + customer table",
+                {"training_source": "synthetic"})
+    raise ValueError(f"unknown training source {source!r} (feast or simulated)")
+
+
+def train_challenger(settings: Settings, trials: int | None = None, source: str = "feast") -> str:
+    """The nightly training step: build the set, train, register the model with its card as a challenger
+    awaiting the promotion step. Returns its version."""
+    from churn.model.release import train_challenger as register
+
+    ts, what, provenance = training_set(settings, source)
+    return register(settings, ts.X, ts.y, ts.at_s, kind="xgb", source=what,
+                    n_trials=settings.training.trials if trials is None else trials, seed=settings.simulator.seed,
+                    observed=ts.observed_days, **provenance)
+
+
+def promote_challengers(settings: Settings) -> list:
+    """The nightly promotion step: the promotion rule applied to every challenger awaiting it
+    (``ModelRegistry.pending``, oldest first; normally the one the training step just registered).
+    Returns their ``Release``s, [] if none was waiting."""
+    from churn.model.registry import ModelRegistry
+    from churn.model.release import decide_challenger
+
+    return [decide_challenger(settings, v) for v in ModelRegistry(settings.scoring.registry_dir).pending()]
+
+
+def run_train(settings: Settings, trials: int | None = None, source: str = "feast"):
+    """Train, card, then promote or keep at once (``churn batch train``). Returns the ``Release``."""
+    from churn.model.release import decide_challenger
+
+    return decide_challenger(settings, train_challenger(settings, trials=trials, source=source))

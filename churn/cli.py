@@ -626,19 +626,20 @@ def batch_nightly(
     date_to: Optional[str] = typer.Option(None, "--to", help="Last day (default: yesterday, UTC)."),
     trials: Optional[int] = typer.Option(None, help="Optuna trials (default: training.trials)."),
 ) -> None:
-    """Everything nightly, in order: Gold + quality gate, retrain + promotion, materialize profiles.
+    """Everything nightly, in order: Gold, quality gate, publish, retrain, promotion, materialize profiles.
 
     A failed quality gate stops the run (nothing published, nothing trained) with exit code 2.
-    Outcome metrics go to <run_dir>/metrics/batch.prom and the Pushgateway. Cron: see docs/operations.md.
+    Outcome metrics go to <run_dir>/metrics/batch.prom and the Pushgateway. Cron or Airflow: see
+    docs/operations.md.
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from batch.nightly import run_nightly
+    from batch.nightly import STEPS, run_nightly
 
     start, to = _date_range(date_from, date_to)
     s = get_settings()
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task("nightly", total=3)
+        task = bar.add_task("nightly", total=len(STEPS))
 
         def progress(name: str) -> None:
             if bar.tasks[task].description != "nightly":
@@ -646,13 +647,37 @@ def batch_nightly(
             bar.update(task, description=f"nightly: {name}")
 
         report = run_nightly(s, start, to, trials=trials, progress=progress)
-        bar.update(task, completed=3, description="nightly: done")
+        bar.update(task, completed=len(STEPS), description="nightly: done")
     table = Table("step", "ok", "seconds", "detail")
     for step in report.steps:
         table.add_row(step.name, "[green]yes[/]" if step.ok else "[red]NO[/]", str(step.seconds), step.detail)
     console.print(table)
     if not report.ok:
         raise typer.Exit(2)
+
+
+@batch_app.command("step")
+def batch_step(
+    name: str = typer.Argument(..., help="gold, quality_gate, publish, train, promotion, materialize, or report."),
+    day: Optional[str] = typer.Option(None, "--date", help="The day (YYYY-MM-DD, UTC); default: yesterday."),
+) -> None:
+    """One nightly step for one day, as a scheduler's task runs it (the Airflow DAG runs the same function).
+
+    Each step reads what the one before it left in the lake or the model registry; `report` writes the
+    day's metrics from its steps' results. Exit codes: 0 done, 99 nothing to do (skipped), 3 quality
+    gate failed (nothing published), 1 failed (retry).
+    """
+    from batch.nightly import STEPS, StepFailed, scheduled_step
+
+    if name not in (*STEPS, "report"):
+        _fail(f"unknown step {name!r}: one of {', '.join(STEPS)}, report")
+    start, _ = _date_range(day, day)
+    try:
+        code = scheduled_step(name, start)
+    except StepFailed as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 @batch_app.command("train")

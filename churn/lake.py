@@ -46,6 +46,10 @@ class LakePaths:
     def gold_runs(self) -> str:
         return str(self.root / "gold" / "runs")
 
+    def gold_staging(self, date_from, date_to) -> str:
+        """Where the nightly stages Gold for a date range before its quality gate (``batch.gold``)."""
+        return str(self.root / "gold" / "staging" / f"{date_from}_{date_to}")
+
 
 def table_rows(path: Path | str) -> int:
     """Rows of a Delta table from its log's file statistics (no data read; 0 if there is no table)."""

@@ -3,10 +3,19 @@
 #   1. system packages (apt): redis-server, prometheus (with promtool), prometheus-pushgateway, prometheus-blackbox-exporter, kcat, chromium and its driver, hey, a JDK and Maven if missing
 #   2. Python: .venv with exactly requirements.lock, plus this project (editable)
 #   3. JVM jars: each jvm/*/pom.xml fetched by Maven into .cache/jars/<name>
+#   4. with --airflow only (make airflow, make test): .venv-airflow with exactly requirements-airflow.txt,
+#      Apache Airflow for the nightly DAG in an environment of its own (its pins conflict with ours)
 # Each part records a stamp (a hash of its inputs) and is skipped when nothing changed,
 # so a second run takes seconds and changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+AIRFLOW=0
+for arg in "$@"; do
+  case "$arg" in
+    --airflow) AIRFLOW=1 ;;
+    *) echo "usage: scripts/setup.sh [--airflow]" >&2; exit 2 ;;
+  esac
+done
 ROOT=$PWD
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
@@ -72,7 +81,23 @@ for pom in jvm/*/pom.xml; do
   fi
   echo "$want" > "$dest/.stamp"
 done
-# 4. The first champion model, so the scorer works from minute one -------------------------
+# 4. Apache Airflow, only when asked ---------------------------------------------------------
+if [ "$AIRFLOW" = 1 ]; then
+  stamp=.venv-airflow/.setup-stamp
+  want=$(hash_of requirements-airflow.txt)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv-airflow/bin/airflow ]; then
+    say "airflow environment up to date"
+  else
+    say "airflow environment: installing requirements-airflow.txt into .venv-airflow"
+    [ -x .venv-airflow/bin/python ] || "$PY" -m venv .venv-airflow
+    .venv-airflow/bin/python -m pip install -q --upgrade "pip==25.3"
+    .venv-airflow/bin/python -m pip install -q -r requirements-airflow.txt
+    .venv-airflow/bin/python -m pip check
+    echo "$want" > "$stamp"
+  fi
+fi
+
+# 5. The first champion model, so the scorer works from minute one -------------------------
 if [ -z "${CHURN_SKIP_BOOTSTRAP:-}" ]; then
   .venv/bin/churn model bootstrap --if-missing
 fi

@@ -111,7 +111,7 @@ def test_the_gauges_carry_the_report():
 
 def test_the_nightly_reports_the_serving_models_alerting_and_pushes_it(tmp_path, monkeypatch):
     """The train step's summary line gives the new model's figures; the metrics file gets the figures of
-    the champion after the step (here the new model, promoted)."""
+    the champion after the promotion step (here the new model, promoted)."""
     from datetime import date
 
     import batch.gold
@@ -124,25 +124,33 @@ def test_the_nightly_reports_the_serving_models_alerting_and_pushes_it(tmp_path,
     report = alert_report(risk, y, times, T)
     release = Release(version="xgb-1", promoted=True, reason="no champion yet", metrics={"roc_auc": 0.91},
                       champion_metrics=None, source="labels", alerting=report)
-    gate = SimpleNamespace(text=lambda: "quality gate passed")
-    monkeypatch.setattr(batch.gold, "run_gold", lambda *a: SimpleNamespace(
-        silver_rows=10, customer_day_rows=5, snapshot_rows=3, gate=gate))
-    monkeypatch.setattr(batch.train, "run_train", lambda *a, **k: release)
+    gold = SimpleNamespace(silver_rows=10, customer_day_rows=5, snapshot_rows=3, date_from=date(2026, 10, 1),
+                           date_to=date(2026, 10, 2))
+    monkeypatch.setattr(batch.gold, "stage_gold", lambda *a: gold)
+    monkeypatch.setattr(batch.gold, "check_gold", lambda *a: SimpleNamespace(text=lambda: "quality gate passed"))
+    monkeypatch.setattr(batch.gold, "publish_gold", lambda *a: gold)
+    s = Settings(run_dir=tmp_path, prometheus={"pushgateway_port": 1},  # nobody there: not pushed
+                 scoring={"registry_dir": tmp_path / "models"})
+    ModelRegistry(s.scoring.registry_dir).register(b"model", {"validation": {"roc_auc": 0.91}, "alerting": report,
+                                                              "trained_on": "labels"}, version="xgb-1")
+    monkeypatch.setattr(batch.train, "train_challenger", lambda *a, **k: "xgb-1")
+    monkeypatch.setattr(batch.train, "promote_challengers", lambda *a: [release])
     monkeypatch.setattr(batch.nightly, "materialize_profiles", lambda s: "materialized")
-    s = Settings(run_dir=tmp_path, prometheus={"pushgateway_port": 1})  # nobody there: not pushed
     got = run_nightly(s, date(2026, 10, 1), date(2026, 10, 2))
-    assert [(st.name, st.ok) for st in got.steps] == [("gold", True), ("train", True), ("materialize", True)]
+    assert [(st.name, st.ok) for st in got.steps] == [(name, True) for name in batch.nightly.STEPS]
     assert got.alerting == report
     assert ("alerts on the latest labelled window: high+ 125.0 alerts/1k customers/day, precision 0.25, "
-            "recall 0.62; lift top 1% 5.00x, top 5% 2.50x") in got.steps[1].detail
+            "recall 0.62; lift top 1% 5.00x, top 5% 2.50x") in got.steps[3].detail
+    assert "xgb-1 ROC AUC 0.91: promoted (no champion yet)" == got.steps[4].detail
     metrics = (tmp_path / "metrics" / "batch.prom").read_text().splitlines()
     assert 'churn_model_lift{top="1%"} 5.0' in metrics and 'churn_model_alert_precision{band="high"} 0.25' in metrics
+    assert "churn_batch_quality_gate_passed 1.0" in metrics
 
     # kept as challenger: the champion's figures on the same window are the ones in service
     champion = alert_report(risk[::-1], y, times, T)
     kept = Release(version="xgb-2", promoted=False, reason="does not beat", metrics={"roc_auc": 0.9},
                    champion_metrics={"roc_auc": 0.95}, source="labels", alerting=report, champion_alerting=champion)
-    monkeypatch.setattr(batch.train, "run_train", lambda *a, **k: kept)
+    monkeypatch.setattr(batch.train, "promote_challengers", lambda *a: [kept])
     assert run_nightly(s, date(2026, 10, 1), date(2026, 10, 2)).alerting == champion
 
 

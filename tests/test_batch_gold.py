@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,6 +20,30 @@ END = datetime(2026, 10, 5, tzinfo=timezone.utc).timestamp()
 FROM, TO = date(2026, 10, 2), date(2026, 10, 4)
 
 
+def simulate(customers: int = 250, seed: int = 51) -> tuple[dict, list[tuple[bytes, bytes]]]:
+    """4 simulated days of ``customers`` up to ``END``: their events as Silver's columns (``silver_frame``
+    makes them a frame to write) and the churn-label events (key, value) the simulator issued meanwhile."""
+    sim = Simulator(seed=seed, start_s=END - 4 * DAY, end_s=END, customers=customers)
+    ids = np.asarray(sim.pop.customer_id, dtype=object)
+    parts, labels = [], []
+    for step in sim.backfill_steps(slice_s=6 * 3600.0):
+        parts.append(step.good.silver_columns(ids))
+        labels += step.labels
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, labels
+
+
+def plant_quality_failure(silver: str, day: date) -> None:
+    """Append a copy of one of ``day``'s Silver events with a negative charge: a duplicate ``event_id`` and a
+    charge out of range, two expectations of the gate's Silver suite."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable, write_deltalake
+
+    row = DeltaTable(silver).to_pyarrow_dataset().head(1, filter=pc.field("event_date") == pa.scalar(day))
+    write_deltalake(silver, row.set_column(row.schema.get_field_index("charge"), "charge",
+                                           pa.array([-5.0], row.schema.field("charge").type)), mode="append")
+
+
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
     """A Silver table of 4 simulated days of 250 customers, written with Spark as the stream would."""
@@ -30,8 +55,7 @@ def lake(tmp_path_factory):
     from churn.simulator.population import telco_csv_path
 
     profiles.load(settings, telco_csv_path(), materialize=False)  # as `churn features apply` does
-    sim = Simulator(seed=51, start_s=END - 4 * DAY, end_s=END, customers=250)
-    cols = sim.silver_columns(slice_s=6 * 3600.0)
+    cols, _ = simulate()
     spark.createDataFrame(silver_frame(cols)).write.format("delta").partitionBy("event_date").save(
         LakePaths(root / "lake").silver)
     return settings, spark, cols
@@ -89,15 +113,12 @@ def test_rerunning_the_same_range_changes_no_content(lake):
 
 def test_a_planted_quality_failure_publishes_nothing_then_a_good_run_publishes(lake):
     from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
 
     settings, spark, _ = lake
     paths = LakePaths(settings.streaming.lake_dir)
     run_gold(settings, FROM, TO, spark=spark)
     versions = (_version(spark, paths.gold_customer_day), _version(spark, paths.gold_customer_snapshot))
-    silver = spark.read.format("delta").load(paths.silver)
-    planted = silver.filter(F.col("event_date") == F.lit(TO)).limit(1).withColumn("charge", F.lit(-5.0))
-    planted.write.format("delta").mode("append").save(paths.silver)  # a duplicate event_id with a negative charge
+    plant_quality_failure(paths.silver, TO)  # a duplicate event_id with a negative charge
     with pytest.raises(QualityGateFailed) as failed:
         run_gold(settings, FROM, TO, spark=spark)
     text = str(failed.value)

@@ -109,7 +109,8 @@ def test_every_dashboard_expression_returns_data_from_the_real_prometheus(pipeli
     alerting = alert_report([0.95, 0.8, 0.72, 0.6, 0.55, 0.4, 0.35, 0.2, 0.1, 0.05], [1, 1, 0, 1, 0, 0, 1, 0, 0, 0],
                             [0.0, 86400.0, 2 * 86400.0, 0, 0, 0, 0, 0, 0, 0], thresholds=(0.3, 0.5, 0.7),
                             min_band="high", tops=(0.1, 0.5))
-    write_metrics(s, NightlyReport(steps=[StepResult("gold", False, 12.5, "quality gate failed")],
+    write_metrics(s, NightlyReport(steps=[StepResult("gold", True, 12.5, "staged"),
+                                          StepResult("quality_gate", False, 8.5, "quality gate failed")],
                                    alerting=alerting))
     try:
         wanted = expressions()

@@ -250,7 +250,7 @@ def test_a_failing_step_ends_the_nightly_with_its_summary_not_a_traceback(settin
     def broken(*args, **kwargs):
         raise ValueError("Divisions calculation failed for non-numeric column 'profile_time'")
 
-    monkeypatch.setattr(batch.gold, "run_gold", broken)
+    monkeypatch.setattr(batch.gold, "stage_gold", broken)
     settings.prometheus.pushgateway_port = free_ports(1)[0]  # nobody there: a user's stack must not get this run
     report = run_nightly(settings, date(2026, 10, 1), date(2026, 10, 2))
     assert [(st.name, st.ok) for st in report.steps] == [("gold", False)]

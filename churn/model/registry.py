@@ -4,6 +4,7 @@ Layout under the registry root (``<run_dir>/models`` by default)::
 
     <version>/model.json    the model (its ``to_bytes``; ``churn.model.families.model_from_bytes`` reads any)
     <version>/card.json     its model card: metrics, training window and source, reasons for its status
+    <version>/validation.npz  its validation window (inputs, labels, times), for the promotion step
     CHAMPION                the champion's version (one line)
     history.jsonl           every promotion and rejection, appended
 
@@ -121,6 +122,37 @@ class ModelRegistry:
         record = {"at": datetime.now(timezone.utc).isoformat(), **record}
         with open(self.root / "history.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def update_card(self, version: str, **fields) -> None:
+        """Set ``fields`` in a version's card (atomically)."""
+        card = self.card(version)
+        card.update(fields)
+        atomic_write(self.root / version / "card.json", json.dumps(card, indent=2, default=str).encode())
+
+    def save_validation(self, version: str, X, y, times) -> None:
+        """Store a version's validation window (``X``, ``y``, observation ``times``): the rows the promotion
+        step scores it and the champion on."""
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, X=X, y=y, times=times)
+        atomic_write(self.root / version / "validation.npz", buffer.getvalue())
+
+    def validation(self, version: str):
+        """``(X, y, times)`` of a version's validation window (``save_validation``)."""
+        import numpy as np
+
+        with np.load(self.root / version / "validation.npz") as data:
+            return data["X"], data["y"], data["times"]
+
+    def pending(self) -> list[str]:
+        """Versions awaiting the promotion step, oldest first: trained and registered with their validation
+        window (``churn.model.release.train_challenger``), no decision yet."""
+        waiting = [v for v in self.versions() if (self.root / v / "validation.npz").exists()
+                   and (self.card(v).get("decision") or {}).get("promoted", False) is None]
+        return sorted(waiting, key=lambda v: v.rsplit("-", 2)[-2:])  # by the time stamp ``new_version`` gives
 
     def save_drift_baseline(self, version: str, baseline) -> None:
         """Store the training distribution of a version's inputs (``churn.model.drift``)."""
