@@ -9,6 +9,9 @@ evenly spaced), three times per route:
 - ``GET /v1/customers/{id}`` at 500 requests/s;
 - ``POST /v1/customers/{id}/score`` (live score with every feature's contribution) at 200 requests/s.
 
+Then ``churn dashboard`` is opened in headless chromium, each page three times: seconds until the page
+has drawn its data (``churn.dashboard.browser``).
+
 Latency is each request's response time as hey records it (``-o csv``), over all processes; the
 figure is the median over the three runs of each run's p99 (p50 likewise).
 """
@@ -121,8 +124,47 @@ def bench_api(base: Settings) -> dict[str, tuple[float, str, dict]]:
                       f"connection, staggered starts, {SECONDS} s per run"}
             results[f"{name}_p99_ms_at_{rate}rps"] = (float(np.median(p99s)), "ms", detail)
             results[f"{name}_p50_ms_at_{rate}rps"] = (float(np.median(p50s)), "ms", detail)
+        results.update(_dashboard_first_render(env, log, len(customers)))
         return results
     finally:
         api.send_signal(signal.SIGTERM)
         api.wait(30)
         log.close()
+
+
+def _dashboard_first_render(env: dict, log, customers: int) -> dict[str, tuple[float, str, dict]]:
+    """Seconds from opening each dashboard page in headless chromium to its data drawn, median of 3 loads
+    (the first load of the session, which starts Streamlit's script runner, is not counted)."""
+    from conftest import free_ports
+
+    from churn.dashboard import browser
+
+    (port,) = free_ports(1)
+    dash = subprocess.Popen([str(Path(os.sys.executable).parent / "churn"), "dashboard"],
+                            env={**env, "CHURN_API__DASHBOARD_PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    driver = browser.chromium()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        browser.load(driver, url, "at-risk")  # warm-up
+        out = {}
+        for page in browser.PAGES:
+            times = [browser.load(driver, url, page) for _ in range(3)]
+            assert not browser.errors(driver), (page, browser.errors(driver))
+            out[f"dashboard_first_render_s_{page}"] = (float(np.median(times)), "s", {
+                "runs_s": [round(t, 2) for t in times], "customers_in_view": customers,
+                "browser": "headless chromium (Selenium)", "target_s": 2.0})
+        return out
+    finally:
+        driver.quit()
+        dash.send_signal(signal.SIGTERM)
+        dash.wait(30)

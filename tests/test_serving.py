@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -35,7 +34,6 @@ from streaming.scoring.bands import BAND_INDEX
 
 pytestmark = pytest.mark.stack
 APP = Path(__file__).resolve().parents[1] / "churn" / "dashboard" / "app.py"
-PAGES = ["at-risk", "customer", "model", "pipeline"]
 
 
 def call(port: int, path: str, body: dict | None = None, method: str | None = None) -> tuple[int, str, dict | str]:
@@ -180,45 +178,24 @@ def test_each_page_renders_the_stacks_data_in_apptest(served, monkeypatch):
 
 
 def test_each_page_loads_in_a_headless_chromium_without_an_error(served, tmp_path, record_property):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
+    from churn.dashboard import browser
 
     env, s, valid = served
     (port,) = free_ports(1)
     dash = subprocess.Popen([CHURN_BIN, "dashboard"], env={**os.environ, **env, "CHURN_API__DASHBOARD_PORT": str(port)},
                             start_new_session=True, stdout=open(tmp_path / "dashboard.log", "ab"),
                             stderr=subprocess.STDOUT)
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1440,900"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver = browser.chromium()
     shots = Path(os.environ.get("CHURN_DASHBOARD_SCREENSHOTS", tmp_path))
     try:
-        wait_for(lambda: call(port, "/_stcore/health")[0] == 200 if _listening(port) else False, 60,
-                 "the dashboard up")
-        for page in PAGES:
-            t0 = time.perf_counter()
-            driver.get(f"http://127.0.0.1:{port}/?page={page}")
-            while not _rendered(driver, By, page):
-                assert time.perf_counter() - t0 < 30, f"page {page} not rendered in 30 s"
-                time.sleep(0.05)
-            record_property(f"first_render_s_{page}", round(time.perf_counter() - t0, 2))
+        wait_for(lambda: _listening(port) and call(port, "/_stcore/health")[0] == 200, 60, "the dashboard up")
+        for page in browser.PAGES:
+            record_property(f"first_render_s_{page}", round(browser.load(driver, f"http://127.0.0.1:{port}", page), 2))
             time.sleep(1.0)  # charts and tables finish drawing
-            errors = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], '
-                                                           '[data-testid="stAlertContentError"]')
-            assert not errors, (page, [e.text for e in errors])
-            heading = driver.find_element(By.CSS_SELECTOR, "h2").text
-            assert heading.startswith({"at-risk": "At risk", "customer": "Customer", "model": "Model",
-                                       "pipeline": "Pipeline"}[page]), heading
-            height = driver.execute_script(
-                'return document.querySelector(\'[data-testid="stMainBlockContainer"]\').scrollHeight')
-            driver.set_window_size(1440, max(900, min(int(height) + 120, 4000)))
-            time.sleep(0.5)
-            driver.save_screenshot(str(shots / f"dashboard-{page}.png"))
-            driver.set_window_size(1440, 900)
+            assert not browser.errors(driver), (page, browser.errors(driver))
+            assert browser.heading(driver).startswith({"at-risk": "At risk", "customer": "Customer", "model": "Model",
+                                                       "pipeline": "Pipeline"}[page]), browser.heading(driver)
+            browser.screenshot(driver, shots / f"dashboard-{page}.png")
     finally:
         driver.quit()
         dash.send_signal(signal.SIGTERM)  # `churn dashboard` became Streamlit (exec): it stops itself
@@ -230,19 +207,6 @@ def _listening(port: int) -> bool:
 
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-#: Elements each page draws once its data is there (Streamlit's test ids).
-EXPECTED = {"at-risk": ["stMetric", "stDataFrame"], "customer": ["stMetric", "stVegaLiteChart"],
-            "model": ["stMetric", "stDataFrame", "stImage"], "pipeline": ["stMetric", "stVegaLiteChart"]}
-
-
-def _rendered(driver, By, page: str) -> bool:
-    """The page's script has run to its end and its data elements are drawn."""
-    if any(not driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{t}"]') for t in EXPECTED[page]):
-        return False
-    running = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
-    return not any("Running" in e.text for e in running)
 
 
 def test_the_api_serves_what_the_worker_committed_scores_live_with_exact_explanations_and_follows_redis(
