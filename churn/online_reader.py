@@ -239,16 +239,21 @@ return rows
 """
 
 
+def fail_fast_redis(host: str, port: int, timeout_s: float = 2.0) -> redis.Redis:
+    """A Redis client that does not retry inside a call (redis-py's default: 3 retries backing off from
+    1 s to 10 s, so a call to a Redis that is down takes seconds): its callers retry on their own short
+    schedule (``streaming.scoring.lookup.OnlineFeatures``) and then answer degraded."""
+    return redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                       retry=Retry(NoBackoff(), 0))
+
+
 class FeastRedisReader:
     """Feast's Redis online store read directly in Feast's storage format (see the module doc)."""
 
     def __init__(self, project: str, host: str, port: int, key_cache: int = 200_000,
                  socket_timeout_s: float = 2.0):
         self.project = project
-        # no retries inside the client (redis-py's default: 3, backing off from 1 s to 10 s): the caller
-        # (``streaming.scoring.lookup.OnlineFeatures``) retries on its own short schedule, then scores degraded
-        self.client = redis.Redis(host=host, port=port, socket_timeout=socket_timeout_s,
-                                  socket_connect_timeout=socket_timeout_s, retry=Retry(NoBackoff(), 0))
+        self.client = fail_fast_redis(host, port, socket_timeout_s)
         self._keys: OrderedDict[str, bytes] = OrderedDict()
         self._fields: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
         self.key_cache = key_cache

@@ -25,9 +25,6 @@ from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 import orjson
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from fastapi import Body, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -42,6 +39,7 @@ from churn.contracts import format_time
 from churn.model.explain import reasons
 from churn.model.inputs import MODEL_FEATURES, describe, describe_missing, matrix
 from churn.model.registry import ChampionWatcher, ModelRegistry
+from churn.online_reader import fail_fast_redis
 from streaming.scoring.bands import BANDS, band_of
 
 PROBLEM = "application/problem+json"
@@ -112,31 +110,19 @@ class RequestLatency:
             self.histogram.labels(scope["method"], route, str(status[0])).observe(time.perf_counter() - t0)
 
 
-def _reader(settings: Settings):
-    from churn.online_reader import FeastRedisReader, FeastSdkReader
-
-    if settings.scoring.online_reader == "redis":
-        return FeastRedisReader.from_settings(settings)
-    from churn.feature_store import store
-
-    return FeastSdkReader(store(settings))
-
-
 class Services:
     """What the routes read: the scores view, the online features, the champion, the registry."""
 
     def __init__(self, settings: Settings, view: ScoresView | None = None):
-        from streaming.scoring.lookup import OnlineFeatures
+        from streaming.scoring.lookup import online_features
 
         self.settings = settings
         self.view = view if view is not None else ScoresView(settings)
         self.registry = ModelRegistry(settings.scoring.registry_dir)
         self.models = ChampionWatcher(self.registry, interval_s=settings.scoring.model_check_interval_s)
-        self.reader = _reader(settings)
-        cfg = settings.scoring
-        self.features = OnlineFeatures(self.reader, attempts=cfg.lookup_attempts, backoff_s=cfg.lookup_backoff_s)
-        self.redis = redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=1.0,
-                                 socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
+        self.features = online_features(settings)
+        self.reader = self.features.reader
+        self.redis = fail_fast_redis(settings.redis.host, settings.redis.port, timeout_s=1.0)
         self.lock = threading.Lock()  # the lookup caches and the champion watcher are not thread-safe
         self.metrics = Metrics()
 

@@ -36,8 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import faust
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from churn.config import Settings
@@ -46,10 +44,10 @@ from churn.feature_store import covered_offsets_key
 from churn.model.inputs import matrix
 from churn.model.online import OnlineChallenger, ProgressiveEvaluator
 from churn.model.registry import SYNTHETIC, ChampionWatcher, ModelRegistry
-from churn.online_reader import FeastRedisReader, FeastSdkReader
+from churn.online_reader import fail_fast_redis
 from streaming.scoring import metrics
 from streaming.scoring.liveness import Liveness, die
-from streaming.scoring.lookup import OnlineFeatures
+from streaming.scoring.lookup import online_features
 from streaming.scoring.scorer import BatchScorer, Incoming
 from streaming.scoring.transactions import COMMIT_DEADLINE_S, TransactionsLost, WorkerTransactions, group_metadata
 
@@ -134,16 +132,11 @@ class ScoringWorker:
         self._champion_in_use()
         if feature_store is None:  # in a child process: Feast (~170 MB resident) stays out of the worker
             fs_module.ensure_applied_in_subprocess(settings)
-        if cfg.online_reader == "redis":
-            reader = FeastRedisReader.from_settings(settings)
-        else:
-            reader = FeastSdkReader(feature_store or fs_module.store(settings))
-        self.features = OnlineFeatures(reader, attempts=cfg.lookup_attempts, backoff_s=cfg.lookup_backoff_s)
+        self.features = online_features(settings, feature_store)
         self.challenger = OnlineChallenger()
         self.evaluators = {"champion": ProgressiveEvaluator(), "challenger": ProgressiveEvaluator()}
         self.scorer = BatchScorer(settings, self.models, self.features, self.challenger)
-        self._redis = redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=2.0,
-                                  socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0))  # fail fast, retried by us
+        self._redis = fail_fast_redis(settings.redis.host, settings.redis.port)
         self._covered_key = covered_offsets_key(settings)
         self.txn: WorkerTransactions | None = None
         self.state: dict = {}

@@ -98,3 +98,18 @@ class OnlineFeatures:
         cache.move_to_end(key)
         if len(cache) > self.cache_size:
             cache.popitem(last=False)
+
+
+def online_features(settings, feature_store=None) -> OnlineFeatures:
+    """The lookups as the settings choose (``scoring.online_reader``): Feast's Redis store read directly,
+    or Feast's SDK (``feature_store``, else one opened from the settings); retries from the settings."""
+    from churn.online_reader import FeastRedisReader, FeastSdkReader
+
+    cfg = settings.scoring
+    if cfg.online_reader == "redis":
+        reader = FeastRedisReader.from_settings(settings)
+    else:
+        from churn.feature_store import store
+
+        reader = FeastSdkReader(feature_store or store(settings))
+    return OnlineFeatures(reader, attempts=cfg.lookup_attempts, backoff_s=cfg.lookup_backoff_s)
