@@ -185,14 +185,16 @@ def test_simulate_cli_backfill_reports_and_delivers(live_stack, live_env):
 
 
 def test_demo_runs_the_main_job_end_to_end(live_stack, live_env, tmp_path):
-    from churn.stack.services import stream_service
+    from churn.stack.services import score_service, stream_service
 
     env = {**live_env, "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake"),
            "CHURN_STREAMING__CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
     try:
         out = run_cli(["demo", "--duration", "3", "--rate", "1000", "--history-days", "0.05"], env, timeout=600)
     finally:
-        stream_service(settings_from(env)).stop()  # the demo leaves the streaming job running
+        # the demo leaves the streaming job and the scorer running (later tests use the scorer's port)
+        stream_service(settings_from(env)).stop()
+        score_service(settings_from(env)).stop()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "all accounted for" in out.stdout
     assert "already running" in out.stdout  # the stack was up: demo reused it
