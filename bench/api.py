@@ -124,7 +124,7 @@ def bench_api(base: Settings) -> dict[str, tuple[float, str, dict]]:
                       f"connection, staggered starts, {SECONDS} s per run"}
             results[f"{name}_p99_ms_at_{rate}rps"] = (float(np.median(p99s)), "ms", detail)
             results[f"{name}_p50_ms_at_{rate}rps"] = (float(np.median(p50s)), "ms", detail)
-        results.update(_dashboard_first_render(env, log, len(customers)))
+        results.update(_dashboard_first_render(env, log, len(customers), s.prometheus.port))
         return results
     finally:
         api.send_signal(signal.SIGTERM)
@@ -132,7 +132,7 @@ def bench_api(base: Settings) -> dict[str, tuple[float, str, dict]]:
         log.close()
 
 
-def _dashboard_first_render(env: dict, log, customers: int) -> dict[str, tuple[float, str, dict]]:
+def _dashboard_first_render(env: dict, log, customers: int, env_prometheus_port: int) -> dict[str, tuple[float, str, dict]]:
     """Seconds from opening each dashboard page in headless chromium to its data drawn, median of 3 loads
     (the first load of the session, which starts Streamlit's script runner, is not counted)."""
     from conftest import free_ports
@@ -141,7 +141,8 @@ def _dashboard_first_render(env: dict, log, customers: int) -> dict[str, tuple[f
 
     (port,) = free_ports(1)
     dash = subprocess.Popen([str(Path(os.sys.executable).parent / "churn"), "dashboard"],
-                            env={**env, "CHURN_API__DASHBOARD_PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
+                            env={**env, "CHURN_API__DASHBOARD_PORT": str(port),
+                                 "CHURN_PROMETHEUS__PORT": str(env_prometheus_port)}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     driver = browser.chromium()
     try:

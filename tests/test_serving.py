@@ -115,14 +115,22 @@ def served(live_stack, live_env, bootstrap_registry, tmp_path_factory):
                 proc.wait(timeout=60)
 
 
-def _app(env: dict):
+@pytest.fixture
+def app_with(monkeypatch):
+    """``app_with(env)``: the dashboard in Streamlit's AppTest, reading settings from ``env`` (restored, and
+    the settings cache cleared, after the test)."""
     from streamlit.testing.v1 import AppTest
 
     from churn.config import get_settings
 
-    os.environ.update(env)
+    def make(env: dict):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        return AppTest.from_file(str(APP), default_timeout=30)
+
+    yield make
     get_settings.cache_clear()
-    return AppTest.from_file(str(APP), default_timeout=30)
 
 
 def _texts(at) -> str:
@@ -137,14 +145,12 @@ def _nodes(node):
         yield from _nodes(child)
 
 
-def test_each_page_renders_the_stacks_data_in_apptest(served, monkeypatch):
+def test_each_page_renders_the_stacks_data_in_apptest(served, app_with):
     env, s, valid = served
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
     _, _, top = call(s.api.port, "/v1/at-risk?band=high&limit=1000")
     _, _, models = call(s.api.port, "/v1/models")
 
-    at = _app(env).run()
+    at = app_with(env).run()
     assert not at.exception and not at.error, (at.exception, at.error)
     table = at.dataframe[0].value
     assert list(table["customer"]) == [r["customer_id"] for r in top["items"]]
@@ -334,3 +340,13 @@ def test_the_api_serves_what_the_worker_committed_scores_live_with_exact_explana
     wait_for(lambda: call(api_port, "/readyz")[0] == 200, 30, "ready again")
     applied = run_cli(["features", "apply"], env, timeout=180)  # the restarted Redis is empty
     assert applied.returncode == 0, applied.stderr
+
+
+def test_the_pipeline_page_says_prometheus_is_unreachable_instead_of_failing(app_with):
+    (port,) = free_ports(1)  # nothing listens there
+    at = app_with({"CHURN_PROMETHEUS__PORT": str(port)})
+    at.query_params["page"] = "pipeline"
+    at.run()
+    assert not at.exception, at.exception
+    assert [m.value for m in at.metric] == ["no data", "no data", "stream not reporting", "no data"]
+    assert any("Prometheus not reachable" in w.value for w in at.warning)

@@ -196,18 +196,19 @@ def model_page() -> None:
         st.info("No drift figures yet (the worker reports them once it has seen enough customers).")
 
 
-def _safe(fn, *args):
+def _safe(fn, *args, default=()):
+    """``fn(*args)``, or ``default`` with a warning when Prometheus cannot be read."""
     try:
         return fn(*args)
     except ReadError as exc:
         st.warning(f"Prometheus not reachable: {exc}")
-        return []
+        return default
 
 
 def pipeline_page() -> None:
     _, prom = clients()
     st.header("Pipeline")
-    q = lambda promql: _safe(prom.scalar, promql)  # noqa: E731
+    q = lambda promql: _safe(prom.scalar, promql, default=None)  # noqa: E731
     a, b, c, d = st.columns(4)
     lag = q("sum(churn_score_consumer_lag)")
     a.metric("Scoring lag (CDRs)", "no data" if lag is None else f"{lag:,.0f}")
