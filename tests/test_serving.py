@@ -123,10 +123,14 @@ def app_with(monkeypatch):
 
     from churn.config import get_settings
 
+    import streamlit as st
+
     def make(env: dict):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         get_settings.cache_clear()
+        st.cache_resource.clear()  # the clients, built from the settings
+        st.cache_data.clear()
         return AppTest.from_file(str(APP), default_timeout=30)
 
     yield make
