@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, His
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from churn.api.scores_view import ScoresView
+from churn.api.scores_view import ScoresView, riskiest_first
 from churn.config import Settings
 from churn.contracts import format_time
 from churn.model.explain import reasons
@@ -44,9 +44,10 @@ from streaming.scoring.bands import BANDS, band_of
 
 PROBLEM = "application/problem+json"
 #: How each model family's contributions are computed (each is exact and sums to the log-odds).
+TREE_SHAP = "TreeSHAP: XGBoost's exact per-feature contributions (pred_contribs), scaled by the calibration"
 EXPLANATION = {
-    "xgboost": "TreeSHAP: XGBoost's exact per-feature contributions (pred_contribs), scaled by the calibration",
-    "random_forest": "TreeSHAP: XGBoost's exact per-feature contributions (pred_contribs), scaled by the calibration",
+    "xgboost": TREE_SHAP,
+    "random_forest": TREE_SHAP,
     "logistic_regression": "weight times standardised input: each feature's exact share of the linear log-odds, "
                            "relative to a customer at the training mean, scaled by the calibration",
 }
@@ -271,11 +272,11 @@ def create_app(settings: Settings, view: ScoresView | None = None, start_view: b
                 limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 50,
                 offset: Annotated[int, Query(ge=0)] = 0,
                 contract: Annotated[str | None, Query(description="Only customers on this contract")] = None):
-        keep = None
+        candidates = services.view.at_or_above(band)
         if contract is not None:
-            contracts = _contracts(services, [r["customer_id"] for r in _all_at_or_above(services.view, band)])
-            keep = lambda r: contracts.get(r["customer_id"]) == contract  # noqa: E731
-        total, rows = services.view.at_risk(band, limit, offset, keep)
+            contracts = _contracts(services, [r["customer_id"] for r in candidates])
+            candidates = [r for r in candidates if contracts.get(r["customer_id"]) == contract]
+        total, rows = riskiest_first(candidates, limit, offset)
         items = []
         for r in rows:
             alert = services.view.alert(r["customer_id"])
@@ -383,10 +384,6 @@ def _daily_activity(settings: Settings, customer_id: str, days: int) -> list[dic
     frame["event_date"] = frame["event_date"].astype(str)
     keep = [c for c in frame.columns if c not in ("first_event_time", "last_event_time")]
     return frame[keep].to_dict("records")
-
-
-def _all_at_or_above(view: ScoresView, band: str) -> list[dict]:
-    return view.at_risk(band, limit=10**9, offset=0)[1]
 
 
 def _contracts(services: Services, customers: list[str]) -> dict[str, str | None]:

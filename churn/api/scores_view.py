@@ -43,6 +43,13 @@ from streaming.scoring.bands import BAND_INDEX
 log = logging.getLogger(__name__)
 
 
+def riskiest_first(records: list[dict], limit: int, offset: int) -> tuple[int, list[dict]]:
+    """How many ``records`` there are, and rows ``offset`` to ``offset + limit`` of them, riskiest first
+    (ties by customer id)."""
+    page = heapq.nsmallest(offset + limit, records, key=lambda r: (-r["risk"], r["customer_id"]))[offset:]
+    return len(records), page
+
+
 class ScoresView:
     def __init__(self, settings, history: int | None = None):
         self.settings = settings
@@ -99,17 +106,15 @@ class ScoresView:
         with self._lock:
             return len(self._latest)
 
-    def at_risk(self, min_band: str, limit: int, offset: int, keep=None) -> tuple[int, list[dict]]:
-        """Customers whose latest band is ``min_band`` or above (and for whom ``keep(record)`` holds),
-        riskiest first (ties by customer id): how many there are, and rows ``offset`` to
-        ``offset + limit`` of them."""
+    def at_or_above(self, min_band: str) -> list[dict]:
+        """The latest record of every customer whose band is ``min_band`` or above, in no order."""
         floor = BAND_INDEX[min_band]
         with self._lock:
-            chosen = [r for r in self._latest.values() if BAND_INDEX.get(r["band"], -1) >= floor]
-        if keep is not None:
-            chosen = [r for r in chosen if keep(r)]
-        page = heapq.nsmallest(offset + limit, chosen, key=lambda r: (-r["risk"], r["customer_id"]))[offset:]
-        return len(chosen), page
+            return [r for r in self._latest.values() if BAND_INDEX.get(r["band"], -1) >= floor]
+
+    def at_risk(self, min_band: str, limit: int, offset: int) -> tuple[int, list[dict]]:
+        """Customers whose latest band is ``min_band`` or above, riskiest first (``riskiest_first``)."""
+        return riskiest_first(self.at_or_above(min_band), limit, offset)
 
     def bands(self) -> dict[str, int]:
         """How many customers are in each band now."""
