@@ -65,6 +65,21 @@ def _hey(url: str, customers: list[str], rate: float, post: bool) -> tuple[np.nd
     return np.asarray(times), failed
 
 
+def _wait_until_answered(url: str, timeout_s: float, ready=lambda body: True) -> None:
+    """Until ``url`` answers 200 with a body ``ready`` accepts (TimeoutError after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if ready(r.read()):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer as expected within {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def bench_api(base: Settings) -> dict[str, tuple[float, str, dict]]:
     """Scoring API under a constant rate (hey, 20 s x 3): GET a customer's committed score at 500/s and
     POST a live score with explanations at 200/s; p50 and p99 latency, the stack and 7,043 customers'
@@ -95,17 +110,7 @@ def bench_api(base: Settings) -> dict[str, tuple[float, str, dict]]:
     api = subprocess.Popen([str(Path(os.sys.executable).parent / "churn"), "serve"], env=env, stdout=log,
                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/readyz", timeout=2) as r:
-                    if b'"scores_view":"ok"' in r.read():
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("the API did not catch up")
-            time.sleep(0.5)
+        _wait_until_answered(f"http://127.0.0.1:{api_port}/readyz", 120, lambda body: b'"scores_view":"ok"' in body)
         chosen = list(np.random.default_rng(0).choice(customers, PROCESSES, replace=False))
         url = f"http://127.0.0.1:{api_port}/v1/customers/" + "{customer}"
         results = {}
@@ -146,15 +151,7 @@ def _dashboard_first_render(env: dict, log, customers: int, env_prometheus_port:
                             start_new_session=True)
     driver = browser.chromium()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        _wait_until_answered(f"http://127.0.0.1:{port}/_stcore/health", 60)
         url = f"http://127.0.0.1:{port}"
         browser.load(driver, url, "at-risk")  # warm-up
         out = {}
