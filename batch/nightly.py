@@ -89,7 +89,7 @@ def materialize_profiles(settings: Settings) -> str:
     from churn.feature_store import ensure_applied, store
 
     ensure_applied(settings)
-    store(settings).materialize_incremental(end_date=datetime.now(timezone.utc), feature_views=["customer_profile"])
+    store(settings, role="batch").materialize_incremental(end_date=datetime.now(timezone.utc), feature_views=["customer_profile"])
     return "customer_profile materialized up to now"
 
 

@@ -45,8 +45,9 @@ def labels_frame(settings: Settings) -> pd.DataFrame:
     from churn.transport import consumer, end_offsets
 
     topic = settings.topics.churn_labels.name
-    ends = end_offsets(settings, topic)
-    c = consumer(settings, group_id=f"batch-labels-{uuid.uuid4().hex[:8]}", **{"isolation.level": "read_committed"})
+    ends = end_offsets(settings, topic, role="batch")
+    c = consumer(settings, group_id=f"churn-batch-labels-{uuid.uuid4().hex[:8]}", role="batch",
+                 **{"isolation.level": "read_committed"})
     c.assign([TopicPartition(topic, p, 0) for p in ends])
     rows: dict[str, dict] = {}
     done: set[int] = {p for p, end in ends.items() if end == 0}
@@ -151,7 +152,7 @@ def point_in_time_training_set(settings: Settings, labels: pd.DataFrame, fs=None
     missing; labels of customers with neither are left out and counted (``unknown``)."""
     from churn.feature_store import store
 
-    fs = fs or store(settings)
+    fs = fs or store(settings, role="batch")
     rng = np.random.default_rng([seed, 12])
     observe = labels["label_time"].to_numpy(dtype=float) - rng.uniform(0.0, lookahead_days * DAY, len(labels))
     entity = pd.DataFrame({"customer_id": labels["customer_id"].to_numpy(),

@@ -7,6 +7,7 @@ environment variables ``CHURN_<SECTION>__<FIELD>`` and an optional ``churn.toml`
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from churn.config import get_settings
+from churn.config import Settings, get_settings
 
 app = typer.Typer(
     help="Real-time churn scoring for telecom operators: CDRs on Kafka in, churn-risk alerts out.",
@@ -66,13 +67,22 @@ def config() -> None:
 @stack_app.command("up")
 def stack_up(
     topics: bool = typer.Option(True, help="Also create the topics (idempotent)."),
+    brokers: Optional[int] = typer.Option(
+        None, min=1, help="Kafka nodes (KRaft broker and controller each); default kafka.brokers (1). Clients must "
+                          "know it too: export CHURN_KAFKA__BROKERS=N."),
 ) -> None:
     """Start Kafka (KRaft), Redis and Prometheus on loopback and wait until each is ready.
 
     Harmless to repeat: services already running are left as they are. A port
     taken by another process is an error that names the setting to change.
     """
-    _bring_up(get_settings(), topics)
+    s = get_settings()
+    if brokers is not None and brokers != s.kafka.brokers:
+        os.environ["CHURN_KAFKA__BROKERS"] = str(brokers)  # the settings as if exported (replication factor too)
+        s = Settings()
+        err.print(f"{brokers} Kafka nodes: export CHURN_KAFKA__BROKERS={brokers} so that every client bootstraps "
+                  "from all of them")
+    _bring_up(s, topics)
 
 
 def _bring_up(s, topics: bool = True) -> None:
@@ -123,6 +133,25 @@ def topics_create() -> None:
 
     for name, what in ensure_topics(get_settings()):
         console.print(f"{name:<14} {what}")
+
+
+@topics_app.command("acls")
+def topics_acls(
+    apply: bool = typer.Option(False, "--apply", help="Create them on the cluster (as the admin principal)."),
+) -> None:
+    """Each component's Kafka ACLs: the least-privilege policy a secured stack runs with (`churn stack up`
+    applies it there; --apply applies it to the cluster in the settings)."""
+    from churn.stack.security import acl_bindings, apply_acls
+
+    table = Table(title="Kafka ACLs (allow; everything else is denied)")
+    for col in ("principal", "resource", "name", "pattern", "operation"):
+        table.add_column(col)
+    for b in acl_bindings(get_settings()):
+        table.add_row(b.principal, b.restype.name.lower(), b.name, b.resource_pattern_type.name.lower(),
+                      b.operation.name.lower())
+    console.print(table)
+    if apply:
+        console.print(f"{apply_acls(get_settings())} ACLs in force")
 
 
 @topics_app.command("list")
@@ -526,7 +555,8 @@ def alerts(
 
     s = get_settings()
     topic = s.topics.churn_alerts.name
-    c = consumer(s, group_id=f"churn-alerts-cli-{time.time_ns()}", **{"isolation.level": "read_committed"})
+    c = consumer(s, group_id=f"churn-alerts-cli-{time.time_ns()}", role="alerts",
+                 **{"isolation.level": "read_committed"})
 
     def show(value: bytes) -> None:
         a = json.loads(value)
@@ -535,7 +565,7 @@ def alerts(
                       f"(was {a.get('previous_band') or '-'}; {why})", highlight=False)
 
     try:
-        ends = end_offsets(s, topic)
+        ends = end_offsets(s, topic, role="alerts")
         if last:
             newest = [m for msgs in _last_messages(c, topic, ends, last).values() for m in msgs]
             for m in sorted(newest, key=lambda m: (m.timestamp()[1], m.partition(), m.offset())):
@@ -905,8 +935,9 @@ def _alert_counts(s, churners: set[str]) -> dict:
     from streaming.scoring.bands import BANDS
 
     topic = s.topics.churn_alerts.name
-    c = consumer(s, group_id=f"churn-demo-alerts-{time.time_ns()}", **{"isolation.level": "read_committed"})
-    c.assign([TopicPartition(topic, p, 0) for p in end_offsets(s, topic)])
+    c = consumer(s, group_id=f"churn-alerts-demo-{time.time_ns()}", role="alerts",
+                 **{"isolation.level": "read_committed"})
+    c.assign([TopicPartition(topic, p, 0) for p in end_offsets(s, topic, role="alerts")])
     alerts, idle = [], time.monotonic()
     try:
         while time.monotonic() - idle < 2:

@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -58,12 +58,46 @@ class KafkaSettings(BaseModel):
     controller_port: int = 19093
     #: JVM heap (``-Xms``/``-Xmx``) of the local broker.
     heap: str = "512m"
+    #: Nodes of the local Kafka cluster (``churn stack up --brokers 3``), each a KRaft broker and controller.
+    #: Node n (from 0) listens on ``port + n * node_port_step`` and ``controller_port + n * node_port_step``;
+    #: clients bootstrap from all of them; topics get ``min(3, brokers)`` replicas (unless
+    #: ``topics.replication_factor`` says otherwise) and, from 3 brokers on, ``min.insync.replicas`` 2.
+    brokers: int = Field(1, ge=1)
+    #: Port distance between the nodes of a multi-broker local cluster.
+    node_port_step: int = 100
     #: If set, clients use this instead of host:port (a user's own cluster).
     bootstrap_override: str | None = None
+    #: How clients talk to the broker: ``PLAINTEXT`` (the local default: loopback, no authentication) or
+    #: ``SASL_SSL`` (SCRAM over TLS, authorised by ACLs). With ``SASL_SSL`` the local stack's broker runs
+    #: secured too: ``churn stack up`` generates its CA, certificate, principals and ACLs on first start.
+    security_protocol: Literal["PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    #: SASL mechanism with ``SASL_SSL``.
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    #: The principal this process authenticates as. Unset: each component's own least-privilege principal
+    #: (``churn-producer``, ``churn-stream``, ``churn-scorer``, ``churn-api``, ``churn-alerts``,
+    #: ``churn-batch``, ``churn-admin``).
+    username: str | None = None
+    #: That principal's password. Prefer ``password_file``; unset both and the local stack's generated
+    #: credentials (``<run_dir>/secrets/kafka/<principal>.password``) are used.
+    password: SecretStr | None = None
+    #: A file holding the password (a mounted secret), read when ``password`` is unset.
+    password_file: Path | None = None
+    #: PEM file of the CA that signed the broker's certificate. Unset: the local stack's
+    #: (``<run_dir>/tls/ca.pem``).
+    ca_file: Path | None = None
+
+    def node_ports(self, node: int) -> tuple[int, int]:
+        """Client and controller ports of local node ``node`` (from 0)."""
+        return self.port + node * self.node_port_step, self.controller_port + node * self.node_port_step
 
     @property
     def bootstrap_servers(self) -> str:
-        return self.bootstrap_override or f"{self.host}:{self.port}"
+        return self.bootstrap_override or ",".join(
+            f"{self.host}:{self.node_ports(n)[0]}" for n in range(self.brokers))
+
+    @property
+    def secured(self) -> bool:
+        return self.security_protocol == "SASL_SSL"
 
 
 class RedisSettings(BaseModel):
@@ -71,6 +105,21 @@ class RedisSettings(BaseModel):
     host: str = "127.0.0.1"
     #: Port of that Redis.
     port: int = 16379
+    #: Authenticate as an ACL user (Redis 6+). The local stack then creates one user per component with
+    #: only the commands it needs (``churn-stream`` and ``churn-batch`` write Feast's keys, ``churn-scorer``
+    #: and ``churn-api`` only read them) and turns the default user off.
+    acl: bool = False
+    #: Talk TLS to Redis (the local stack then serves TLS only, with a certificate from its CA).
+    tls: bool = False
+    #: The ACL user this process authenticates as. Unset: each component's own (``churn-<role>``).
+    username: str | None = None
+    #: That user's password. Prefer ``password_file``; unset both and the local stack's generated
+    #: credentials (``<run_dir>/secrets/redis/<user>.password``) are used.
+    password: SecretStr | None = None
+    #: A file holding the password (a mounted secret), read when ``password`` is unset.
+    password_file: Path | None = None
+    #: PEM file of the CA that signed Redis' certificate. Unset: the local stack's (``<run_dir>/tls/ca.pem``).
+    ca_file: Path | None = None
 
 
 class PrometheusSettings(BaseModel):
@@ -153,8 +202,8 @@ class TopicsSettings(BaseModel):
     in order on one partition.
     """
 
-    #: Replication factor of every topic ``churn topics create`` creates.
-    replication_factor: int = 1
+    #: Replication factor of every topic ``churn topics create`` creates. Unset: ``min(3, kafka.brokers)``.
+    replication_factor: int | None = None
     cdr: CdrTopic = CdrTopic()
     churn_alerts: ChurnAlertsTopic = ChurnAlertsTopic()
     churn_scores: ChurnScoresTopic = ChurnScoresTopic()
@@ -401,6 +450,8 @@ class Settings(BaseSettings):
             self.streaming.checkpoint_dir = self.run_dir / "checkpoints"
         if self.scoring.registry_dir is None:
             self.scoring.registry_dir = self.run_dir / "models"
+        if self.topics.replication_factor is None:
+            self.topics.replication_factor = min(3, self.kafka.brokers)
         if self.topics.churn_scores.partitions is None:
             self.topics.churn_scores.partitions = self.topics.cdr.partitions
         if self.topics.churn_scores.partitions != self.topics.cdr.partitions:
@@ -426,8 +477,24 @@ class Settings(BaseSettings):
         return self.cache_dir / "jars"
 
     def describe(self) -> dict[str, Any]:
-        """The effective settings as plain data (for `churn config`)."""
+        """The effective settings as plain data (for `churn config`), passwords masked."""
         return self.model_dump(mode="json")
+
+    def json_with_secrets(self) -> str:
+        """These settings as JSON with the passwords in clear: for a child process's stdin, never for a log
+        (``model_dump_json`` masks them, and a child given masked passwords could not authenticate)."""
+        import json
+
+        def reveal(value: Any) -> Any:
+            if isinstance(value, SecretStr):
+                return value.get_secret_value()
+            if isinstance(value, dict):
+                return {k: reveal(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [reveal(v) for v in value]
+            return value
+
+        return json.dumps(reveal(self.model_dump(mode="python")), default=str)
 
 
 @lru_cache(maxsize=1)

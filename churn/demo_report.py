@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from rich import box
 from rich.table import Table
 
+from churn.security import kcat_connection
 from streaming.scoring.bands import BANDS
 
 
@@ -117,7 +118,7 @@ def where_next(settings) -> list[str]:
             ("services", "churn stack status"),
             ("Prometheus", f"{prometheus}/graph (its alerts: {prometheus}/alerts)"),
             ("Grafana", f"http://{p.host}:{p.grafana_port} (with Docker Compose)"),
-            ("dead letters", f"kcat -b {settings.kafka.bootstrap_servers} -t {settings.topics.cdr_dlq.name} "
+            ("dead letters", f"kcat {kcat_connection(settings, 'admin')} -t {settings.topics.cdr_dlq.name} "
                              "-C -o -3 -e -f '%h %s\\n'"),
             ("stop it all", "churn stack down"))
     return [f"  {what:<13} {where}" for what, where in rows]

@@ -36,8 +36,11 @@ def feature_store_yaml_path(settings: Settings) -> Path:
     return feast_dir(settings) / "feature_store.yaml"
 
 
-def repo_config(settings: Settings):
+def repo_config(settings: Settings, role: str = "admin"):
+    """Feast's configuration from the settings; its online store (Redis) used as ``role``'s user."""
     from feast import RepoConfig
+
+    from churn.security import feast_connection_string
     from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 
@@ -45,18 +48,19 @@ def repo_config(settings: Settings):
         project=settings.feast.project,
         registry=str(registry_path(settings)),
         provider="local",
-        online_store=RedisOnlineStoreConfig(connection_string=f"{settings.redis.host}:{settings.redis.port}"),
+        online_store=RedisOnlineStoreConfig(connection_string=feast_connection_string(settings, role)),
         offline_store=DaskOfflineStoreConfig(type="file"),
         entity_key_serialization_version=3,
         repo_path=str(FEATURE_REPO),
     )
 
 
-def store(settings: Settings):
+def store(settings: Settings, role: str = "admin"):
+    """Feast's store over the settings' repo, its online store used as ``role``'s user."""
     from feast import FeatureStore
 
     registry_path(settings).parent.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(config=repo_config(settings))
+    return FeatureStore(config=repo_config(settings, role))
 
 
 def feature_store_yaml(settings: Settings) -> str:
@@ -81,7 +85,7 @@ def profile_frame(csv_path: Path | None = None, mapping: Path | None = None) -> 
     return frame(csv_path, mapping)
 
 
-def apply(settings: Settings, load_profiles: bool = True) -> list[str]:
+def apply(settings: Settings, load_profiles: bool = True, role: str = "admin") -> list[str]:
     """Register every definition in ``feature_repo/``, write ``feature_store.yaml`` under the run directory,
     and (``load_profiles``) load the extract of the settings ``profiles.source`` / ``profiles.mapping``
     (default: the bundled Telco sample) into the profile history and online."""
@@ -91,11 +95,11 @@ def apply(settings: Settings, load_profiles: bool = True) -> list[str]:
     from feature_repo.entities import customer
     from feature_repo.profile import customer_profile, profile_source
 
-    fs = store(settings)
+    fs = store(settings, role)
     feature_store_yaml_path(settings).write_text(feature_store_yaml(settings))
     if load_profiles:
         profiles.load(settings, settings.profiles.source or telco_csv_path(), settings.profiles.mapping,
-                      materialize=False)
+                      fs=fs, materialize=False)
     else:
         profiles.ensure_history(settings)
     objects = [customer, profile_source, customer_profile, activity_history, activity_push, customer_activity,
@@ -124,29 +128,31 @@ def is_applied(settings: Settings) -> bool:
     return True
 
 
-def ensure_applied(settings: Settings, load_profiles: bool = True) -> None:
-    """Apply ``feature_repo/`` unless the registry already holds exactly these definitions."""
+def ensure_applied(settings: Settings, load_profiles: bool = True, role: str = "admin") -> None:
+    """Apply ``feature_repo/`` unless the registry already holds exactly these definitions (Redis written
+    as ``role``'s user)."""
     if not is_applied(settings):
-        apply(settings, load_profiles=load_profiles)
+        apply(settings, load_profiles=load_profiles, role=role)
 
 
 _ENSURE_APPLIED = """
 import sys
 from churn.config import Settings
 from churn.feature_store import ensure_applied
-ensure_applied(Settings.model_validate_json(sys.stdin.read()), load_profiles={load_profiles})
+ensure_applied(Settings.model_validate_json(sys.stdin.read()), load_profiles={load_profiles}, role={role!r})
 """
 
 
-def ensure_applied_in_subprocess(settings: Settings, load_profiles: bool = True, timeout_s: float = 900.0) -> None:
+def ensure_applied_in_subprocess(settings: Settings, load_profiles: bool = True, timeout_s: float = 900.0,
+                                 role: str = "scorer") -> None:
     """``ensure_applied`` in a child Python process, for a process that must not import Feast (the scoring
     worker, which reads the online store in Feast's format without it: ``churn.online_reader``).
     ``import feast`` keeps ~170 MB resident for the life of a process. The child gets these exact settings
     (as JSON on its stdin) and writes to this process's stdout/stderr; it failing raises ``RuntimeError``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", _ENSURE_APPLIED.format(load_profiles=bool(load_profiles))],
-                          input=settings.model_dump_json(), text=True, env=env,
+    script = _ENSURE_APPLIED.format(load_profiles=bool(load_profiles), role=role)
+    done = subprocess.run([sys.executable, "-c", script], input=settings.json_with_secrets(), text=True, env=env,
                           timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"applying feature_repo/ (in a child process) failed with exit code {done.returncode}")

@@ -239,29 +239,31 @@ return rows
 """
 
 
-def fail_fast_redis(host: str, port: int, timeout_s: float = 2.0) -> redis.Redis:
+def fail_fast_redis(options: dict, timeout_s: float = 2.0) -> redis.Redis:
     """A Redis client that does not retry inside a call (redis-py's default: 3 retries backing off from
     1 s to 10 s, so a call to a Redis that is down takes seconds): its callers retry on their own short
     schedule (``streaming.scoring.lookup.OnlineFeatures``) and then answer degraded."""
-    return redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+    return redis.Redis(**options, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                        retry=Retry(NoBackoff(), 0))
 
 
 class FeastRedisReader:
     """Feast's Redis online store read directly in Feast's storage format (see the module doc)."""
 
-    def __init__(self, project: str, host: str, port: int, key_cache: int = 200_000,
-                 socket_timeout_s: float = 2.0):
+    def __init__(self, project: str, options: dict, key_cache: int = 200_000, socket_timeout_s: float = 2.0):
+        """``options``: ``redis.Redis``'s connection arguments (``churn.security.redis_options``)."""
         self.project = project
-        self.client = fail_fast_redis(host, port, socket_timeout_s)
+        self.client = fail_fast_redis(options, socket_timeout_s)
         self._keys: OrderedDict[str, bytes] = OrderedDict()
         self._fields: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
         self.key_cache = key_cache
         self._hmget_many = self.client.register_script(_HMGET_MANY)  # EVALSHA, loaded on first use
 
     @classmethod
-    def from_settings(cls, settings) -> "FeastRedisReader":
-        return cls(settings.feast.project, settings.redis.host, settings.redis.port)
+    def from_settings(cls, settings, role: str = "scorer") -> "FeastRedisReader":
+        from churn.security import redis_options
+
+        return cls(settings.feast.project, redis_options(settings, role))
 
     def _key(self, customer_id: str) -> bytes:
         key = self._keys.get(customer_id)

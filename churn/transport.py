@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 from churn.config import Settings
+from churn.security import librdkafka_config, principal
 
 #: Throughput-oriented, still safe: idempotent (no duplicates on retry), acks=all.
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -30,13 +31,14 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def producer(settings: Settings, **overrides: Any) -> Producer:
-    return Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, **PRODUCER_DEFAULTS, **overrides})
+def producer(settings: Settings, role: str = "producer", **overrides: Any) -> Producer:
+    """A producer authenticated as ``role``'s principal (``churn.kafka_security``)."""
+    return Producer({**librdkafka_config(settings, role), **PRODUCER_DEFAULTS, **overrides})
 
 
-def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+def consumer(settings: Settings, group_id: str, role: str = "admin", **overrides: Any) -> Consumer:
     config = {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        **librdkafka_config(settings, role),
         "group.id": group_id,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
@@ -45,8 +47,8 @@ def consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
     return Consumer(config)
 
 
-def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+def admin(settings: Settings, role: str = "admin") -> AdminClient:
+    return AdminClient(librdkafka_config(settings, role))
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[tuple[str, str]]:
@@ -92,13 +94,14 @@ def topic_config(settings: Settings, topic: str) -> dict[str, str]:
     return {name: entry.value for name, entry in result.items()}
 
 
-def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-    """High watermark of every partition of ``topic`` (retried while a new topic elects leaders)."""
+def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0, role: str = "admin") -> dict[int, int]:
+    """High watermark of every partition of ``topic`` (retried while a new topic elects leaders), asked as
+    ``role``'s principal."""
     import time
 
     from confluent_kafka import TopicPartition
 
-    c = consumer(settings, group_id="churn-offsets-probe")
+    c = consumer(settings, group_id=f"{principal(role)}-offsets-probe", role=role)  # a group its ACLs allow
     deadline = time.monotonic() + timeout_s
     try:
         while True:

@@ -29,7 +29,7 @@ command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
 command -v prometheus-blackbox-exporter >/dev/null || need+=(prometheus-blackbox-exporter)
-command -v kcat >/dev/null || need+=(kcat)
+[ -x /usr/bin/kcat ] || need+=(kcat)  # not `command -v`: .venv/bin/kcat (below) wraps this one
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 # the dashboard's browser test (Selenium drives Debian's chromium through its chromedriver)
@@ -61,6 +61,16 @@ else
   .venv/bin/python -m pip check
   echo "$want" > "$stamp"
 fi
+
+# kcat on confluent-kafka's librdkafka: Debian's kcat links librdkafka 2.0.2, whose SASL/SCRAM
+# authentication this Kafka 4.1 broker refuses (the right password, "invalid credentials"); the same
+# binary on the wheel's librdkafka 2.16 authenticates. .venv/bin/kcat runs it so (plaintext works either way).
+lib=$(ls .venv/lib/python3*/site-packages/confluent_kafka.libs/librdkafka-*.so.1 | head -1)
+mkdir -p .venv/lib/kcat
+ln -sf "$ROOT/$lib" .venv/lib/kcat/librdkafka.so.1
+printf '#!/bin/sh\n# Debian'"'"'s kcat on confluent-kafka'"'"'s librdkafka (scripts/setup.sh says why)\nLD_LIBRARY_PATH="%s${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec /usr/bin/kcat "$@"\n' \
+  "$ROOT/.venv/lib/kcat" > .venv/bin/kcat
+chmod +x .venv/bin/kcat
 
 # 3. JVM jars ------------------------------------------------------------------------------
 for pom in jvm/*/pom.xml; do

@@ -45,6 +45,7 @@ from pathlib import Path
 from churn.config import Settings
 from churn.feature_store import ACTIVITY_ONLINE
 from churn.features import INPUT_COLUMNS, SUM_FEATURES, partial_sums_table
+from churn.security import redis_options, spark_kafka_options
 from churn.lake import LakePaths
 from streaming import metrics
 from streaming.feature_state import HISTORY_DDL, FeatureState
@@ -158,7 +159,7 @@ class StreamingJob:
         s = self.settings
         return (
             self.spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", s.kafka.bootstrap_servers)
+            .options(**spark_kafka_options(s, "stream"))
             .option("subscribe", topic or s.topics.cdr.name)
             .option("startingOffsets", s.streaming.starting_offsets)
             .option("maxOffsetsPerTrigger", str(max_offsets))
@@ -256,7 +257,7 @@ class StreamingJob:
         from churn.transport import producer
 
         if self._profiles_dlq is None:
-            self._profiles_dlq = producer(self.settings)
+            self._profiles_dlq = producer(self.settings, role="stream")
         p = self._profiles_dlq
         for bad in invalid:
             rec = bad.record
@@ -476,7 +477,7 @@ class StreamingJob:
         if self._redis is None:
             import redis
 
-            self._redis = redis.Redis(host=self.settings.redis.host, port=self.settings.redis.port,
+            self._redis = redis.Redis(**redis_options(self.settings, "stream"),
                                       socket_timeout=10, socket_connect_timeout=10)
         return self._redis
 
@@ -490,8 +491,8 @@ class StreamingJob:
         """A Feast store over the settings' repo, with the definitions applied first."""
         from churn import feature_store
 
-        feature_store.ensure_applied(self.settings)
-        return feature_store.store(self.settings)
+        feature_store.ensure_applied(self.settings, role="stream")
+        return feature_store.store(self.settings, role="stream")
 
     def _dead_letter(self, quarantine) -> None:
         """Quarantined records to ``cdr.dlq``: original key and bytes, the reason in headers.
@@ -512,7 +513,7 @@ class StreamingJob:
                      F.col("kafka_offset").cast("string").cast("binary").alias("value")),
         )
         (quarantine.select(F.col("kafka_key").alias("key"), "value", headers.alias("headers"))
-         .write.format("kafka").option("kafka.bootstrap.servers", s.kafka.bootstrap_servers)
+         .write.format("kafka").options(**spark_kafka_options(s, "stream"))
          .option("topic", s.topics.cdr_dlq.name).save())
 
     # -- running ---------------------------------------------------------------------------

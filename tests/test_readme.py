@@ -9,7 +9,8 @@ block fails ``test_every_command_block_is_checked`` until it is added:
   own broker, Redis and a local Spark master in place of the example hosts, then the kcat one-liner
   produces a CDR: the background ``churn stream`` lands it in Silver and ``churn score`` scores it;
 * the same settings as ``churn.toml``: loaded by the settings object, with the example values;
-* the kcat one-liner: run as written against the test's broker and topic (above).
+* the kcat one-liner: run as written against the test's broker and topic (above);
+* "Secured Kafka and Redis": run as written against a secured stack, in ``tests/test_security.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def test_every_command_block_is_checked():
     assert firsts == [
         "make demo   # set up everything, then run the main job end to end on the local stack",
         "export CHURN_KAFKA__BOOTSTRAP_OVERRIDE=broker1:9092,broker2:9092   # your Kafka cluster",
+        "export CHURN_KAFKA__SECURITY_PROTOCOL=SASL_SSL CHURN_REDIS__ACL=true CHURN_REDIS__TLS=true",
         "printf '7590-VHVEG|{\"event_id\":\"kcat-%s\",\"customer_id\":\"7590-VHVEG\",\"event_time\":\"%s\",\"record_type\":\"voice\",\"direction\":\"outgoing\",\"duration_s\":61.0,\"counterparty\":\"off_net\",\"dropped\":false,\"cell_id\":\"C0421\",\"roaming\":false,\"charge\":0.12}\\n' \"$(date +%s%N)\" \"$(date -u +%Y-%m-%dT%H:%M:%S.000Z)\" | kcat -b 127.0.0.1:19092 -t cdr -X partitioner=murmur2_random -P -K '|'",
         "[kafka]",
     ], "a README command block was added, removed or changed: check it in this file"

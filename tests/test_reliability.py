@@ -21,6 +21,7 @@ from test_scoring import assert_alerts_consistent, assert_exactly_once, metric, 
 
 from churn.lake import table_rows
 from churn.simulator.produce import ProduceReport, StepProducer
+from churn.stack.process import port_is_free
 from churn.stack.services import SUPERVISE, kafka_service
 
 
@@ -43,12 +44,63 @@ def healthz(port: int) -> int | None:
         return None
 
 
-@pytest.mark.parametrize("outage_s", [15, 65])  # 65 s: longer than the session (6 s) and transaction (60 s) timeouts
 def test_the_scorer_resumes_by_itself_after_the_broker_is_killed_and_restarted(reliability_env, live_stack,
-                                                                               tmp_path, outage_s):
+                                                                               tmp_path):
+    """The single broker down for 65 s: longer than the scorer's session (6 s) and transaction (60 s) timeouts."""
     env, s = reliability_env
+    broker_outage(env, s, kafka_service(live_stack), 65, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def three_brokers(tmp_path_factory):
+    """A stack of its own with a 3-node KRaft cluster (each node broker and controller), as
+    `churn stack up --brokers 3` runs it."""
+    from conftest import settings_from, stack_env
+
+    from churn import stack
+    from churn.transport import ensure_topics
+
+    env = {**stack_env(tmp_path_factory.mktemp("three")), "CHURN_KAFKA__BROKERS": "3"}
+    while True:  # the other nodes' ports (+100, +200) must be free too
+        s = settings_from(env)
+        ports = [p for n in range(3) for p in s.kafka.node_ports(n)]
+        if all(port_is_free("127.0.0.1", p) for p in ports):
+            break
+        env["CHURN_KAFKA__PORT"], env["CHURN_KAFKA__CONTROLLER_PORT"] = map(str, free_ports(2))
+    stack.up(s)
+    ensure_topics(s)
+    yield env, s
+    import gc
+
+    gc.collect()
+    stack.down(s)
+
+
+def test_one_broker_of_three_killed_and_restarted_loses_and_repeats_nothing(three_brokers, bootstrap_registry,
+                                                                            tmp_path):
+    """Replication factor 3, min.insync.replicas 2: with one node of three SIGKILLed for 15 s, producers
+    (acks=all), the streaming job and the scorer carry on against the other two; every CDR is in Bronze
+    once, every valid one in Silver once and scored once."""
+    from churn.transport import topic_config
+
+    env3, s3 = three_brokers
+    env, s = private_pipeline_env(env3, bootstrap_registry, tmp_path,  # the scorer's default 10 s session
+                                  CHURN_SCORING__METRICS_PORT=str(free_ports(1)[0]),
+                                  CHURN_STREAMING__METRICS_PORT=str(free_ports(1)[0]), CHURN_STREAMING__TRIGGER_S="1")
+    assert s.kafka.bootstrap_servers.count(",") == 2 and s.topics.replication_factor == 3
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient({"bootstrap.servers": s.kafka.bootstrap_servers}).list_topics(s.topics.cdr.name, timeout=10)
+    assert {len(p.replicas) for p in metadata.topics[s.topics.cdr.name].partitions.values()} == {3}
+    assert topic_config(s, s.topics.cdr.name)["min.insync.replicas"] == "2"
+    broker_outage(env, s, kafka_service(s3, node=1), 15, tmp_path)
+
+
+def broker_outage(env: dict, s, broker, outage_s: float, tmp_path) -> None:
+    """A third of a simulated feed scored, the second third in flight when ``broker`` is SIGKILLed, restarted
+    ``outage_s`` later, the rest after: the scorer (under a supervisor) scores every valid CDR exactly once
+    with consistent alerts, and the streaming job writes every record to Bronze and Silver exactly once."""
     port = s.scoring.metrics_port
-    broker = kafka_service(live_stack)
     report = ProduceReport(run_id="broker")
     sender = StepProducer(s, report)
     sim = simulate(s, seed=61, customers=300, days=0.6)

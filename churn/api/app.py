@@ -40,6 +40,7 @@ from churn.model.explain import reasons
 from churn.model.inputs import MODEL_FEATURES, describe, describe_missing, matrix
 from churn.model.registry import ChampionWatcher, ModelRegistry
 from churn.online_reader import fail_fast_redis
+from churn.security import redis_options
 from streaming.scoring.bands import BANDS, band_of
 
 PROBLEM = "application/problem+json"
@@ -121,9 +122,9 @@ class Services:
         self.view = view if view is not None else ScoresView(settings)
         self.registry = ModelRegistry(settings.scoring.registry_dir)
         self.models = ChampionWatcher(self.registry, interval_s=settings.scoring.model_check_interval_s)
-        self.features = online_features(settings)
+        self.features = online_features(settings, role="api")
         self.reader = self.features.reader
-        self.redis = fail_fast_redis(settings.redis.host, settings.redis.port, timeout_s=1.0)
+        self.redis = fail_fast_redis(redis_options(settings, "api"), timeout_s=1.0)
         self.lock = threading.Lock()  # the lookup caches and the champion watcher are not thread-safe
         self.metrics = Metrics()
 
@@ -358,7 +359,7 @@ def _check(fn) -> str:
 def _broker_up(settings: Settings) -> None:
     from churn.transport import admin
 
-    admin(settings).list_topics(settings.topics.churn_scores.name, timeout=2.0)
+    admin(settings, role="api").list_topics(settings.topics.churn_scores.name, timeout=2.0)
 
 
 def _daily_activity(settings: Settings, customer_id: str, days: int) -> list[dict] | None:

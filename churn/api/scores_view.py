@@ -143,14 +143,14 @@ class ScoresView:
         while not self._stop.is_set():
             try:
                 ends = {(t, p): end for t in (self.topic, self.alerts_topic)
-                        for p, end in end_offsets(self.settings, t).items()}
+                        for p, end in end_offsets(self.settings, t, role="api").items()}
                 break
             except Exception as exc:  # the broker not up yet: keep trying, /readyz says so
                 self.error = f"{type(exc).__name__}: {exc}"
                 self._stop.wait(2.0)
         else:
             return
-        c = consumer(self.settings, group_id=f"churn-api-{uuid.uuid4().hex[:8]}",
+        c = consumer(self.settings, group_id=f"churn-api-{uuid.uuid4().hex[:8]}", role="api",
                      **{"isolation.level": "read_committed", "enable.partition.eof": True})
         self._consumer = c
         c.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in ends])

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from churn.config import Settings
+from churn.stack import security
 from churn.stack.process import Service, StackError
-from churn.stack.services import jobs, score_service, services, stream_service
+from churn.stack.services import jobs, kafka_services, score_service, services, stream_service
 
 __all__ = ["StackError", "ServiceStatus", "up", "down", "status", "start_stream", "start_scorer"]
 
@@ -23,8 +24,19 @@ class ServiceStatus:
 def up(settings: Settings) -> list[tuple[str, str]]:
     """Start every service not yet running; harmless to repeat. Returns (service, what happened)."""
     done = []
-    for service in services(settings):
+    nodes = kafka_services(settings)
+    try:
+        launched = [(node, node.launch()) for node in nodes]  # a quorum of controllers first, then wait for each
+        for node, started in launched:
+            done.append((node.name, node.wait_started(started, settings.startup_timeout_s)))
+    except StackError:
+        for node in nodes:
+            node.stop()
+        raise
+    for service in services(settings)[len(nodes):]:
         done.append((service.name, service.start(settings.startup_timeout_s)))
+    if settings.kafka.secured:
+        done.append(("kafka acls", f"{security.apply_acls(settings)} in force"))
     return done
 
 
@@ -38,8 +50,18 @@ def start_scorer(settings: Settings) -> str:
     return score_service(settings).start(max(settings.startup_timeout_s, 60.0))
 
 
+def _every_node(settings: Settings) -> Settings:
+    """The settings with as many Kafka nodes as the run directory has had (``up --brokers 3`` without the
+    variable exported still stops and shows all three)."""
+    nodes = [int(p.name.split("-")[1]) for p in settings.run_dir.glob("kafka-[0-9]*") if p.name.split("-")[1].isdigit()]
+    if max(nodes, default=1) <= settings.kafka.brokers:
+        return settings
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"brokers": max(nodes)})})
+
+
 def down(settings: Settings) -> list[tuple[str, str]]:
     """Stop exactly the processes ``up`` (and ``start_stream``) started, by PID, last started first."""
+    settings = _every_node(settings)
     everything = services(settings) + jobs(settings)
     return [(service.name, service.stop()) for service in reversed(everything)]
 
@@ -49,6 +71,7 @@ def _address(service: Service) -> str:
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
+    settings = _every_node(settings)
     return [
         ServiceStatus(s.name, s.state(), s.pid(), _address(s), str(s.log_file))
         for s in services(settings) + jobs(settings)

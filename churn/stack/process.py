@@ -122,11 +122,14 @@ class Service:
 
     def start(self, timeout_s: float) -> str:
         """Start and wait until ready; returns what was done. Idempotent."""
+        return self.wait_started(self.launch(), timeout_s)
+
+    def launch(self) -> subprocess.Popen | int:
+        """Start the process unless it runs already, without waiting for it to be ready (the nodes of a
+        Kafka quorum are ready only once enough of them run): the new process, or the running one's PID."""
         pid = self.pid()
         if pid is not None:
-            if self._wait_ready(pid, timeout_s):
-                return f"already running (pid {pid})"
-            raise StackError(self._failure(f"{self.name} (pid {pid}) is running but not ready"))
+            return pid
         taken = [(var, port) for var, port in self.ports.items() if not port_is_free(self.host, port)]
         if taken:
             which = ", ".join(f"{port} ({var})" for var, port in taken)
@@ -148,6 +151,15 @@ class Service:
         )
         log.close()
         self.pid_file.write_text(str(proc.pid))
+        return proc
+
+    def wait_started(self, launched: subprocess.Popen | int, timeout_s: float) -> str:
+        """Wait until what ``launch`` returned is ready; returns what was done."""
+        if isinstance(launched, int):
+            if self._wait_ready(launched, timeout_s):
+                return f"already running (pid {launched})"
+            raise StackError(self._failure(f"{self.name} (pid {launched}) is running but not ready"))
+        proc = launched
         if not self._wait_ready(proc.pid, timeout_s, proc):
             code = proc.poll()
             self.stop()

@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 
 from churn.config import PROJECT_ROOT, Settings
+from churn.security import librdkafka_config, redis_options
+from churn.stack import security
 from churn.stack.process import Service, StackError, tcp_open
 
 PROMETHEUS_TEMPLATE = PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.yml.tmpl"
@@ -30,11 +32,17 @@ def _which(binary: str) -> str:
     return path
 
 
-def kafka_service(s: Settings) -> Service:
+def kafka_service(s: Settings, node: int = 0) -> Service:
+    """Node ``node`` (from 0) of the local Kafka cluster: a KRaft broker and controller in one process. One
+    node is a standalone (dynamic) quorum; several are a static quorum of all of them."""
     run_dir, k = s.run_dir, s.kafka
-    home = run_dir / "kafka"
+    name = "kafka" if node == 0 else f"kafka-{node + 1}"
+    home = run_dir / name
     jars = s.jars_dir / "kafka"
     props = home / "server.properties"
+    port, controller_port = k.node_ports(node)
+    replicas = min(3, k.brokers)  # of the broker's internal topics (offsets, transactions)
+    min_isr = min(2, replicas)
 
     def classpath() -> str:
         if not any(jars.glob("kafka_2.13-*.jar")):
@@ -44,34 +52,67 @@ def kafka_service(s: Settings) -> Service:
     def java() -> str:
         return _which("java")
 
+    def listeners() -> list[str]:
+        if k.secured:
+            return security.broker_properties(s, port, controller_port)
+        return [
+            f"listeners=PLAINTEXT://{k.host}:{port},CONTROLLER://{k.host}:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://{k.host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+
+    def quorum() -> str:
+        if k.brokers == 1:
+            return f"controller.quorum.bootstrap.servers={k.host}:{controller_port}"
+        return "controller.quorum.voters=" + ",".join(
+            f"{n + 1}@{k.host}:{k.node_ports(n)[1]}" for n in range(k.brokers))
+
+    def cluster_id() -> str:
+        """The cluster's id, shared by its nodes (kept in the first node's directory)."""
+        path = run_dir / "kafka" / "cluster-id"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = "-"
+            while new[0] == "-":  # an id starting with '-' would be read as an option
+                new = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+            path.write_text(new)
+        return path.read_text().strip()
+
     def prepare() -> None:
         data = home / "data"
-        props.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.bootstrap.servers={k.host}:{k.controller_port}",
-                    f"listeners=PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{k.host}:{k.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                    f"log.dirs={data}",
-                    "num.partitions=3",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=12",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "auto.create.topics.enable=false",
-                    "log.retention.check.interval.ms=60000",
-                    "",
-                ]
-            )
-        )
+        mode = home / "security"  # what the storage was formatted for: the principals live in its metadata
+        formatted_for = mode.read_text().strip() if mode.exists() else "PLAINTEXT"
+        if (data / "meta.properties").exists() and formatted_for != k.security_protocol:
+            raise StackError(
+                f"the broker's data in {data} was created for {formatted_for}, not {k.security_protocol}: use "
+                f"another run directory (CHURN_RUN_DIR), or `churn stack down` and remove {home}")
+        if k.secured:
+            security.prepare_kafka(s)
+        security.write_private(props, "\n".join([  # it holds the broker's own passwords when secured
+            "process.roles=broker,controller",
+            f"node.id={node + 1}",
+            quorum(),
+            *listeners(),
+            f"log.dirs={data}",
+            "num.partitions=3",
+            f"default.replication.factor={replicas}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={replicas}",
+            "offsets.topic.num.partitions=12",
+            f"transaction.state.log.replication.factor={replicas}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={replicas}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
+            "group.initial.rebalance.delay.ms=0",
+            # a node that stops heartbeating is fenced after 6 s (9 s by default), so its partitions (the group
+            # and transaction coordinators' among them) move within a consumer's 10 s session
+            *(["broker.session.timeout.ms=6000", "broker.heartbeat.interval.ms=1000"] if k.brokers > 1 else []),
+            "auto.create.topics.enable=false",
+            "log.retention.check.interval.ms=60000",
+            "",
+        ]))
         (home / "log4j2.properties").write_text(
             "\n".join(
                 [
@@ -90,18 +131,17 @@ def kafka_service(s: Settings) -> Service:
             )
         )
         if not (data / "meta.properties").exists():
-            cluster_id = "-"
-            while cluster_id[0] == "-":  # an id starting with '-' would be read as an option
-                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
             import subprocess
 
             result = subprocess.run(
                 [java(), "-cp", classpath(), f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
-                 "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)],
+                 "kafka.tools.StorageTool", "format", *(["--standalone"] if k.brokers == 1 else []),
+                 "-t", cluster_id(), "-c", str(props), *(security.scram_format_args(s) if k.secured else [])],
                 capture_output=True, text=True,
             )
             if result.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
+            mode.write_text(k.security_protocol)
 
     def command() -> list[str]:
         return [
@@ -111,21 +151,27 @@ def kafka_service(s: Settings) -> Service:
         ]
 
     def is_ready() -> bool:
-        if not tcp_open(k.host, k.port):
+        if not tcp_open(k.host, port):
             return False
         from confluent_kafka.admin import AdminClient
 
         try:
-            md = AdminClient({"bootstrap.servers": f"{k.host}:{k.port}", "log_level": 0}).list_topics(timeout=2)
-            return len(md.brokers) > 0
+            md = AdminClient({**librdkafka_config(s, "admin"), "bootstrap.servers": f"{k.host}:{port}",
+                              "log_level": 0}).list_topics(timeout=2)
+            return node + 1 in md.brokers  # this node has joined the cluster as a broker
         except Exception:
             return False
 
     return Service(
-        name="kafka", run_dir=run_dir, host=k.host,
-        ports={"CHURN_KAFKA__PORT": k.port, "CHURN_KAFKA__CONTROLLER_PORT": k.controller_port},
+        name=name, run_dir=run_dir, host=k.host,
+        ports={"CHURN_KAFKA__PORT": port, "CHURN_KAFKA__CONTROLLER_PORT": controller_port},
         command=command, is_ready=is_ready, prepare=prepare,
     )
+
+
+def kafka_services(s: Settings) -> list[Service]:
+    """Every node of the local Kafka cluster."""
+    return [kafka_service(s, n) for n in range(s.kafka.brokers)]
 
 
 def redis_service(s: Settings) -> Service:
@@ -136,17 +182,15 @@ def redis_service(s: Settings) -> Service:
         return [
             _which("redis-server"), "--bind", r.host, "--port", str(r.port), "--dir", str(home),
             "--daemonize", "no", "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-            "--logfile", "",
+            "--logfile", "", *security.prepare_redis(s, home),  # ACL users, TLS: when the settings ask
         ]
 
     def is_ready() -> bool:
-        import socket
+        import redis
 
         try:
-            with socket.create_connection((r.host, r.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
+            return redis.Redis(**redis_options(s, "admin"), socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+        except (redis.RedisError, OSError):
             return False
 
     return Service(name="redis", run_dir=s.run_dir, host=r.host, ports={"CHURN_REDIS__PORT": r.port},
@@ -174,8 +218,9 @@ def prometheus_config(s: Settings) -> str:
         pushgateway=f"{s.prometheus.pushgateway_host}:{s.prometheus.pushgateway_port}",
         rules_dir=RULES_DIR,
         blackbox=f"{s.prometheus.host}:{s.prometheus.blackbox_port}",
-        kafka=f"{s.kafka.host}:{s.kafka.port}",
+        kafka=", ".join(f'"{s.kafka.host}:{s.kafka.node_ports(n)[0]}"' for n in range(s.kafka.brokers)),
         redis=f"{s.redis.host}:{s.redis.port}",
+        redis_module="tcp_connect" if s.redis.tls else "redis_ping",  # the PING probe speaks plain TCP
     )
 
 
@@ -277,7 +322,7 @@ def score_service(s: Settings) -> Service:
 
 def services(s: Settings) -> list[Service]:
     """The infrastructure, in start order; stopped in reverse."""
-    return [kafka_service(s), redis_service(s), pushgateway_service(s), blackbox_service(s), prometheus_service(s)]
+    return [*kafka_services(s), redis_service(s), pushgateway_service(s), blackbox_service(s), prometheus_service(s)]
 
 
 def jobs(s: Settings) -> list[Service]:

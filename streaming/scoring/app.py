@@ -41,6 +41,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from churn.config import Settings
 from churn.contracts import CHURN_LABEL, parse_time
 from churn.feature_store import covered_offsets_key
+from churn.security import faust_credentials, redis_options
 from churn.model.inputs import matrix
 from churn.model.online import OnlineChallenger, ProgressiveEvaluator
 from churn.model.registry import SYNTHETIC, ChampionWatcher, ModelRegistry
@@ -72,7 +73,8 @@ def faust_app(settings: Settings) -> faust.App:
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
         cfg.app_id,
-        broker=f"kafka://{s.kafka.bootstrap_servers}",
+        broker=[f"kafka://{server}" for server in s.kafka.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(s, "scorer"),
         processing_guarantee="at_least_once",
         store="memory://",
         datadir=str(datadir),
@@ -102,7 +104,7 @@ def ensure_leader_topic(settings: Settings) -> None:
     from churn.transport import admin
 
     name = f"{settings.scoring.app_id}-__assignor-__leader"
-    client = admin(settings)
+    client = admin(settings, role="scorer")
     if name in client.list_topics(timeout=30).topics:
         return
     for fut in client.create_topics([NewTopic(name, 1, settings.topics.replication_factor)]).values():
@@ -136,7 +138,7 @@ class ScoringWorker:
         self.challenger = OnlineChallenger()
         self.evaluators = {"champion": ProgressiveEvaluator(), "challenger": ProgressiveEvaluator()}
         self.scorer = BatchScorer(settings, self.models, self.features, self.challenger)
-        self._redis = fail_fast_redis(settings.redis.host, settings.redis.port)
+        self._redis = fail_fast_redis(redis_options(settings, "scorer"))
         self._covered_key = covered_offsets_key(settings)
         self.txn: WorkerTransactions | None = None
         self.state: dict = {}
@@ -146,7 +148,7 @@ class ScoringWorker:
         self._owned_ready: asyncio.Event | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._commit_task: asyncio.Future | None = None
-        self.liveness = Liveness(cfg.stall_after_s, cfg.stall_exit_s)
+        self.liveness = Liveness(cfg.stall_after_s, cfg.stall_exit_s, commit_deadline_s=COMMIT_DEADLINE_S + 5.0)
         ensure_leader_topic(settings)
         self.app = self._build_app()
 
@@ -467,7 +469,11 @@ class ScoringWorker:
 
     def _commit_due(self) -> None:
         started = time.perf_counter()
-        committed = self.txn.maybe_commit()
+        self.liveness.commit_started()  # the watchdog ends a commit that never returns (see Liveness)
+        try:
+            committed = self.txn.maybe_commit()
+        finally:
+            self.liveness.commit_ended()
         if committed:
             metrics.COMMIT.observe(time.perf_counter() - started)
             metrics.TRANSACTIONS.inc(committed)

@@ -15,6 +15,23 @@ Time spent stopped (SIGSTOP, a suspended VM) does not count as a stall.
 >>> live.waiting(5)            # t=40: still waiting, nothing scored
 >>> live.check()               # t=45
 (False, 'no CDR scored or committed for 45 s while 5 wait')
+
+A commit that does not return is a stall of its own, whatever the lag (the watchdog exits on it):
+
+>>> clock = iter([0.0, 0.0, 0.0, 10.0, 30.0, 75.0, 75.0, 75.0, 75.0, 75.0]).__next__
+>>> live = Liveness(stall_after_s=30, exit_after_s=60, clock=clock, commit_deadline_s=60)
+>>> live.waiting(0)            # t=0: nothing waits
+>>> live.commit_started()      # t=10
+>>> live.commit_hung_for()     # t=30: in time
+0.0
+>>> live.commit_hung_for()     # t=75: 5 s past the deadline
+5.0
+>>> live.waiting(0)            # the event loop still ticks
+>>> live.check()               # t=75
+(False, 'a transaction commit has not returned for 65 s')
+>>> live.commit_ended()
+>>> live.commit_hung_for()
+0.0
 """
 
 from __future__ import annotations
@@ -51,12 +68,28 @@ def die(message: str, *args) -> None:
 
 
 class Liveness:
-    def __init__(self, stall_after_s: float = 30.0, exit_after_s: float = 120.0, clock=time.time):
+    def __init__(self, stall_after_s: float = 30.0, exit_after_s: float = 120.0, clock=time.time,
+                 commit_deadline_s: float = 60.0):
         self.stall_after_s, self.exit_after_s, self.clock = stall_after_s, exit_after_s, clock
+        self.commit_deadline_s = commit_deadline_s
         now = clock()
         self.progress_at = now  # last batch scored, transaction committed, or nothing to do
         self.tick_at: float | None = None  # the event loop's last tick (None: still starting)
         self.lag = 0
+        self.committing_since: float | None = None  # a commit in flight on the commit thread since then
+
+    def commit_started(self) -> None:
+        self.committing_since = self.clock()
+
+    def commit_ended(self) -> None:
+        self.committing_since = None
+
+    def commit_hung_for(self) -> float:
+        """Seconds the commit in flight has exceeded ``commit_deadline_s`` by (0: none in flight, or in time).
+        A transactional call can block past its own timeout while a broker fails (confluentinc/librdkafka#5456);
+        batches wait for the commit with a bound of their own, but with none arriving nothing else would notice."""
+        since = self.committing_since
+        return 0.0 if since is None else max(self.clock() - since - self.commit_deadline_s, 0.0)
 
     def progressed(self) -> None:
         self.progress_at = self.clock()
@@ -94,6 +127,8 @@ class Liveness:
             return False, f"event loop has not ticked for {now - self.tick_at:.0f} s"
         if self.lag > 0 and now - self.progress_at > self.stall_after_s:
             return False, f"no CDR scored or committed for {now - self.progress_at:.0f} s while {self.lag} wait"
+        if self.commit_hung_for() > 0:
+            return False, f"a transaction commit has not returned for {now - self.committing_since:.0f} s"
         return True, "ok"
 
     # -- serving and watching ----------------------------------------------------------------
@@ -130,5 +165,7 @@ class Liveness:
                 metrics.HEALTHY.set(1 if ok else 0)
                 if self.stalled_for() > self.exit_after_s:
                     die("worker stalled (%s) for more than %.0f s", why, self.exit_after_s)
+                if self.commit_hung_for() > 0:
+                    die("a transaction commit has not returned within %.0f s", self.commit_deadline_s)
 
         threading.Thread(target=run, name="watchdog", daemon=True).start()

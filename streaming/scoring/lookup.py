@@ -100,16 +100,17 @@ class OnlineFeatures:
             cache.popitem(last=False)
 
 
-def online_features(settings, feature_store=None) -> OnlineFeatures:
+def online_features(settings, feature_store=None, role: str = "scorer") -> OnlineFeatures:
     """The lookups as the settings choose (``scoring.online_reader``): Feast's Redis store read directly,
-    or Feast's SDK (``feature_store``, else one opened from the settings); retries from the settings."""
+    or Feast's SDK (``feature_store``, else one opened from the settings); retries from the settings.
+    Redis is read as ``role``'s user (``churn.security``)."""
     from churn.online_reader import FeastRedisReader, FeastSdkReader
 
     cfg = settings.scoring
     if cfg.online_reader == "redis":
-        reader = FeastRedisReader.from_settings(settings)
+        reader = FeastRedisReader.from_settings(settings, role)
     else:
         from churn.feature_store import store
 
-        reader = FeastSdkReader(feature_store or store(settings))
+        reader = FeastSdkReader(feature_store or store(settings, role))
     return OnlineFeatures(reader, attempts=cfg.lookup_attempts, backoff_s=cfg.lookup_backoff_s)

@@ -37,6 +37,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from churn.config import Settings
 from churn.contracts import parse_time
+from churn.security import librdkafka_config
 from streaming.scoring.bands import BAND_INDEX
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class WorkerTransactions:
         self.opened_at: float | None = None  # None: no transaction open
         self.commits = 0
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.topics.cdr.partitions), thread_name_prefix="restore")
-        base = {"bootstrap.servers": settings.kafka.bootstrap_servers}
+        base = librdkafka_config(settings, "scorer")
         self._group = Consumer({**base, "group.id": self.app_id, "enable.auto.commit": False})
         slot, self._slot_lock = _lock_slot(settings.run_dir / "faust" / self.app_id)
         self.transactional_id = f"{self.app_id}-{socket.gethostname()}-{slot}"
@@ -144,7 +145,7 @@ class WorkerTransactions:
 
     def _restore(self, partition: int) -> dict[str, CustomerState]:
         """The partition's customer states from the committed records of its ``churn-scores`` partition."""
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
+        consumer = Consumer({**librdkafka_config(self.settings, "scorer"),
                              "group.id": f"{self.app_id}-restore-{uuid.uuid4().hex[:8]}",
                              "isolation.level": "read_committed", "enable.auto.commit": False,
                              "fetch.max.bytes": 52_428_800})
@@ -172,7 +173,7 @@ class WorkerTransactions:
         ``(offset, produce time s, key, value)``."""
         if end <= start:
             return
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
+        consumer = Consumer({**librdkafka_config(self.settings, "scorer"),
                              "group.id": f"{self.app_id}-reload-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                              "fetch.max.bytes": 52_428_800})
         try:
