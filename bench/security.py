@@ -107,7 +107,7 @@ def _score_rate(s: Settings, end: float) -> float:
     return rate
 
 
-def bench_security(plain: Settings, pairs: int = 2) -> dict:
+def bench_security(plain: Settings, pairs: int = 1) -> dict:
     """The cost of security, plaintext against secured in alternating runs on the same machine: produce
     rate, feature lookup (plain / ACL / ACL+TLS Redis), streaming catch-up, scoring catch-up."""
     from run import bench_simulator_produce, bench_stream_catchup

@@ -50,7 +50,8 @@ from streaming.scoring import metrics
 from streaming.scoring.liveness import Liveness, die
 from streaming.scoring.lookup import online_features
 from streaming.scoring.scorer import BatchScorer, Incoming
-from streaming.scoring.transactions import COMMIT_DEADLINE_S, TransactionsLost, WorkerTransactions, group_metadata
+from streaming.scoring.transactions import (CALL_TIMEOUT_S, COMMIT_DEADLINE_S, TransactionsLost, WorkerTransactions,
+                                            group_metadata)
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,11 @@ class ScoringWorker:
         # batches wait for this instead.
         self._owned_ready: asyncio.Event | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._broker_ends: dict[int, int] = {}  # cdr partition -> end offset, asked every 5 s (report_lag)
         self._commit_task: asyncio.Future | None = None
-        self.liveness = Liveness(cfg.stall_after_s, cfg.stall_exit_s, commit_deadline_s=COMMIT_DEADLINE_S + 5.0)
+        # a commit retries for COMMIT_DEADLINE_S, its last call may then take CALL_TIMEOUT_S: past both, it hangs
+        self.liveness = Liveness(cfg.stall_after_s, cfg.stall_exit_s,
+                                 commit_deadline_s=COMMIT_DEADLINE_S + 2 * CALL_TIMEOUT_S + 10.0)
         ensure_leader_topic(settings)
         self.app = self._build_app()
 
@@ -178,16 +182,32 @@ class ScoringWorker:
             if self.txn is not None and self.ready().is_set():  # never while partitions change hands
                 await self._commit_off_loop()
 
+        @app.timer(interval=5.0)
+        async def ask_end_offsets():
+            """The broker's end offsets, for the lag: Faust's consumer knows its partitions' ends only from its own
+            fetches, so a consumer that stopped fetching (seen after a node of a 3-broker cluster died) would
+            report no lag, and no stall, for good."""
+            txn = self.txn
+            if txn is None:
+                return
+            try:
+                self._broker_ends = await asyncio.get_running_loop().run_in_executor(None, txn.end_offsets)
+            except Exception as exc:  # the broker unreachable: the consumer's view stands meanwhile
+                log.debug("could not ask the broker's end offsets: %s", exc)
+
         @app.timer(interval=1.0)
         async def report_lag():
             waiting = 0
             if self.txn is not None:
                 for p, nxt in list(self.txn.next_offset.items()):
-                    hw = app.consumer.highwater(faust.types.TP(s.topics.cdr.name, p))
-                    if hw is not None and nxt is not None and nxt >= 0:
+                    # the broker's end less one: a transactional producer's last commit marker is never consumed
+                    hw = max(app.consumer.highwater(faust.types.TP(s.topics.cdr.name, p)) or 0,
+                             self._broker_ends.get(p, 0) - 1)
+                    if nxt is not None and nxt >= 0:
                         metrics.LAG.labels(str(p)).set(max(hw - nxt, 0))
                         waiting += max(hw - nxt, 0)
             self.liveness.waiting(waiting)
+            self.liveness.arm_frozen_process_exit()
 
         @app.timer(interval=cfg.rescore_check_s)
         async def rescore_quiet():

@@ -150,6 +150,14 @@ class Liveness:
         server = make_server(host, port, app, ThreadingWSGIServer, handler_class=Quiet)
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
+    def arm_frozen_process_exit(self) -> None:
+        """The last resort, re-armed on every tick of the event loop: if the loop does not tick again within
+        ``exit_after_s`` + 30 s, a C thread of ``faulthandler`` dumps every thread's stack and ends the process
+        (exit 1, so its supervisor restarts it). It needs no Python thread to run: a client library's call
+        that blocked while holding the GIL would freeze the watchdog thread below along with everything
+        else."""
+        faulthandler.dump_traceback_later(self.exit_after_s + 30.0, exit=True, file=sys.__stderr__)
+
     def watch(self, every_s: float = 2.0) -> None:
         """Start the watchdog thread (see the module doc)."""
 

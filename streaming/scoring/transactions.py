@@ -143,6 +143,11 @@ class WorkerTransactions:
         log.info("took over cdr partitions %s (next offsets %s)", new, {p: self.next_offset[p] for p in new})
         return states
 
+    def end_offsets(self, timeout_s: float = 2.0) -> dict[int, int]:
+        """The broker's end offset of each owned ``cdr`` partition, asked now (not the consumer's last view)."""
+        return {p: self._group.get_watermark_offsets(TopicPartition(self.cdr_topic, p), timeout=timeout_s,
+                                                     cached=False)[1] for p in sorted(self.owned)}
+
     def _restore(self, partition: int) -> dict[str, CustomerState]:
         """The partition's customer states from the committed records of its ``churn-scores`` partition."""
         consumer = Consumer({**librdkafka_config(self.settings, "scorer"),
