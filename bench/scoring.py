@@ -147,21 +147,29 @@ def _push_activity(s: Settings, sim: Simulator) -> list[str]:
 def _lookup_times(s: Settings, customers: list[str], runs: int = 7) -> tuple[tuple, tuple]:
     """Median time to read 1,000 customers' activity state: direct Redis reader vs Feast's API."""
     from churn import feature_store
-    from churn.feature_store import ACTIVITY_ONLINE
     from churn.online_reader import FeastRedisReader, FeastSdkReader
 
     rng = np.random.default_rng(0)
     out = []
     for reader in (FeastRedisReader.from_settings(s), FeastSdkReader(feature_store.store(s))):
-        times = []
-        for _ in range(runs):
-            batch = list(rng.choice(customers, 1000, replace=False))
-            t = time.perf_counter()
-            rows = reader.read("customer_activity", ACTIVITY_ONLINE, batch)
-            times.append((time.perf_counter() - t) * 1000)
-            assert all(r is not None for r in rows)
+        times = lookup_samples_ms(reader, customers, runs, rng)
         out.append((float(np.median(times)), "ms", {"runs": runs, "samples_ms": [round(t, 1) for t in times]}))
     return out[0], out[1]
+
+
+def lookup_samples_ms(reader, customers: list[str], runs: int, rng) -> list[float]:
+    """Milliseconds ``reader`` takes to read the activity state of 1,000 customers drawn from ``customers``,
+    ``runs`` times (every customer's row must be there)."""
+    from churn.feature_store import ACTIVITY_ONLINE
+
+    times = []
+    for _ in range(runs):
+        batch = list(rng.choice(customers, 1000, replace=False))
+        t = time.perf_counter()
+        rows = reader.read("customer_activity", ACTIVITY_ONLINE, batch)
+        times.append((time.perf_counter() - t) * 1000)
+        assert all(r is not None for r in rows)
+    return times
 
 
 def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:

@@ -60,19 +60,11 @@ def _redis_copy(source: Settings, target: Settings, role_source: str = "admin", 
 
 
 def _lookup_ms(s: Settings, customers: list[str], runs: int = 9) -> list[float]:
-    from churn.feature_store import ACTIVITY_ONLINE
+    from scoring import lookup_samples_ms
+
     from churn.online_reader import FeastRedisReader
 
-    reader = FeastRedisReader.from_settings(s)
-    rng = np.random.default_rng(0)
-    times = []
-    for _ in range(runs):
-        batch = list(rng.choice(customers, 1000, replace=False))
-        t = time.perf_counter()
-        rows = reader.read("customer_activity", ACTIVITY_ONLINE, batch)
-        times.append((time.perf_counter() - t) * 1000)
-        assert all(r is not None for r in rows)
-    return times
+    return lookup_samples_ms(FeastRedisReader.from_settings(s), customers, runs, np.random.default_rng(0))
 
 
 def _acl_only_redis(secure: Settings) -> Settings:

@@ -90,6 +90,21 @@ def sqlite_feature_store(settings: Settings, definitions: list):
     return fs
 
 
+def stop_all(procs: list[subprocess.Popen], timeout_s: float = 90.0) -> None:
+    """SIGTERM each process group still running, then wait for each; SIGKILL a group that outlives ``timeout_s``."""
+    import signal
+
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
 def run_cli(args: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([CHURN_BIN, *args], env={**os.environ, **env}, capture_output=True, text=True,
                           cwd=PROJECT_ROOT, **kw)

@@ -162,7 +162,7 @@ def test_alert_counts_count_by_band_customers_churners_time_and_missing_activity
     alerts = [alert("A", "high"), alert("A", "critical"), alert("B", "critical", trigger="time"),
               alert("C", "critical"), alert("D", "high", reason=NO_ACTIVITY)]
     monkeypatch.setattr(churn.transport, "consumer", lambda *a, **k: _Consumer(alerts))
-    monkeypatch.setattr(churn.transport, "end_offsets", lambda s, topic: {0: len(alerts)})
+    monkeypatch.setattr(churn.transport, "end_offsets", lambda s, topic, **k: {0: len(alerts)})
     counts = _alert_counts(Settings(), churners={"A", "C", "Z"})
     assert counts == {"alerts": 5, "by_band": {"high": 2, "critical": 3}, "customers": 4, "churners": 2,
                       "by_time": 1, "missing_activity": 1}

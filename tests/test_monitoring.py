@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -14,7 +13,7 @@ import urllib.request
 
 import pytest
 import yaml
-from conftest import CHURN_BIN, private_pipeline_env, run_cli
+from conftest import CHURN_BIN, private_pipeline_env, run_cli, stop_all
 
 from churn.config import PROJECT_ROOT
 from monitoring.grafana.dashboards import DASHBOARDS, FOLDER, expressions, write
@@ -153,13 +152,5 @@ def test_every_dashboard_expression_returns_data_from_the_real_prometheus(pipeli
         assert states.get(("ChurnFeatureDrift", "data_mb_1d")) in ("pending", "firing"), states
         assert values(prometheus_query(s, 'churn_drift_psi{feature="data_mb_1d"}'))[0] > 0.25
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_all(procs)
         log.close()

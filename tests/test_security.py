@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import time
@@ -23,7 +22,7 @@ import pytest
 import redis
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from conftest import CHURN_BIN, free_ports, recent_evening, run_cli, settings_from, stack_env
+from conftest import CHURN_BIN, free_ports, recent_evening, run_cli, settings_from, stack_env, stop_all
 from deltalake import DeltaTable
 
 from churn import stack
@@ -268,14 +267,7 @@ def test_every_component_works_with_its_own_principal(secure, tmp_path):
         assert shown.returncode == 0, shown.stderr
         assert sum(1 for line in shown.stdout.splitlines() if line[:2] == "20") == len(alerts)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_all(procs, 60)
 
 
 def read_as_role(s, topic: str, role: str) -> list[bytes]:
