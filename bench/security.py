@@ -45,13 +45,13 @@ def secured_stack(plain: Settings) -> Settings:
     return secure
 
 
-def _redis_copy(source: Settings, target: Settings, role_source: str = "admin", role_target: str = "admin") -> int:
-    """Every key of ``source``'s Redis into ``target``'s (DUMP/RESTORE): the same bytes to read."""
+def _redis_copy(source: Settings, target: Settings) -> int:
+    """Every key of ``source``'s Redis into ``target``'s (DUMP/RESTORE, as the admin): the same bytes to read."""
     import redis
 
     from churn.security import redis_options
 
-    a, b = redis.Redis(**redis_options(source, role_source)), redis.Redis(**redis_options(target, role_target))
+    a, b = redis.Redis(**redis_options(source, "admin")), redis.Redis(**redis_options(target, "admin"))
     n = 0
     for key in a.scan_iter(count=1000):
         b.restore(key, 0, a.dump(key), replace=True)

@@ -39,10 +39,10 @@ def feature_store_yaml_path(settings: Settings) -> Path:
 def repo_config(settings: Settings, role: str = "admin"):
     """Feast's configuration from the settings; its online store (Redis) used as ``role``'s user."""
     from feast import RepoConfig
-
-    from churn.security import feast_connection_string
     from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+
+    from churn.security import feast_connection_string
 
     return RepoConfig(
         project=settings.feast.project,

@@ -32,7 +32,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 
 
 def producer(settings: Settings, role: str = "producer", **overrides: Any) -> Producer:
-    """A producer authenticated as ``role``'s principal (``churn.kafka_security``)."""
+    """A producer authenticated as ``role``'s principal (``churn.security``)."""
     return Producer({**librdkafka_config(settings, role), **PRODUCER_DEFAULTS, **overrides})
 
 

@@ -45,8 +45,8 @@ from pathlib import Path
 from churn.config import Settings
 from churn.feature_store import ACTIVITY_ONLINE
 from churn.features import INPUT_COLUMNS, SUM_FEATURES, partial_sums_table
-from churn.security import redis_options, spark_kafka_options
 from churn.lake import LakePaths
+from churn.security import redis_options, spark_kafka_options
 from streaming import metrics
 from streaming.feature_state import HISTORY_DDL, FeatureState
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow

@@ -254,19 +254,24 @@ def redis_acl(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare_redis(settings: Settings, home: Path) -> list[str]:
-    """The ACL file and TLS files Redis needs, generated where missing; returns its extra arguments."""
+def prepare_redis(settings: Settings, home: Path) -> None:
+    """The ACL file and TLS files Redis needs (``redis_args``), generated where missing."""
     r = settings.redis
-    args: list[str] = []
     if r.acl:
         write_private(home / "users.acl", redis_acl(settings))
-        args += ["--aclfile", str(home / "users.acl")]
+    cert, key = redis_cert(settings)
+    if r.tls and not (cert.exists() and key.exists()):
+        key_pem, cert_pem = server_certificate(settings, "churn-redis", r.host)
+        write_private(key, key_pem)
+        write_private(cert, cert_pem)
+
+
+def redis_args(settings: Settings, home: Path) -> list[str]:
+    """``redis-server``'s arguments for the ACL file and TLS, as the settings ask (none by default)."""
+    r = settings.redis
+    args = ["--aclfile", str(home / "users.acl")] if r.acl else []
     if r.tls:
         cert, key = redis_cert(settings)
-        if not cert.exists() or not key.exists():
-            key_pem, cert_pem = server_certificate(settings, "churn-redis", r.host)
-            write_private(key, key_pem)
-            write_private(cert, cert_pem)
         args += ["--port", "0", "--tls-port", str(r.port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
                  "--tls-ca-cert-file", str(local_ca_file(settings)), "--tls-auth-clients", "no"]
     return args

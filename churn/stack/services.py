@@ -182,7 +182,7 @@ def redis_service(s: Settings) -> Service:
         return [
             _which("redis-server"), "--bind", r.host, "--port", str(r.port), "--dir", str(home),
             "--daemonize", "no", "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-            "--logfile", "", *security.prepare_redis(s, home),  # ACL users, TLS: when the settings ask
+            "--logfile", "", *security.redis_args(s, home),  # ACL users, TLS: when the settings ask
         ]
 
     def is_ready() -> bool:
@@ -194,7 +194,7 @@ def redis_service(s: Settings) -> Service:
             return False
 
     return Service(name="redis", run_dir=s.run_dir, host=r.host, ports={"CHURN_REDIS__PORT": r.port},
-                   command=command, is_ready=is_ready)
+                   command=command, is_ready=is_ready, prepare=lambda: security.prepare_redis(s, home))
 
 
 def _answers(url: str) -> bool:

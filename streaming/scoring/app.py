@@ -41,11 +41,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from churn.config import Settings
 from churn.contracts import CHURN_LABEL, parse_time
 from churn.feature_store import covered_offsets_key
-from churn.security import faust_credentials, redis_options
 from churn.model.inputs import matrix
 from churn.model.online import OnlineChallenger, ProgressiveEvaluator
 from churn.model.registry import SYNTHETIC, ChampionWatcher, ModelRegistry
 from churn.online_reader import fail_fast_redis
+from churn.security import faust_credentials, redis_options
 from streaming.scoring import metrics
 from streaming.scoring.liveness import Liveness, die
 from streaming.scoring.lookup import online_features
@@ -185,8 +185,7 @@ class ScoringWorker:
         @app.timer(interval=5.0)
         async def ask_end_offsets():
             """The broker's end offsets, for the lag: Faust's consumer knows its partitions' ends only from its own
-            fetches, so a consumer that stopped fetching (seen after a node of a 3-broker cluster died) would
-            report no lag, and no stall, for good."""
+            fetches, so a consumer that had stopped fetching would report no lag, and no stall, for good."""
             txn = self.txn
             if txn is None:
                 return

@@ -127,8 +127,9 @@ class Liveness:
             return False, f"event loop has not ticked for {now - self.tick_at:.0f} s"
         if self.lag > 0 and now - self.progress_at > self.stall_after_s:
             return False, f"no CDR scored or committed for {now - self.progress_at:.0f} s while {self.lag} wait"
-        if self.commit_hung_for() > 0:
-            return False, f"a transaction commit has not returned for {now - self.committing_since:.0f} s"
+        since = self.committing_since  # read once: the commit thread clears it
+        if since is not None and now - since > self.commit_deadline_s:
+            return False, f"a transaction commit has not returned for {now - since:.0f} s"
         return True, "ok"
 
     # -- serving and watching ----------------------------------------------------------------
