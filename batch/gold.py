@@ -25,11 +25,10 @@ Three steps, each a plain function (``churn batch nightly`` and the Airflow DAG,
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from pathlib import Path
 
+from churn import storage
 from churn.config import Settings
 from churn.features import MEASURES
 from churn.lake import LakePaths, table_rows
@@ -112,22 +111,20 @@ def _last_published_rows(spark, lake: LakePaths, days: int) -> int | None:
 
 
 # -- the staging area ------------------------------------------------------------------------
-def _staging(settings: Settings, date_from: date, date_to: date) -> Path:
-    return Path(LakePaths(Path(settings.streaming.lake_dir)).gold_staging(date_from, date_to))
+def _staging(settings: Settings, date_from: date, date_to: date) -> str:
+    return LakePaths.of(settings).gold_staging(date_from, date_to)
 
 
-def _manifest(staging: Path, date_from: date, date_to: date) -> dict:
+def _manifest(settings: Settings, staging: str, date_from: date, date_to: date) -> dict:
     try:
-        return json.loads((staging / "manifest.json").read_text())
+        return json.loads(storage.read_text(settings, storage.join(staging, "manifest.json")))
     except FileNotFoundError:
         raise NotStaged(f"no Gold staged for {date_from} .. {date_to} in {staging}: run the gold step first "
                         f"(nothing published)") from None
 
 
-def _write_manifest(staging: Path, manifest: dict) -> None:
-    from churn.model.registry import atomic_write
-
-    atomic_write(staging / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+def _write_manifest(settings: Settings, staging: str, manifest: dict) -> None:
+    storage.write_text(settings, storage.join(staging, "manifest.json"), json.dumps(manifest, indent=2, default=str))
 
 
 def _run(manifest: dict, gate=None, published: bool = False) -> GoldRun:
@@ -146,26 +143,25 @@ def _silver_in_range(spark, lake: LakePaths, version: int, date_from: date, date
 def stage_gold(settings: Settings, date_from: date, date_to: date, spark=None) -> GoldRun:
     """Build ``customer_day`` and ``customer_snapshot`` for the range from Silver's current version into the
     staging area (replacing what was staged for the range before); the published Gold is not touched."""
-    from deltalake import DeltaTable
     from pyspark.sql import functions as F
 
     from churn.spark import spark_session
 
     spark = spark or spark_session(settings, app_name="churn-gold")
-    lake = LakePaths(Path(settings.streaming.lake_dir))
+    lake = LakePaths.of(settings)
     staging = _staging(settings, date_from, date_to)
-    shutil.rmtree(staging, ignore_errors=True)  # a new stage of the range: the old one, checked or not, is gone
-    silver_version = DeltaTable(lake.silver).version()
+    storage.remove_tree(settings, staging)  # a new stage of the range: the old one, checked or not, is gone
+    silver_version = storage.open_delta(settings, lake.silver).version()
     silver_all, in_range = _silver_in_range(spark, lake, silver_version, date_from, date_to)
     until = silver_all.filter(F.col("event_time") < F.lit(_end_of(date_to)).cast("timestamp"))
-    customer_day(in_range).write.format("delta").save(str(staging / "customer_day"))
+    customer_day(in_range).write.format("delta").save(storage.join(staging, "customer_day"))
     customer_snapshot(spark, settings, until, _end_of(date_to), date_to).write.format("delta").save(
-        str(staging / "customer_snapshot"))
+        storage.join(staging, "customer_snapshot"))
     manifest = {"date_from": date_from.isoformat(), "date_to": date_to.isoformat(), "silver_version": silver_version,
-                "silver_rows": in_range.count(), "customer_day_rows": table_rows(staging / "customer_day"),
-                "snapshot_rows": table_rows(staging / "customer_snapshot"),
+                "silver_rows": in_range.count(), "customer_day_rows": table_rows(storage.join(staging, "customer_day"), settings),
+                "snapshot_rows": table_rows(storage.join(staging, "customer_snapshot"), settings),
                 "staged_at": datetime.now(timezone.utc).isoformat(), "gate": None}
-    _write_manifest(staging, manifest)
+    _write_manifest(settings, staging, manifest)
     return _run(manifest)
 
 
@@ -181,13 +177,13 @@ def check_gold(settings: Settings, date_from: date, date_to: date, spark=None, m
     from churn.spark import spark_session
 
     staging = _staging(settings, date_from, date_to)
-    manifest = _manifest(staging, date_from, date_to)
+    manifest = _manifest(settings, staging, date_from, date_to)
     spark = spark or spark_session(settings, app_name="churn-gold-gate")
-    lake = LakePaths(Path(settings.streaming.lake_dir))
+    lake = LakePaths.of(settings)
     _, in_range = _silver_in_range(spark, lake, manifest["silver_version"], date_from, date_to)
     in_range = in_range.withColumn("event_time_s", F.col("event_time").cast("double")).persist()
-    daily = spark.read.format("delta").load(str(staging / "customer_day")).persist()
-    snapshot = spark.read.format("delta").load(str(staging / "customer_snapshot")).persist()
+    daily = spark.read.format("delta").load(storage.join(staging, "customer_day")).persist()
+    snapshot = spark.read.format("delta").load(storage.join(staging, "customer_snapshot")).persist()
     days = (date_to - date_from).days + 1
     previous = _last_published_rows(spark, lake, days)
     bounds = None if previous is None else (int(previous * (1 - max_change)), int(previous * (1 + max_change)) + 1)
@@ -200,7 +196,7 @@ def check_gold(settings: Settings, date_from: date, date_to: date, spark=None, m
         frame.unpersist()
     manifest["gate"] = {"passed": report.passed, "expectations": len(report.checks), "report": report.text(),
                         "checked_at": datetime.now(timezone.utc).isoformat()}
-    _write_manifest(staging, manifest)
+    _write_manifest(settings, staging, manifest)
     if not report.passed:
         _record(spark, lake, _run(manifest, report), report.failures)
         raise QualityGateFailed(report)
@@ -213,23 +209,23 @@ def publish_gold(settings: Settings, date_from: date, date_to: date, spark=None)
     from churn.spark import spark_session
 
     staging = _staging(settings, date_from, date_to)
-    manifest = _manifest(staging, date_from, date_to)
+    manifest = _manifest(settings, staging, date_from, date_to)
     if not (manifest["gate"] or {}).get("passed"):
         raise NotStaged(f"the Gold staged for {date_from} .. {date_to} has not passed the quality gate"
                         f"{' (it failed)' if manifest['gate'] else ''}: run the quality gate first (nothing published)")
     spark = spark or spark_session(settings, app_name="churn-gold-publish")
-    lake = LakePaths(Path(settings.streaming.lake_dir))
-    (spark.read.format("delta").load(str(staging / "customer_day"))
+    lake = LakePaths.of(settings)
+    (spark.read.format("delta").load(storage.join(staging, "customer_day"))
      .write.format("delta").mode("overwrite").partitionBy("event_date")
      .option("replaceWhere", f"event_date >= '{date_from}' AND event_date <= '{date_to}'")
      .save(lake.gold_customer_day))
-    (spark.read.format("delta").load(str(staging / "customer_snapshot"))
+    (spark.read.format("delta").load(storage.join(staging, "customer_snapshot"))
      .write.format("delta").mode("overwrite").partitionBy("snapshot_date")
      .option("replaceWhere", f"snapshot_date = '{date_to}'").save(lake.gold_customer_snapshot))
     _compact(spark, lake, date_from, date_to)
     run = _run(manifest, published=True)
     _record(spark, lake, run, [])
-    shutil.rmtree(staging, ignore_errors=True)
+    storage.remove_tree(settings, staging)
     return run
 
 

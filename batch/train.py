@@ -137,8 +137,8 @@ def activity_at_observation(settings: Settings, customer_ids, observe_s):
     observe_s = np.asarray(observe_s, dtype=float)
     if len(observe_s) == 0:
         return states_at(None, customer_ids, observe_s)
-    cols = read_silver(LakePaths(settings.streaming.lake_dir).silver, customers=set(customer_ids),
-                       until_s=float(observe_s.max()))
+    cols = read_silver(LakePaths.of(settings).silver, customers=set(customer_ids),
+                       until_s=float(observe_s.max()), settings=settings)
     return states_at(cols, customer_ids, observe_s)
 
 

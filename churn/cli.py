@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from churn import storage
 from churn.config import Settings, get_settings
 
 app = typer.Typer(
@@ -424,7 +425,7 @@ def stream(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     job.start()
-    err.print(f"streaming from {s.topics.cdr.name} on {s.kafka.bootstrap_servers} into {s.streaming.lake_dir}")
+    err.print(f"streaming from {s.topics.cdr.name} on {s.kafka.bootstrap_servers} into {storage.lake_url(s)}")
     while not stopping.is_set() and any(q.isActive for q in job.queries):
         stopping.wait(0.5)
     failed = [q for q in job.queries if not q.isActive and q.exception() is not None]
@@ -879,7 +880,7 @@ def demo(
     counts = None if scored is None else _alert_counts(s, churners)
     console.print(demo_report(produced, lake, scored, counts, simulated_churners=len(churners)))
     if lake is not None:
-        console.print(f"lake {s.streaming.lake_dir}: {lake.accounting()}", highlight=False, soft_wrap=True)
+        console.print(f"lake {storage.lake_url(s)}: {lake.accounting()}", highlight=False, soft_wrap=True)
     if counts is not None:
         console.print(f"The latest alerts on {s.topics.churn_alerts.name}, with their reasons:")
         alerts(follow=False, last=3, seconds=None)
@@ -895,33 +896,32 @@ def demo(
 def _stream_summary(s, timeout_s: float):
     """Wait until the stream has processed everything on the topic, then account for it: a
     ``churn.demo_report.Lake``, or None if it has not caught up within ``timeout_s``."""
-    from deltalake import DeltaTable
-
+    from churn import storage
     from churn.demo_report import Lake
-    from churn.lake import rows_by, table_rows
+    from churn.lake import LakePaths, rows_by, table_rows
     from churn.transport import end_offsets
     from streaming.job import committed_offsets
 
     topic = s.topics.cdr.name
     target = end_offsets(s, topic)
-    checkpoint = s.streaming.checkpoint_dir / "silver"
+    checkpoints = storage.checkpoints_url(s)
+    silver, bronze = storage.join(checkpoints, "silver"), storage.join(checkpoints, "bronze")
     deadline = time.monotonic() + timeout_s
     with console.status("waiting for the streaming job to process everything on the topic"):
-        while committed_offsets(checkpoint, topic) != target or \
-                committed_offsets(s.streaming.checkpoint_dir / "bronze", topic) != target:
+        while committed_offsets(s, silver, topic) != target or committed_offsets(s, bronze, topic) != target:
             if time.monotonic() > deadline:
-                done = sum(committed_offsets(checkpoint, topic).values())
+                done = sum(committed_offsets(s, silver, topic).values())
                 err.print(f"[yellow]the stream has processed {done:,} of {sum(target.values()):,} records "
                           f"after {timeout_s:g} s; it keeps going in the background (`churn stack status`)[/]")
                 return None
             time.sleep(1)
 
-    lake = s.streaming.lake_dir
-    bronze, silver, quarantined = (table_rows(lake / t) for t in ("bronze", "silver", "quarantine"))
-    customers = len(DeltaTable(str(lake / "feature_history")).to_pyarrow_table(columns=["customer_id"])
-                    .column("customer_id").unique()) if table_rows(lake / "feature_history") else 0
-    return Lake(bronze=bronze, silver=silver, quarantined=quarantined, customers=customers,
-                quarantined_by_reason=rows_by(lake / "quarantine", "reason") if quarantined else {})
+    lake = LakePaths.of(s)
+    bronze_rows, silver_rows, quarantined = (table_rows(t, s) for t in (lake.bronze, lake.silver, lake.quarantine))
+    customers = len(storage.open_delta(s, lake.feature_history).to_pyarrow_table(columns=["customer_id"])
+                    .column("customer_id").unique()) if table_rows(lake.feature_history, s) else 0
+    return Lake(bronze=bronze_rows, silver=silver_rows, quarantined=quarantined, customers=customers,
+                quarantined_by_reason=rows_by(lake.quarantine, "reason", s) if quarantined else {})
 
 
 def _alert_counts(s, churners: set[str]) -> dict:

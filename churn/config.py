@@ -252,9 +252,49 @@ class ProfilesSettings(BaseModel):
     mapping: Path | None = None
 
 
+class S3Settings(BaseModel):
+    """S3-compatible object storage for the lake. Off by default: the lake is a local folder."""
+
+    #: Keep the lake (Bronze, Silver, quarantine, history, Gold) and the streaming checkpoints in
+    #: ``s3a://<bucket>/<prefix>``. The local stack then runs an S3 server (S3Proxy) for it.
+    enabled: bool = False
+    #: The S3 API's URL, e.g. ``https://s3.eu-west-1.amazonaws.com``. Unset: the local stack's S3Proxy
+    #: (``http://<host>:<port>``).
+    endpoint_url: str | None = None
+    #: Address of the local stack's S3 server.
+    host: str = "127.0.0.1"
+    port: int = 19000
+    #: The bucket, and a folder in it under which ``lake/`` and ``checkpoints/`` live.
+    bucket: str = "churn"
+    prefix: str = ""
+    region: str = "us-east-1"
+    #: Address buckets as ``<endpoint>/<bucket>`` (S3Proxy, MinIO) instead of ``<bucket>.<endpoint>`` (AWS).
+    path_style: bool = True
+    access_key: str = "churn"
+    #: The secret key. Prefer ``secret_key_file``; unset both and the local stack's generated one
+    #: (``<run_dir>/secrets/s3/<access_key>.password``) is used.
+    secret_key: SecretStr | None = None
+    #: A file holding the secret key (a mounted secret), read when ``secret_key`` is unset.
+    secret_key_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return self.endpoint_url or f"http://{self.host}:{self.port}"
+
+
 class SparkSettings(BaseModel):
-    #: Any Spark master: local[N] by default, or spark://..., yarn, k8s://...
+    #: Any Spark master: local[N] by default, or spark://..., yarn, k8s://... With ``standalone_workers``
+    #: set and this left at its default, the local stack's standalone master.
     master: str = "local[2]"
+    #: Run a Spark standalone cluster in the local stack: a master and this many workers, started from
+    #: pyspark's own distribution (0: none, Spark runs in the job's process, ``local[N]``).
+    standalone_workers: int = 0
+    #: Cores and memory of each standalone worker, and of each executor on it.
+    worker_cores: int = 1
+    worker_memory: str = "1g"
+    #: Address of the standalone master (its web UI is off).
+    master_host: str = "127.0.0.1"
+    master_port: int = 17077
     #: ``spark.driver.memory``.
     driver_memory: str = "2g"
     #: Partitions of shuffles, state stores and Delta log replay: about the number of cores.
@@ -426,6 +466,7 @@ class Settings(BaseSettings):
     scoring: ScoringSettings = ScoringSettings()
     training: TrainingSettings = TrainingSettings()
     api: ApiSettings = ApiSettings()
+    s3: S3Settings = S3Settings()
     #: Seconds a service may take to become ready before `stack up` gives up.
     startup_timeout_s: float = 60.0
 
@@ -450,6 +491,8 @@ class Settings(BaseSettings):
             self.streaming.checkpoint_dir = self.run_dir / "checkpoints"
         if self.scoring.registry_dir is None:
             self.scoring.registry_dir = self.run_dir / "models"
+        if self.spark.standalone_workers and "master" not in self.spark.model_fields_set:
+            self.spark.master = f"spark://{self.spark.master_host}:{self.spark.master_port}"
         if self.topics.replication_factor is None:
             self.topics.replication_factor = min(3, self.kafka.brokers)
         if self.topics.churn_scores.partitions is None:

@@ -66,18 +66,22 @@ class States:
                 for r, d, s, n in zip(self.ref_time, self.active_days, self.sums.tolist(), self.events)]
 
 
-def read_silver(path: str, customers=None, until_s: float | None = None) -> dict[str, np.ndarray] | None:
+def read_silver(path: str, customers=None, until_s: float | None = None,
+                settings=None) -> dict[str, np.ndarray] | None:
     """Silver's ``INPUT_COLUMNS`` as arrays (``event_time`` in epoch seconds, as the stream's
     ``partial_sums_by_executors`` reads them), only of ``customers`` and up to ``until_s`` if given;
     None if there is no Silver table yet. Text columns come as object arrays sharing one string
-    object per distinct value (a few million rows of ids cost pointers, not strings)."""
+    object per distinct value (a few million rows of ids cost pointers, not strings). ``settings`` say
+    how to reach a table on S3."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from churn import storage
+    from churn.config import Settings
+
     try:
-        table = DeltaTable(str(path))
+        table = storage.open_delta(settings or Settings(), str(path))
     except TableNotFoundError:
         return None
     dataset = table.to_pyarrow_dataset()

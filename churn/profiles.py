@@ -39,8 +39,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from churn import storage
 from churn.config import PROJECT_ROOT, Settings
 from churn.contracts import CUSTOMER_PROFILE, _types_of, format_time, parse_time
+from churn.lake import LakePaths
 
 MAPPINGS_DIR = PROJECT_ROOT / "feature_repo" / "mappings"
 #: The bundled IBM Telco sample's mapping: what ``churn features apply`` loads by default.
@@ -70,12 +72,12 @@ class MappingError(ValueError):
     """The mapping file, or the extract's columns, do not fit: nothing is loaded."""
 
 
-def history_path(settings: Settings) -> Path:
-    return Path(settings.streaming.lake_dir) / "profile_history"
+def history_path(settings: Settings) -> str:
+    return LakePaths.of(settings).profile_history
 
 
-def quarantine_path(settings: Settings) -> Path:
-    return Path(settings.streaming.lake_dir) / "profile_quarantine"
+def quarantine_path(settings: Settings) -> str:
+    return LakePaths.of(settings).profile_quarantine
 
 
 def telco_table(settings: Settings) -> Path | None:
@@ -305,19 +307,16 @@ class LoadReport:
         return Counter(bad.reason for bad in self.invalid)
 
 
-def _history_keys(path: Path) -> set[tuple[str, int]]:
-    from deltalake import DeltaTable
-
-    if not (path / "_delta_log").exists():
+def _history_keys(settings: Settings, path: str) -> set[tuple[str, int]]:
+    if not storage.is_delta_table(settings, path):
         return set()
-    t = DeltaTable(str(path)).to_pyarrow_table(columns=["customer_id", "updated_at"])
+    t = storage.open_delta(settings, path).to_pyarrow_table(columns=["customer_id", "updated_at"])
     stamps = t.column("updated_at").cast(pa.int64()).to_pylist()
     return set(zip(t.column("customer_id").to_pylist(), stamps))
 
 
 def _write_quarantine(settings: Settings, extract: Extract, loaded_at: datetime) -> None:
     import orjson
-    from deltalake import write_deltalake
 
     if not extract.invalid:
         return
@@ -325,16 +324,15 @@ def _write_quarantine(settings: Settings, extract: Extract, loaded_at: datetime)
             "row": [b.row for b in extract.invalid], "customer_id": [b.customer_id for b in extract.invalid],
             "reason": [b.reason for b in extract.invalid], "detail": [b.detail for b in extract.invalid],
             "record": [orjson.dumps(b.record, default=str).decode() for b in extract.invalid]}
-    write_deltalake(str(quarantine_path(settings)), pa.table(rows, schema=QUARANTINE_SCHEMA), mode="append")
+    storage.write_delta(settings, quarantine_path(settings), pa.table(rows, schema=QUARANTINE_SCHEMA), mode="append")
 
 
 def _append_new_versions(settings: Settings, table: pa.Table) -> tuple[pa.Table, set[tuple[str, int]]]:
     """Append the versions of ``table`` (``HISTORY_SCHEMA``) the history does not hold yet (by ``customer_id``
     and ``updated_at``; the first of repeats): returns what was appended and every key held afterwards."""
-    from deltalake import write_deltalake
 
     target = history_path(settings)
-    seen = _history_keys(target)
+    seen = _history_keys(settings, target)
     keys = zip(table.column("customer_id").to_pylist(), table.column("updated_at").cast(pa.int64()).to_pylist())
     new = []
     for i, key in enumerate(keys):
@@ -343,8 +341,7 @@ def _append_new_versions(settings: Settings, table: pa.Table) -> tuple[pa.Table,
             new.append(i)
     table = table.take(pa.array(new, type=pa.int64()))
     if table.num_rows:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_deltalake(str(target), table, mode="append")
+        storage.write_delta(settings, target, table, mode="append")
     ensure_history(settings)
     return table, seen
 
@@ -414,14 +411,13 @@ def _customer_of(raw: str) -> str | None:
 
 def _quarantine_once(settings: Settings, topic: str, invalid: list[Invalid], loaded_at: datetime) -> None:
     """Quarantine messages of ``topic`` not quarantined before (a replayed batch brings them again)."""
-    from deltalake import DeltaTable
 
     if not invalid:
         return
     path = quarantine_path(settings)
     held = set()
-    if (path / "_delta_log").exists():
-        t = DeltaTable(str(path)).to_pyarrow_table(columns=["source", "row"])
+    if storage.is_delta_table(settings, path):
+        t = storage.open_delta(settings, path).to_pyarrow_table(columns=["source", "row"])
         held = set(zip(t.column("source").to_pylist(), t.column("row").to_pylist()))
     by_source: dict[str, list[Invalid]] = {}
     for bad in invalid:
@@ -434,12 +430,10 @@ def _quarantine_once(settings: Settings, topic: str, invalid: list[Invalid], loa
 
 def ensure_history(settings: Settings) -> None:
     """Create the (empty) profile history if there is none: Feast's profile source must exist."""
-    from deltalake import write_deltalake
 
     target = history_path(settings)
-    if not (target / "_delta_log").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_deltalake(str(target), HISTORY_SCHEMA.empty_table(), mode="append")
+    if not storage.is_delta_table(settings, target):
+        storage.write_delta(settings, target, HISTORY_SCHEMA.empty_table(), mode="append")
 
 
 def materialize_profiles(settings: Settings, fs=None) -> None:
@@ -455,21 +449,18 @@ def materialize_profiles(settings: Settings, fs=None) -> None:
 
 def history(settings: Settings) -> pd.DataFrame:
     """The whole profile history (every version of every customer)."""
-    from deltalake import DeltaTable
 
-    return DeltaTable(str(history_path(settings))).to_pandas()
+    return storage.open_delta(settings, history_path(settings)).to_pandas()
 
 
 def as_of(settings: Settings, at_s: float) -> pd.DataFrame:
     """Each customer's profile version in force at ``at_s`` (the newest with ``updated_at <= at_s``): the
     history's key and feature columns, typed as the history types them (empty if there is no history)."""
-    from deltalake import DeltaTable
-
     columns = ["customer_id", *FEATURE_COLUMNS]
     path = history_path(settings)
-    if not (path / "_delta_log").exists():
+    if not storage.is_delta_table(settings, path):
         return HISTORY_SCHEMA.empty_table().select(columns).to_pandas()
-    t = DeltaTable(str(path)).to_pyarrow_table(columns=["updated_at", *columns])
+    t = storage.open_delta(settings, path).to_pyarrow_table(columns=["updated_at", *columns])
     frame = t.to_pandas()
     frame = frame[frame["updated_at"] <= pd.Timestamp(at_s, unit="s", tz="UTC")]
     return frame.sort_values("updated_at").drop_duplicates("customer_id", keep="last")[columns].reset_index(drop=True)
@@ -477,8 +468,6 @@ def as_of(settings: Settings, at_s: float) -> pd.DataFrame:
 
 def quarantined(settings: Settings) -> pd.DataFrame:
     """Every row a load rejected, with its reason."""
-    from deltalake import DeltaTable
-
-    if not (quarantine_path(settings) / "_delta_log").exists():
+    if not storage.is_delta_table(settings, quarantine_path(settings)):
         return pd.DataFrame(columns=QUARANTINE_SCHEMA.names)
-    return DeltaTable(str(quarantine_path(settings))).to_pandas()
+    return storage.open_delta(settings, quarantine_path(settings)).to_pandas()

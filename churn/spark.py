@@ -9,15 +9,34 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from churn import storage
 from churn.config import Settings
 
 
 def spark_jars(settings: Settings) -> list[str]:
+    """Delta Lake and the Kafka source; with the lake on S3, Hadoop's S3A connector and the AWS SDK."""
     folder = settings.jars_dir / "spark"
     jars = sorted(str(p) for p in folder.glob("*.jar"))
     if not any("delta-spark" in j for j in jars):
         raise RuntimeError(f"Delta/Kafka jars missing in {folder}: run `make setup`")
+    if settings.s3.enabled:
+        s3a = sorted(str(p) for p in (settings.jars_dir / "s3a").glob("*.jar"))
+        if not any("hadoop-aws" in j for j in s3a):
+            raise RuntimeError(f"S3A jars missing in {settings.jars_dir / 's3a'}: run `make setup`")
+        jars += s3a
     return jars
+
+
+def cluster_conf(settings: Settings) -> dict[str, str]:
+    """Executors' size on the local stack's standalone cluster: one per worker, with the worker's cores and
+    memory (nothing for ``local[N]``, or for a cluster of yours: size it with ``spark.conf``)."""
+    sp = settings.spark
+    if not (sp.standalone_workers and sp.master.startswith("spark://")):
+        return {}
+    return {"spark.executor.cores": str(sp.worker_cores), "spark.executor.memory": sp.worker_memory,
+            "spark.cores.max": str(sp.worker_cores * sp.standalone_workers),
+            # the executors run the same Python, with the project installed
+            "spark.pyspark.python": str(Path(os.sys.executable))}
 
 
 def spark_session(settings: Settings, app_name: str = "churn"):
@@ -53,7 +72,7 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         # INT96 as naive times, and Feast's point-in-time join then mixed naive and UTC times
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     )
-    for key, value in sp.conf.items():
+    for key, value in {**cluster_conf(settings), **storage.spark_conf(settings), **sp.conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

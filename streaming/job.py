@@ -40,8 +40,8 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
-from pathlib import Path
 
+from churn import storage
 from churn.config import Settings
 from churn.feature_store import ACTIVITY_ONLINE
 from churn.features import INPUT_COLUMNS, SUM_FEATURES, partial_sums_table
@@ -93,28 +93,36 @@ def _newest_by_partition(table) -> dict[int, float]:
             if t is not None}
 
 
-def _app_id(checkpoint: Path, query: str) -> str:
+def _app_id(settings: Settings, checkpoints: str, query: str) -> str:
     """A writer id tied to the checkpoint: a new checkpoint (a fresh start) gets a new id,
     so Delta's idempotent-write log never mistakes its batch 0 for an old one."""
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    path = checkpoint / f"{query}.writer-id"
-    if not path.exists():
-        path.write_text(f"churn-{query}-{uuid.uuid4().hex[:12]}")
-    return path.read_text().strip()
+    path = storage.join(checkpoints, f"{query}.writer-id")
+    if not storage.exists(settings, path):
+        storage.write_text(settings, path, f"churn-{query}-{uuid.uuid4().hex[:12]}")
+    return storage.read_text(settings, path).strip()
 
 
-def last_planned_batch(checkpoint: Path) -> int:
+def _batch_ids(settings: Settings, folder: str) -> list[int]:
+    return [int(n) for n in storage.names(settings, folder) if n.isdigit()]
+
+
+def last_planned_batch(settings: Settings, checkpoint: str) -> int:
     """The newest batch id in a query's offset log (-1 if none). Spark logs a batch's offsets before it
     runs the batch, so after a restart only batches up to this one can have run (and written) before."""
-    return max((int(p.name) for p in (checkpoint / "offsets").glob("[0-9]*")), default=-1)
+    return max(_batch_ids(settings, storage.join(checkpoint, "offsets")), default=-1)
 
 
-def committed_offsets(checkpoint: Path, topic: str) -> dict[int, int]:
+def committed_offsets(settings: Settings, checkpoint: str, topic: str) -> dict[int, int]:
     """Kafka offsets up to which a query's batches are committed (read from its checkpoint)."""
-    commits = sorted((int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")), reverse=True)
+    commits = _batch_ids(settings, storage.join(checkpoint, "commits"))
     if not commits:
         return {}
-    lines = (checkpoint / "offsets" / str(commits[0])).read_text().splitlines()
+    return batch_offsets(settings, checkpoint, max(commits), topic)
+
+
+def batch_offsets(settings: Settings, checkpoint: str, batch_id: int, topic: str) -> dict[int, int]:
+    """The Kafka offsets up to which the query's batch ``batch_id`` reads, from its offset log."""
+    lines = storage.read_text(settings, storage.join(checkpoint, "offsets", str(batch_id))).splitlines()
     source = json.loads(lines[-1])
     return {int(p): o for p, o in source.get(topic, {}).items()}
 
@@ -138,11 +146,11 @@ class StreamingJob:
         self.available_now = available_now
         self.spark = spark or spark_session(settings, "churn-stream")
         st = settings.streaming
-        self.lake = LakePaths(Path(st.lake_dir))
-        self.checkpoints = Path(st.checkpoint_dir)
-        self.silver_writer = _app_id(self.checkpoints, "silver")
+        self.lake = LakePaths(storage.lake_url(settings))
+        self.checkpoints = storage.checkpoints_url(settings)
+        self.silver_writer = _app_id(settings, self.checkpoints, "silver")
         # batches at most this old may have run (and written) before this process: see ``_write``
-        self._may_replay_upto = last_planned_batch(self.checkpoints / "silver")
+        self._may_replay_upto = last_planned_batch(settings, storage.join(self.checkpoints, "silver"))
         self._max_event_time: dict[int, dict[int, float]] = {}
         self._lock = threading.Lock()
         self._feature_store = None
@@ -184,7 +192,7 @@ class StreamingJob:
         ).withColumn("ingest_date", F.to_date("ingest_time"))
         query = (
             rows.writeStream.format("delta").queryName("bronze").outputMode("append")
-            .option("checkpointLocation", str(self.checkpoints / "bronze"))
+            .option("checkpointLocation", storage.join(self.checkpoints, "bronze"))
             .partitionBy("ingest_date").trigger(**self._trigger(self.settings.streaming.bronze_trigger_s))
             .start(self.lake.bronze)
         )
@@ -213,7 +221,7 @@ class StreamingJob:
         )
         query = (
             deduped.writeStream.queryName("silver").foreachBatch(self._silver_batch)
-            .option("checkpointLocation", str(self.checkpoints / "silver"))
+            .option("checkpointLocation", storage.join(self.checkpoints, "silver"))
             .trigger(**self._trigger(st.trigger_s)).start()
         )
         self.queries.append(query)
@@ -226,7 +234,7 @@ class StreamingJob:
         query = (
             upserts.select("partition", "offset", "value").writeStream.queryName("profiles")
             .foreachBatch(self._profiles_batch)
-            .option("checkpointLocation", str(self.checkpoints / "profiles"))
+            .option("checkpointLocation", storage.join(self.checkpoints, "profiles"))
             .trigger(**self._trigger(st.profiles_trigger_s)).start()
         )
         self.queries.append(query)
@@ -443,8 +451,8 @@ class StreamingJob:
         """Per ``cdr`` partition, the offset where ``batch_id`` ends (exclusive), from the silver query's offset
         log, which Spark writes before it runs the batch: the state after this batch holds every counted CDR
         below these offsets."""
-        lines = (self.checkpoints / "silver" / "offsets" / str(batch_id)).read_text().splitlines()
-        ends = {int(p): int(o) for p, o in json.loads(lines[-1]).get(self.settings.topics.cdr.name, {}).items()}
+        ends = batch_offsets(self.settings, storage.join(self.checkpoints, "silver"), batch_id,
+                             self.settings.topics.cdr.name)
         return [ends.get(p, 0) for p in range(max(ends, default=-1) + 1)]
 
     def _push_features(self, rows, clock: "_PhaseClock", covered: list[int]) -> None:

@@ -216,7 +216,7 @@ def test_load_refuses_an_extract_without_the_mapped_columns(tmp_path, env, mappi
     out = run_cli(["profiles", "load", str(tmp_path / "thin.csv"), "--mapping", str(mapping), "--no-materialize"],
                   env, timeout=120)
     assert out.returncode == 1 and "lacks the mapped column(s)" in out.stderr and "LAST_CHANGE" in out.stderr
-    assert not history_path(settings_from(env)).exists()
+    assert not Path(history_path(settings_from(env))).exists()
 
 
 # -- point in time, offline and online --------------------------------------------------------------------

@@ -367,13 +367,13 @@ def _daily_activity(settings: Settings, customer_id: str, days: int) -> list[dic
     from datetime import timedelta
 
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from churn import storage
     from churn.lake import LakePaths
 
     try:
-        table = DeltaTable(LakePaths(settings.streaming.lake_dir).gold_customer_day)
+        table = storage.open_delta(settings, LakePaths.of(settings).gold_customer_day)
     except TableNotFoundError:
         return None
     mine = table.to_pyarrow_dataset().to_table(filter=pc.field("customer_id") == customer_id)

@@ -268,6 +268,74 @@ def blackbox_service(s: Settings) -> Service:
                             p.blackbox_port, "/-/healthy", f"--config.file={BLACKBOX_CONFIG}")
 
 
+def _spark_home() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+def _spark_master_status(s: Settings) -> dict | None:
+    """The standalone master's state as its web UI serves it (``/json``), or None if it does not answer."""
+    import json
+
+    sp = s.spark
+    try:
+        with urllib.request.urlopen(f"http://{sp.master_host}:{sp.master_port + 1}/json/", timeout=1) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError):
+        return None
+
+
+def alive_spark_workers(s: Settings) -> int:
+    """Workers registered with the standalone master and alive (0 if the master does not answer)."""
+    status = _spark_master_status(s) or {}
+    return sum(1 for w in status.get("workers", []) if w.get("state") == "ALIVE")
+
+
+def spark_master_service(s: Settings) -> Service:
+    """A Spark standalone master from pyspark's own distribution (``spark.standalone_workers`` > 0)."""
+    sp = s.spark
+
+    def command() -> list[str]:
+        return [str(_spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master",
+                "--host", sp.master_host, "--port", str(sp.master_port), "--webui-port", str(sp.master_port + 1)]
+
+    def is_ready() -> bool:
+        return (_spark_master_status(s) or {}).get("status") == "ALIVE"
+
+    return Service(name="spark-master", run_dir=s.run_dir, host=sp.master_host,
+                   ports={"CHURN_SPARK__MASTER_PORT": sp.master_port, "CHURN_SPARK__MASTER_PORT (+1, web UI)":
+                          sp.master_port + 1},
+                   command=command, is_ready=is_ready, env={"SPARK_HOME": str(_spark_home())})
+
+
+def spark_worker_service(s: Settings, n: int) -> Service:
+    """Standalone worker ``n`` (1, 2, …): ``spark.worker_cores`` cores and ``spark.worker_memory`` for executors;
+    ready once the master counts it (workers start one after another)."""
+    sp = s.spark
+    home = s.run_dir / f"spark-worker-{n}"
+
+    def command() -> list[str]:
+        return [str(_spark_home() / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
+                f"spark://{sp.master_host}:{sp.master_port}", "--host", sp.master_host,
+                "--cores", str(sp.worker_cores), "--memory", sp.worker_memory, "--work-dir", str(home / "work"),
+                "--webui-port", "0"]
+
+    return Service(name=f"spark-worker-{n}", run_dir=s.run_dir, host=sp.master_host, ports={}, command=command,
+                   is_ready=lambda: alive_spark_workers(s) >= n,
+                   env={"SPARK_HOME": str(_spark_home()), "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true"})
+
+
+def s3_services(s: Settings) -> list[Service]:
+    return []
+
+
+def spark_services(s: Settings) -> list[Service]:
+    """The standalone cluster: its master and ``spark.standalone_workers`` workers (none by default)."""
+    n = s.spark.standalone_workers
+    return [spark_master_service(s), *(spark_worker_service(s, i) for i in range(1, n + 1))] if n else []
+
+
 #: Runs a command again whenever it exits with a failure, as systemd's ``Restart=on-failure`` or Compose's
 #: ``restart: on-failure`` would; a clean exit (0) ends it. Stopping the process group (``Service.stop``)
 #: stops the command gracefully and then the loop.
@@ -322,7 +390,8 @@ def score_service(s: Settings) -> Service:
 
 def services(s: Settings) -> list[Service]:
     """The infrastructure, in start order; stopped in reverse."""
-    return [*kafka_services(s), redis_service(s), pushgateway_service(s), blackbox_service(s), prometheus_service(s)]
+    return [*kafka_services(s), redis_service(s), *s3_services(s), *spark_services(s), pushgateway_service(s),
+            blackbox_service(s), prometheus_service(s)]
 
 
 def jobs(s: Settings) -> list[Service]:
