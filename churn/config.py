@@ -420,6 +420,28 @@ class TrainingSettings(BaseModel):
 class FeastSettings(BaseModel):
     #: Feast project: namespaces the registry entries and the online store's keys.
     project: str = "churn"
+    #: Where Feast's registry lives: ``file`` (``<run_dir>/feast/registry.db``), or ``postgres``: a SQL
+    #: registry in the database of the ``postgres`` settings, which processes on several machines share.
+    registry: Literal["file", "postgres"] = "file"
+    #: How long a process serves its cached copy of a SQL registry before reading it again (seconds).
+    registry_cache_ttl_s: int = 60
+
+
+class PostgresSettings(BaseModel):
+    """The PostgreSQL database of Feast's registry (``feast.registry = "postgres"``)."""
+
+    #: Run PostgreSQL in the local stack (Debian's server). False: yours, at ``host``:``port``.
+    local: bool = True
+    host: str = "127.0.0.1"
+    port: int = 15432
+    database: str = "feast"
+    #: The role the registry is read and written as (the owner of ``database`` on the local stack).
+    username: str = "churn-registry"
+    #: Its password. Prefer ``password_file``; unset both and the local stack's generated one
+    #: (``<run_dir>/secrets/postgres/<username>.password``) is used.
+    password: SecretStr | None = None
+    #: A file holding the password (a mounted secret), read when ``password`` is unset.
+    password_file: Path | None = None
 
 
 class ApiSettings(BaseModel):
@@ -463,6 +485,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     streaming: StreamingSettings = StreamingSettings()
     feast: FeastSettings = FeastSettings()
+    postgres: PostgresSettings = PostgresSettings()
     scoring: ScoringSettings = ScoringSettings()
     training: TrainingSettings = TrainingSettings()
     api: ApiSettings = ApiSettings()

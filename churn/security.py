@@ -168,3 +168,26 @@ def feast_connection_string(settings: Settings, role: str) -> str:
     options = redis_options(settings, role)
     address = f"{options.pop('host')}:{options.pop('port')}"
     return ",".join([address, *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())])
+
+
+# -- PostgreSQL (Feast's registry) ------------------------------------------------------------------
+def postgres_password(settings: Settings) -> str:
+    """The registry role's password: ``postgres.password``, ``postgres.password_file``, or the local stack's."""
+    p = settings.postgres
+    if p.password is not None:
+        return p.password.get_secret_value()
+    path = p.password_file or credentials_dir(settings, "postgres") / f"{p.username}.password"
+    if not path.exists():
+        raise MissingCredentials(f"no PostgreSQL password for {p.username!r}: set CHURN_POSTGRES__PASSWORD_FILE "
+                                 f"(or CHURN_POSTGRES__PASSWORD); {path} does not exist")
+    return path.read_text().strip()
+
+
+def registry_url(settings: Settings, hide_password: bool = False) -> str:
+    """SQLAlchemy's URL of the registry database (psycopg 3), the password escaped (or masked)."""
+    from sqlalchemy.engine import URL
+
+    p = settings.postgres
+    url = URL.create("postgresql+psycopg", username=p.username, password=postgres_password(settings),
+                     host=p.host, port=p.port, database=p.database)
+    return url.render_as_string(hide_password=hide_password)

@@ -36,6 +36,7 @@ command -v mvn >/dev/null || need+=(maven)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v hey >/dev/null || need+=(hey)  # the API benchmark's HTTP load generator
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)  # the Feast registry on PostgreSQL
 if ((${#need[@]})); then
   say "apt-get install ${need[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -85,7 +86,7 @@ for pom in jvm/*/pom.xml; do
   rm -rf "$dest"
   mkdir -p "$dest"
   mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$ROOT/$dest"
-  if [ "$name" = spark ]; then
+  if [ "$name" = spark ] || [ "$name" = s3a ]; then
     # keep only what pyspark does not ship already (two versions of a jar on one classpath break Spark)
     .venv/bin/python scripts/drop_shipped_jars.py "$dest"
   fi

@@ -14,6 +14,7 @@ import pytest
 from conftest import CHURN_BIN, free_ports, recent_evening, settings_from
 from deltalake import DeltaTable
 
+from churn.config import Settings
 from churn.contracts import format_time
 from churn.simulator import Simulator
 from churn.simulator.bad_events import BAD_KINDS
@@ -59,13 +60,71 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(1)
 
 
-def table(path, columns=None):
-    return DeltaTable(str(path)).to_pyarrow_table(columns=columns)
+def table(path, columns=None, settings=None):
+    """A Delta table's rows (Arrow), local or on the stack's S3 server (``settings`` say how to reach it)."""
+    from churn import storage
+
+    return storage.open_delta(settings or Settings(), str(path)).to_pyarrow_table(columns=columns)
 
 
 def test_exactly_once_across_a_sigkill_and_a_sigterm_with_bad_and_duplicate_events(stream_env, tmp_path):
     env, s = stream_env
-    lake = tmp_path / "lake"
+    exactly_once_across_kills(env, s, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def s3_and_spark_cluster(live_stack, live_env):
+    """The session's stack with the lake on its S3 server (S3Proxy) and a Spark standalone cluster (a master,
+    two workers of one core each), as ``CHURN_S3__ENABLED=true CHURN_SPARK__STANDALONE_WORKERS=2 churn stack
+    up`` starts them; stopped after the module."""
+    from churn import stack
+    from churn.stack.process import port_is_free
+    from churn.stack.services import s3_services, spark_services
+
+    while True:
+        s3_port, master_port = free_ports(2)
+        if port_is_free("127.0.0.1", master_port + 1):  # the master's web UI
+            break
+    env = {**live_env, "CHURN_S3__ENABLED": "true", "CHURN_S3__PORT": str(s3_port),
+           "CHURN_SPARK__STANDALONE_WORKERS": "2", "CHURN_SPARK__MASTER_PORT": str(master_port)}
+    s = settings_from(env)
+    started = dict(stack.up(s))
+    assert {"s3", "spark-master", "spark-worker-1", "spark-worker-2"} <= {k for k, v in started.items()
+                                                                         if v.startswith("started")}
+    yield env
+    for service in reversed(s3_services(s) + spark_services(s)):
+        service.stop()
+
+
+def test_on_a_spark_cluster_with_the_lake_on_s3_exactly_once_across_kills(s3_and_spark_cluster, stream_env, tmp_path):
+    """The same job, unchanged, with ``--master spark://…`` (executors in their own JVMs on the workers) and
+    Bronze, Silver, quarantine, history and the checkpoints in an S3 bucket through Hadoop's S3A."""
+    from churn import storage
+
+    env = {**stream_env[0], **s3_and_spark_cluster, "CHURN_S3__PREFIX": f"t{uuid.uuid4().hex[:6]}"}
+    s = settings_from(env)
+    assert s.spark.master.startswith("spark://") and storage.lake_url(s).startswith("s3a://")
+    exactly_once_across_kills(env, s, tmp_path)
+    # nothing of it on the local disk: the tables and checkpoints are objects in the bucket
+    assert not (tmp_path / "lake").exists() and not (tmp_path / "checkpoints").exists()
+    bucket = s.run_dir / "s3" / "data" / s.s3.bucket / s.s3.prefix
+    assert {p.name for p in (bucket / "lake").iterdir()} >= {"bronze", "silver", "quarantine", "feature_history"}
+    assert {p.name for p in (bucket / "checkpoints").iterdir()} >= {"bronze", "silver"}
+    # and the work ran on the cluster: the master lists the job's three runs, each given the workers' cores
+    from churn.stack.services import spark_master_status
+
+    runs = [a for a in spark_master_status(s)["completedapps"] if a["name"] == "churn-stream"]
+    assert len(runs) >= 3 and all(a["cores"] == 2 for a in runs), runs
+
+
+def exactly_once_across_kills(env: dict, s, tmp_path) -> None:
+    """The streaming job SIGKILLed, then SIGTERMed, while events (3 % invalid, 3 % duplicated) arrive, then
+    drained: Bronze holds each record once, Silver each valid event once, the quarantine and the dead-letter
+    topic every invalid one with its reason, and Feast the features of exactly Silver's events."""
+    from churn import storage
+
+    lake = storage.lake_url(s)
+    at = lambda name: storage.join(lake, name)  # noqa: E731
     end = recent_evening() - 2 * DAY
     report = ProduceReport(run_id="test")
     sender = StepProducer(s, report)
@@ -77,9 +136,9 @@ def test_exactly_once_across_a_sigkill_and_a_sigterm_with_bad_and_duplicate_even
     run_backfill(s, sim, until_s=parts[0], sender=sender)
     for kill in range(2):
         proc = start_stream(env, log=log)
-        before = rows(lake / "batches")
+        before = rows(at("batches"), s)
         # let it commit at least one batch, then kill -9 while more data arrives
-        wait_for(lambda: rows(lake / "batches") > before, 240, "a silver batch")
+        wait_for(lambda: rows(at("batches"), s) > before, 240, "a silver batch")
         run_backfill(s, sim, until_s=parts[kill + 1], sender=sender)
         time.sleep(2)
         if kill == 0:
@@ -95,13 +154,13 @@ def test_exactly_once_across_a_sigkill_and_a_sigterm_with_bad_and_duplicate_even
     assert report.failed == 0
 
     produced = report.cdr_messages
-    bronze = table(lake / "bronze", ["partition", "offset"])
+    bronze = table(at("bronze"), ["partition", "offset"], s)
     assert bronze.num_rows == produced  # every record exactly once
     assert len(set(zip(bronze.column("partition").to_pylist(), bronze.column("offset").to_pylist()))) == produced
 
-    silver_ids = table(lake / "silver", ["event_id"]).column("event_id").to_pylist()
+    silver_ids = table(at("silver"), ["event_id"], s).column("event_id").to_pylist()
     assert len(silver_ids) == len(set(silver_ids)) == report.good  # each valid event exactly once
-    quarantine = table(lake / "quarantine", ["reason", "kafka_partition", "kafka_offset"])
+    quarantine = table(at("quarantine"), ["reason", "kafka_partition", "kafka_offset"], s)
     reasons = Counter(quarantine.column("reason").to_pylist())
     assert reasons == Counter({BAD_KINDS[k]: n for k, n in report.bad.items()})
     # the accounting invariant: Bronze = Silver + quarantined + duplicates dropped
@@ -127,10 +186,10 @@ def test_exactly_once_across_a_sigkill_and_a_sigterm_with_bad_and_duplicate_even
 
 
 def assert_online_features_equal_batch(s, lake, at_least: int) -> None:
-    from churn import feature_store
+    from churn import feature_store, storage
     from churn.features import SUM_FEATURES, partial_sums_numpy
 
-    silver = table(lake / "silver").to_pandas()
+    silver = table(storage.join(str(lake), "silver"), settings=s).to_pandas()
     cols = {name: silver[name].to_numpy() for name in silver.columns}
     cols["event_time"] = silver["event_time"].astype("int64").to_numpy() / 1e6  # microseconds -> epoch s
     batch = partial_sums_numpy(cols)

@@ -88,6 +88,11 @@ class Service:
     #: Stop with SIGTERM to the process alone, not its group: the streaming job's Spark JVM is its child,
     #: and a SIGTERM of its own shuts Spark down under the running micro-batch.
     terminate_leader_only: bool = False
+    #: The signal that stops it gracefully (PostgreSQL: SIGINT, its fast shutdown; its SIGTERM waits for
+    #: every client to disconnect).
+    stop_signal: int = signal.SIGTERM
+    #: The folder the running process works in, by which ``pid`` knows it is ours (default: ``dir``).
+    workdir: Path | None = None
 
     @property
     def dir(self) -> Path:
@@ -107,7 +112,7 @@ class Service:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if _alive(pid) and _cwd(pid) == str(self.dir.resolve()):
+        if _alive(pid) and _cwd(pid) == str((self.workdir or self.dir).resolve()):
             return pid
         return None
 
@@ -183,16 +188,16 @@ class Service:
         return f"{what}. Last lines of {self.log_file}:\n{tail(self.log_file)}"
 
     def stop(self) -> str:
-        """SIGTERM our process group, SIGKILL after ``stop_timeout_s``. Idempotent."""
+        """``stop_signal`` (SIGTERM) to our process group, SIGKILL after ``stop_timeout_s``. Idempotent."""
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return "not running"
         try:
             if self.terminate_leader_only:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, self.stop_signal)
             else:
-                os.killpg(pid, signal.SIGTERM)
+                os.killpg(pid, self.stop_signal)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + self.stop_timeout_s

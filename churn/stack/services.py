@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import signal
 import urllib.error
 import urllib.request
 import uuid
@@ -274,7 +275,7 @@ def _spark_home() -> Path:
     return Path(pyspark.__file__).parent
 
 
-def _spark_master_status(s: Settings) -> dict | None:
+def spark_master_status(s: Settings) -> dict | None:
     """The standalone master's state as its web UI serves it (``/json``), or None if it does not answer."""
     import json
 
@@ -288,7 +289,7 @@ def _spark_master_status(s: Settings) -> dict | None:
 
 def alive_spark_workers(s: Settings) -> int:
     """Workers registered with the standalone master and alive (0 if the master does not answer)."""
-    status = _spark_master_status(s) or {}
+    status = spark_master_status(s) or {}
     return sum(1 for w in status.get("workers", []) if w.get("state") == "ALIVE")
 
 
@@ -301,7 +302,7 @@ def spark_master_service(s: Settings) -> Service:
                 "--host", sp.master_host, "--port", str(sp.master_port), "--webui-port", str(sp.master_port + 1)]
 
     def is_ready() -> bool:
-        return (_spark_master_status(s) or {}).get("status") == "ALIVE"
+        return (spark_master_status(s) or {}).get("status") == "ALIVE"
 
     return Service(name="spark-master", run_dir=s.run_dir, host=sp.master_host,
                    ports={"CHURN_SPARK__MASTER_PORT": sp.master_port, "CHURN_SPARK__MASTER_PORT (+1, web UI)":
@@ -326,8 +327,126 @@ def spark_worker_service(s: Settings, n: int) -> Service:
                    env={"SPARK_HOME": str(_spark_home()), "SPARK_WORKER_OPTS": "-Dspark.worker.cleanup.enabled=true"})
 
 
+def s3_service(s: Settings) -> Service:
+    """S3Proxy (Maven Central's ``org.gaul:s3proxy``) serving the S3 API over a folder of this machine:
+    ``<run_dir>/s3/data/<bucket>/…``, one bucket per folder; AWS signatures (v2 or v4) with
+    ``s3.access_key`` and the generated secret."""
+    s3 = s.s3
+    home = s.run_dir / "s3"
+
+    def jar() -> str:
+        found = sorted((s.jars_dir / "s3proxy").glob("s3proxy-*-jar-with-dependencies.jar"))
+        if not found:
+            raise StackError(f"S3Proxy missing in {s.jars_dir / 's3proxy'}: run `make setup`")
+        return str(found[-1])
+
+    def prepare() -> None:
+        from churn.storage import local_secret_file
+
+        (home / "data" / s3.bucket).mkdir(parents=True, exist_ok=True)  # the bucket: a folder
+        security.password(s, s3.access_key, "s3")
+        properties = {"s3proxy.endpoint": f"http://{s3.host}:{s3.port}", "s3proxy.authorization": "aws-v2-or-v4",
+                      "s3proxy.identity": s3.access_key,
+                      "s3proxy.credential": local_secret_file(s).read_text().strip(),
+                      "jclouds.provider": "filesystem", "jclouds.filesystem.basedir": str(home / "data")}
+        security.write_private(home / "s3proxy.properties", "".join(f"{k}={v}\n" for k, v in properties.items()))
+
+    def command() -> list[str]:
+        return [_which("java"), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-jar", jar(),
+                "--properties", str(home / "s3proxy.properties")]
+
+    def is_ready() -> bool:
+        try:
+            urllib.request.urlopen(f"http://{s3.host}:{s3.port}/", timeout=1)
+        except urllib.error.HTTPError:
+            return True  # it answers (an anonymous request is refused)
+        except OSError:
+            return False
+        return True
+
+    return Service(name="s3", run_dir=s.run_dir, host=s3.host, ports={"CHURN_S3__PORT": s3.port},
+                   command=command, is_ready=is_ready, prepare=prepare)
+
+
 def s3_services(s: Settings) -> list[Service]:
-    return []
+    """The local S3 server, when the lake is on S3 and no endpoint of yours is named."""
+    return [s3_service(s)] if s.s3.enabled and s.s3.endpoint_url is None else []
+
+
+def _postgres_bin(name: str) -> str:
+    import glob
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise StackError(f"PostgreSQL's {name} not found: run `make setup` (installs postgresql with apt-get)")
+    return found[-1]
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: when we are root, its commands run as Debian's ``postgres`` user."""
+    import os
+
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] if os.geteuid() == 0 else []
+
+
+def postgres_service(s: Settings) -> Service:
+    """Debian's PostgreSQL server holding Feast's registry (``feast.registry = "postgres"``): a cluster of
+    its own in ``<run_dir>/postgres/data``, on loopback, password (SCRAM) authentication only; its database
+    owned by the registry role, whose password is generated on first start."""
+    import os
+    import subprocess
+
+    p = s.postgres
+    home = s.run_dir / "postgres"
+    data = home / "data"
+
+    def prepare() -> None:
+        if (data / "PG_VERSION").exists():
+            return
+        password = security.password(s, p.username, "postgres")
+        home.mkdir(parents=True, exist_ok=True)
+        if _as_postgres_user() and subprocess.run([*_as_postgres_user(), "test", "-x", str(home)]).returncode:
+            raise StackError(f"PostgreSQL runs as the postgres user, who cannot reach {home}: let it through "
+                             f"the parent folders (chmod o+x), or choose a run_dir it can reach")
+        data.mkdir(parents=True, mode=0o700, exist_ok=True)
+        pwfile = home / "initdb.pw"
+        security.write_private(pwfile, password)
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres", "postgres")
+            shutil.chown(pwfile, "postgres", "postgres")
+        try:
+            subprocess.run([*_as_postgres_user(), _postgres_bin("initdb"), "-D", str(data), "-U", p.username,
+                            f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
+                           check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            shutil.rmtree(data, ignore_errors=True)
+            raise StackError(f"initdb failed: {exc.stderr.strip()}") from None
+        finally:
+            pwfile.unlink(missing_ok=True)
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write(f"\n# churn's local stack\nlisten_addresses = '{p.host}'\nport = {p.port}\n"
+                       f"unix_socket_directories = '{data}'\npassword_encryption = 'scram-sha-256'\n"
+                       "shared_buffers = 32MB\nmax_connections = 100\n")
+        # the database, created before the server first listens (single-user mode)
+        subprocess.run([*_as_postgres_user(), _postgres_bin("postgres"), "--single", "-D", str(data), "postgres"],
+                       input=f'CREATE DATABASE "{p.database}" OWNER "{p.username}";\n', check=True,
+                       capture_output=True, text=True)
+
+    def command() -> list[str]:
+        return [*_as_postgres_user(), _postgres_bin("postgres"), "-D", str(data)]
+
+    def is_ready() -> bool:
+        done = subprocess.run([_postgres_bin("pg_isready"), "-q", "-h", p.host, "-p", str(p.port), "-d", p.database],
+                              capture_output=True)
+        return done.returncode == 0
+
+    return Service(name="postgres", run_dir=s.run_dir, host=p.host, ports={"CHURN_POSTGRES__PORT": p.port},
+                   command=command, is_ready=is_ready, prepare=prepare, stop_signal=signal.SIGINT, workdir=data)
+
+
+def postgres_services(s: Settings) -> list[Service]:
+    """The local PostgreSQL server, when Feast's registry is on PostgreSQL and not on one of yours."""
+    return [postgres_service(s)] if s.feast.registry == "postgres" and s.postgres.local else []
 
 
 def spark_services(s: Settings) -> list[Service]:
@@ -390,7 +509,7 @@ def score_service(s: Settings) -> Service:
 
 def services(s: Settings) -> list[Service]:
     """The infrastructure, in start order; stopped in reverse."""
-    return [*kafka_services(s), redis_service(s), *s3_services(s), *spark_services(s), pushgateway_service(s),
+    return [*kafka_services(s), redis_service(s), *postgres_services(s), *s3_services(s), *spark_services(s), pushgateway_service(s),
             blackbox_service(s), prometheus_service(s)]
 
 
