@@ -74,6 +74,9 @@ def store(settings: Settings, role: str = "admin"):
     """Feast's store over the settings' repo, its online store used as ``role``'s user."""
     from feast import FeatureStore
 
+    from churn.storage import export_s3_environment
+
+    export_s3_environment(settings)  # the offline store's tables on S3: Feast reads credentials from there
     registry_path(settings).parent.mkdir(parents=True, exist_ok=True)
     return FeatureStore(config=repo_config(settings, role))
 

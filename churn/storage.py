@@ -91,9 +91,6 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         h + "access.key": s3.access_key,
         h + "secret.key": secret_key(settings),
         h + "aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
-        # no multipart-upload housekeeping on start, no per-write existence probes of every parent
-        h + "multipart.purge": "false",
-        h + "fast.upload": "true",
     }
 
 
@@ -109,9 +106,6 @@ def delta_options(settings: Settings, url: str) -> dict[str, str] | None:
         "AWS_SECRET_ACCESS_KEY": secret_key(settings),
         "AWS_ALLOW_HTTP": str(s3.url.startswith("http://")).lower(),
         "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(not s3.path_style).lower(),
-        # delta-rs writes (profile history, tests) from one process at a time; S3's missing atomic
-        # rename is then safe (Spark's Delta writes use its own single-driver log store)
-        "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
     }
 
 
@@ -200,3 +194,23 @@ def names(settings: Settings, url: str) -> list[str]:
     except FileNotFoundError:
         return []
     return [posixpath.basename(i.path) for i in infos]
+
+
+def feast_file_source(settings: Settings, url: str) -> dict[str, Any]:
+    """``path`` (and for S3 ``s3_endpoint_override``) of a Feast ``FileSource`` over the Delta table at ``url``."""
+    if not is_s3(url):
+        return {"path": str(url)}
+    return {"path": delta_uri(url), "s3_endpoint_override": settings.s3.url}
+
+
+def export_s3_environment(settings: Settings) -> None:
+    """Put the S3 credentials in this process's environment, the only place Feast's file offline store
+    (s3fs and delta-rs under it) reads them from. Nothing happens while the lake is local."""
+    import os
+
+    if not settings.s3.enabled:
+        return
+    s3 = settings.s3
+    os.environ.update({"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": secret_key(settings),
+                       "AWS_REGION": s3.region, "AWS_DEFAULT_REGION": s3.region,
+                       "AWS_ALLOW_HTTP": str(s3.url.startswith("http://")).lower()})

@@ -11,13 +11,15 @@ from feast import FeatureView, Field, FileSource, PushSource
 from feast.data_format import DeltaFormat
 from feast.types import Array, Float64, Int64
 
+from churn import storage
 from churn.config import get_settings
+from churn.lake import LakePaths
 from churn.features import SUM_FEATURES
 from feature_repo.entities import customer
 
 activity_history = FileSource(
     name="customer_activity_history",
-    path=str(get_settings().streaming.lake_dir / "feature_history"),
+    **storage.feast_file_source(get_settings(), LakePaths.of(get_settings()).feature_history),
     file_format=DeltaFormat(),
     timestamp_field="feature_time",
 )

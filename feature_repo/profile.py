@@ -17,7 +17,9 @@ from feast import FeatureView, Field, FileSource
 from feast.data_format import DeltaFormat
 from feast.types import Float64, Int64, String
 
+from churn import storage
 from churn.config import get_settings
+from churn.lake import LakePaths
 from feature_repo.entities import customer
 
 PROFILE_FIELDS = [
@@ -47,7 +49,7 @@ PROFILE_FIELDS = [
 
 profile_source = FileSource(
     name="customer_profile_source",
-    path=str(get_settings().streaming.lake_dir / "profile_history"),
+    **storage.feast_file_source(get_settings(), LakePaths.of(get_settings()).profile_history),
     file_format=DeltaFormat(),
     timestamp_field="updated_at",
 )
