@@ -148,6 +148,21 @@ def filesystem(settings: Settings, url: str):
     return s3fs, delta_uri(url)[len("s3://"):]
 
 
+def ensure_bucket(settings: Settings) -> None:
+    """Create the lake's bucket if it does not exist (a fresh S3 server, or yours where you may)."""
+    if not settings.s3.enabled:
+        return
+    from pyarrow import fs
+
+    filesystem_, _ = filesystem(settings, lake_url(settings))
+    if filesystem_.get_file_info(settings.s3.bucket).type == fs.FileType.NotFound:
+        s3 = settings.s3
+        scheme, _, host = s3.url.partition("://")
+        fs.S3FileSystem(access_key=s3.access_key, secret_key=secret_key(settings), region=s3.region,
+                        endpoint_override=host, scheme=scheme, force_virtual_addressing=not s3.path_style,
+                        allow_bucket_creation=True).create_dir(s3.bucket)
+
+
 def exists(settings: Settings, url: str) -> bool:
     from pyarrow import fs
 

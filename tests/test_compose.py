@@ -15,12 +15,12 @@ from churn.config import PROJECT_ROOT, Settings
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
 OFFICIAL = {"kafka": "apache/kafka:", "redis": "redis:", "prometheus": "prom/prometheus:",
             "pushgateway": "prom/pushgateway:", "grafana": "grafana/grafana:",
-            "blackbox": "prom/blackbox-exporter:"}
+            "blackbox": "prom/blackbox-exporter:", "s3": "andrewgaul/s3proxy:", "postgres": "postgres:"}
 
 
 def host_port(mapping: str) -> tuple[int, int]:
     """'127.0.0.1:${X:-19092}:19092' -> (19092, 19092) with defaults substituted."""
-    mapping = re.sub(r"\$\{[A-Z_]+:-(\d+)\}", r"\1", mapping)
+    mapping = re.sub(r"\$\{[A-Z0-9_]+:-(\d+)\}", r"\1", mapping)
     *_, host, container = mapping.split(":")
     return int(host), int(container)
 
@@ -129,3 +129,32 @@ def test_the_nightly_job_is_one_shot_and_pushes_to_the_pushgateway():
     env = nightly["environment"]
     assert (env["CHURN_PROMETHEUS__PUSHGATEWAY_HOST"], int(env["CHURN_PROMETHEUS__PUSHGATEWAY_PORT"])) == (
         "pushgateway", host_port(COMPOSE["services"]["pushgateway"]["ports"][0])[1])
+
+
+def test_the_lake_is_in_the_s3_service_and_feasts_registry_in_postgres_with_credentials_from_env_only():
+    s = Settings()
+    services = COMPOSE["services"]
+    assert host_port(services["s3"]["ports"][0])[0] == s.s3.port
+    assert host_port(services["postgres"]["ports"][0])[0] == s.postgres.port
+    s3, pg = services["s3"]["environment"], services["postgres"]["environment"]
+    assert s3["S3PROXY_IDENTITY"] == s.s3.access_key and s3["JCLOUDS_PROVIDER"] == "filesystem"
+    assert (pg["POSTGRES_USER"], pg["POSTGRES_DB"]) == (s.postgres.username, s.postgres.database)
+    reference = re.compile(r"^\$\{([A-Z0-9_]+):\?[^}]+\}$")  # required from .env, never a value in the file
+    s3_secret, pg_password = reference.match(s3["S3PROXY_CREDENTIAL"]), reference.match(pg["POSTGRES_PASSWORD"])
+    assert s3_secret and pg_password
+    env_example = (PROJECT_ROOT / ".env.example").read_text()
+    assert f"\n{s3_secret[1]}=\n" in env_example and f"\n{pg_password[1]}=\n" in env_example
+    s3_port_inside = host_port(services["s3"]["ports"][0])[1]
+    for name in ("features", "streaming", "scoring", "api", "nightly"):
+        env = services[name]["environment"]
+        assert env["CHURN_S3__ENABLED"] == "true" and env["CHURN_S3__ENDPOINT_URL"] == f"http://s3:{s3_port_inside}"
+        assert reference.match(env["CHURN_S3__SECRET_KEY"])[1] == s3_secret[1]
+        assert env["CHURN_FEAST__REGISTRY"] == "postgres" and env["CHURN_POSTGRES__HOST"] == "postgres"
+        assert env["CHURN_POSTGRES__PORT"] == str(host_port(services["postgres"]["ports"][0])[1])
+        assert reference.match(env["CHURN_POSTGRES__PASSWORD"])[1] == pg_password[1]
+        Settings.model_validate({"s3": {"enabled": True, "endpoint_url": env["CHURN_S3__ENDPOINT_URL"]},
+                                 "feast": {"registry": env["CHURN_FEAST__REGISTRY"]}})
+    # the registry's tables exist (one `churn features apply`) before the jobs that read it start
+    assert services["features"]["command"] == ["features", "apply"] and services["features"]["restart"] == "no"
+    for name in ("streaming", "api", "nightly"):
+        assert services[name]["depends_on"]["features"]["condition"] == "service_completed_successfully"

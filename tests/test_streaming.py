@@ -11,7 +11,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from conftest import CHURN_BIN, free_ports, recent_evening, settings_from
+from conftest import CHURN_BIN, free_ports, recent_evening, run_cli, settings_from
 from deltalake import DeltaTable
 
 from churn.config import Settings
@@ -115,6 +115,16 @@ def test_on_a_spark_cluster_with_the_lake_on_s3_exactly_once_across_kills(s3_and
 
     runs = [a for a in spark_master_status(s)["completedapps"] if a["name"] == "churn-stream"]
     assert len(runs) >= 3 and all(a["cores"] == 2 for a in runs), runs
+
+    # the nightly's Gold on the same cluster and bucket: one row per customer and day of Silver, published
+    # behind the quality gate, in the bucket
+    silver = table(storage.join(storage.lake_url(s), "silver"), ["customer_id", "event_date"], s).to_pandas()
+    first, last = silver["event_date"].min(), silver["event_date"].max()
+    gold = run_cli(["batch", "gold", "--from", str(first), "--to", str(last)], env, timeout=600)
+    assert gold.returncode == 0, gold.stdout[-3000:] + gold.stderr[-3000:]
+    customer_day = table(storage.join(storage.lake_url(s), "gold", "customer_day"), ["customer_id", "event_date"], s)
+    assert customer_day.num_rows == len(silver.drop_duplicates()) > 0
+    assert any(a["name"] == "churn-gold" and a["cores"] == 2 for a in spark_master_status(s)["completedapps"])
 
 
 def exactly_once_across_kills(env: dict, s, tmp_path) -> None:
