@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api import bench_api  # noqa: E402
 from feast_processor import bench_stream_vs_feast_processor, in_fresh_process, stream_catch_up  # noqa: E402
 from gold import bench_gold  # noqa: E402
+from lake_storage import bench_stream_s3  # noqa: E402
 from overlay import bench_overlay, bench_overlay_with_stream  # noqa: E402
 from reliability import bench_broker_restart  # noqa: E402
 from scoring import bench_faust_alone, bench_scoring  # noqa: E402
@@ -49,7 +50,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime": 1, "security": 1, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime": 1, "security": 1, "stream_s3": 1, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 
@@ -86,6 +87,7 @@ def _stream_bench_settings(s: Settings) -> Settings:
     s.topics.churn_labels.name = f"bench-labels-{tag}"
     s.streaming.lake_dir = Path(tempfile.mkdtemp(prefix="churn-bench-lake-"))
     s.streaming.checkpoint_dir = s.streaming.lake_dir / "_checkpoints"
+    s.s3.prefix = f"bench-{tag}"  # with the lake on S3: a folder of its own in the bucket
     ensure_topics(s)
     return s
 
@@ -159,6 +161,7 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
     rates = rates or {f"stream_sustained_{rate}_freshness_p99": rate for rate in SUSTAINED_RATES}
     from churn import feature_store
     from churn.transport import end_offsets
+    from churn import storage
     from streaming.job import StreamingJob, committed_offsets
 
     s = _stream_bench_settings(s)
@@ -168,7 +171,7 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
     job.start()
     silver = job.queries[1]
     lag = lambda: sum(end_offsets(s, s.topics.cdr.name).values()) - sum(  # noqa: E731
-        committed_offsets(s.streaming.checkpoint_dir / "silver", s.topics.cdr.name).values())
+        committed_offsets(s, storage.join(storage.checkpoints_url(s), "silver"), s.topics.cdr.name).values())
     out, held = {}, 0.0
     try:
         while silver.lastProgress is None:  # the first (empty) batch
@@ -323,7 +326,8 @@ def main(selector: str = "") -> None:
                "realtime": (bench_realtime, "stack"),
                "api": (bench_api, "stack"),
                "model_selection_telco": (bench_model_selection_telco, "settings"),
-               "security": (bench_security, "stack")}
+               "security": (bench_security, "stack"),
+               "stream_s3": (bench_stream_s3, "stack")}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
     exact = selector.endswith("$")
     chosen = {n: b for n, b in benches.items() if (n == selector[:-1] if exact else selector in n)}
