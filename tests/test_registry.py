@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from conftest import CHURN_BIN, free_ports, private_pipeline_env, settings_from
 from test_scoring import simulate
 from test_streaming import assert_online_features_equal_batch, start_stream
@@ -71,7 +72,7 @@ def test_the_stream_and_readers_share_one_registry_on_postgres(postgres, live_en
     assert_online_features_equal_batch(s, s.streaming.lake_dir, at_least=150)
 
     # the password is required: a wrong one is refused, and nothing is read
-    wrong = s.model_copy(update={"postgres": s.postgres.model_copy(update={"password": "wrong",
+    wrong = s.model_copy(update={"postgres": s.postgres.model_copy(update={"password": SecretStr("wrong"),
                                                                           "password_file": None})})
     with pytest.raises(Exception, match="password authentication failed"):
         registered_views(wrong)
