@@ -154,21 +154,37 @@ def _run_ours(s: Settings) -> tuple[float, dict]:
 
 def in_fresh_process(fn, *args):
     """``fn(*args)`` in a new interpreter, so a new JVM: each system starts cold, as an operator starts
-    it, and neither inherits the JVM the other warmed up (the JIT, loaded classes, Python workers)."""
+    it, and neither inherits the JVM the other warmed up (the JIT, loaded classes, Python workers). Not a
+    pool's daemonic worker: ``fn`` may start processes of its own (a producer)."""
     import multiprocessing
+    import queue
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_reporting_failures, (fn, *args))
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_reporting_failures, args=(results, fn, *args))
+    proc.start()
+    while True:
+        try:
+            ok, value = results.get(timeout=1)
+            break
+        except queue.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"{fn.__name__} died with exit code {proc.exitcode}") from None
+    proc.join()
+    if not ok:
+        raise RuntimeError(value)
+    return value
 
 
-def _reporting_failures(fn, *args):
-    """``fn(*args)``, its failure turned into one that crosses the process boundary (Spark's don't pickle)."""
+def _reporting_failures(results, fn, *args):
+    """``fn(*args)`` into ``results`` as (True, value), or its failure as (False, the traceback): Spark's
+    exceptions do not pickle."""
     import traceback
 
     try:
-        return fn(*args)
+        results.put((True, fn(*args)))
     except BaseException:
-        raise RuntimeError(traceback.format_exc()) from None
+        results.put((False, traceback.format_exc()))
 
 
 def _served_correctly(s: Settings, view: str, truth: dict[str, dict], at_most: int = 2000) -> float:

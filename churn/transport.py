@@ -116,3 +116,27 @@ def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0, role: s
                 time.sleep(0.2)
     finally:
         c.close()
+
+
+def read_committed(settings: Settings, topic: str, idle_s: float = 3.0, role: str = "admin") -> list:
+    """Every committed record of ``topic`` from the start (``read_committed``: records of aborted or open
+    transactions left out), read until nothing new came for ``idle_s``."""
+    import time
+    import uuid
+
+    from confluent_kafka import TopicPartition
+
+    c = consumer(settings, group_id=f"read-{uuid.uuid4().hex[:6]}", role=role,
+                 **{"isolation.level": "read_committed"})
+    ends = end_offsets(settings, topic, role=role)
+    c.assign([TopicPartition(topic, p, 0) for p in ends])
+    out, idle = [], time.time()
+    try:
+        while time.time() - idle < idle_s:
+            msgs = c.consume(5000, timeout=0.5)
+            out.extend(m for m in msgs if m.error() is None)
+            if msgs:
+                idle = time.time()
+    finally:
+        c.close()
+    return out

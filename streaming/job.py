@@ -145,7 +145,6 @@ class StreamingJob:
         self.settings = settings
         self.available_now = available_now
         self.spark = spark or spark_session(settings, "churn-stream")
-        st = settings.streaming
         storage.ensure_bucket(settings)
         self.lake = LakePaths(storage.lake_url(settings))
         self.checkpoints = storage.checkpoints_url(settings)

@@ -4,7 +4,6 @@ and in a temporary run directory, so they never touch a stack a user is running.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,39 +12,10 @@ import pytest
 
 from churn import stack
 from churn.config import PROJECT_ROOT, Settings
+from churn.stack.process import free_ports  # noqa: F401  (tests import it from here)
 from churn.transport import ensure_topics
 
 CHURN_BIN = str(Path(sys.executable).parent / "churn")
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-_handed_out: set[int] = set()
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports, never handed out before in this session, and below the kernel's
-    ephemeral range: a port taken from that range can meanwhile become the source port of some client's
-    outgoing connection (Spark's, Prometheus', a Kafka client's), and the service meant to listen on it
-    then fails to start. Room is left above each port for the nodes of a 3-broker cluster (+100, +200)."""
-    import random
-
-    from churn.stack.process import port_is_free
-
-    top = min(_ephemeral_range()[0], 65536) - 1 - 200
-    ports: list[int] = []
-    while len(ports) < n:
-        p = random.randint(20000, top)
-        if p not in _handed_out and port_is_free("127.0.0.1", p):
-            _handed_out.add(p)
-            ports.append(p)
-    return ports
 
 
 def stack_env(run_dir: Path) -> dict[str, str]:

@@ -16,7 +16,6 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from confluent_kafka import TopicPartition
 from conftest import CHURN_BIN, free_ports, private_pipeline_env, recent_evening, run_cli
 
 from churn.contracts import CHURN_RISK, CHURN_SCORE, format_time
@@ -25,7 +24,7 @@ from churn.model.inputs import ACTIVITY_FEATURES
 from churn.model.registry import ModelRegistry
 from churn.simulator import Simulator
 from churn.simulator.produce import ProduceReport, StepProducer, run_backfill
-from churn.transport import consumer, end_offsets
+from churn.transport import consumer, end_offsets, read_committed
 
 
 @pytest.fixture
@@ -58,23 +57,6 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
     while not predicate():
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
-
-
-def read_committed(s, topic: str) -> list:
-    """Every committed record of ``topic`` (read_committed, to the last stable offset)."""
-    c = consumer(s, group_id=f"t-{uuid.uuid4().hex[:6]}", **{"isolation.level": "read_committed"})
-    ends = end_offsets(s, topic)
-    c.assign([TopicPartition(topic, p, 0) for p in ends])
-    out, idle = [], time.time()
-    while time.time() - idle < 3:
-        msgs = c.consume(5000, timeout=0.5)
-        for m in msgs:
-            if m.error() is None:
-                out.append(m)
-        if msgs:
-            idle = time.time()
-    c.close()
-    return out
 
 
 def scores_of(s) -> list[dict]:

@@ -12,7 +12,6 @@ from collections import Counter
 import orjson
 import pytest
 from conftest import CHURN_BIN, free_ports, recent_evening, run_cli, settings_from
-from deltalake import DeltaTable
 
 from churn.config import Settings
 from churn.contracts import format_time

@@ -34,6 +34,29 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+_handed_out: set[int] = set()
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct free ports on ``host``, never handed out before by this process, and below the kernel's
+    ephemeral range: a port taken from that range can meanwhile become the source port of some client's
+    outgoing connection (Spark's, Prometheus', a Kafka client's), and the service meant to listen on it
+    then fails to start. Room is left above each port for the nodes of a 3-broker cluster (+100, +200)."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    ports: list[int] = []
+    while len(ports) < n:
+        p = random.randint(20000, min(low, 65536) - 1 - 200)
+        if p not in _handed_out and port_is_free(host, p):
+            _handed_out.add(p)
+            ports.append(p)
+    return ports
+
+
 def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
