@@ -37,12 +37,16 @@ def bench_stream_s3(s: Settings) -> dict:
 
     s3 = s.model_copy(deep=True)
     s3.s3.enabled = True
-    s3_service(s3).start(60)
+    server = s3_service(s3)
+    server.start(60)
     runs: dict[str, list[dict]] = {"local": [], "s3": []}
-    for storage in ORDER:
-        out = in_fresh_process(_sustained, s3 if storage == "s3" else s, storage)
-        runs[storage].append(out)
-        print(storage, {k: v[0] for k, v in out.items()}, flush=True)
+    try:
+        for storage in ORDER:
+            out = in_fresh_process(_sustained, s3 if storage == "s3" else s, storage)
+            runs[storage].append(out)
+            print(storage, {k: v[0] for k, v in out.items()}, flush=True)
+    finally:
+        server.stop()
     figures = {}
     for rate in S3_RATES:
         p99 = {st: sorted(r[f"{st}_{rate}"][0] for r in runs[st]) for st in runs}

@@ -795,6 +795,42 @@ class _NoLive:
 
 
 @app.command()
+def chaos(
+    rate: float = typer.Option(300.0, min=1, help="CDRs per second throughout."),
+    faults: Optional[str] = typer.Option(
+        None, help="Comma-separated faults, in order (default: every one that applies to the stack): broker, redis, "
+                   "stream, scorer, freeze, s3 (lake on the stack's S3 server), malformed."),
+    out: Optional[Path] = typer.Option(None, help="Also write the results as JSON to this file."),
+) -> None:
+    """The fault suite: traffic through the streaming job and two scoring workers while each fault is injected
+    in turn, then every event counted.
+
+    Runs against the stack that is up (`churn stack up`, with --brokers 3, CHURN_S3__ENABLED=true or not), with
+    topics, tables and a scorer group of its own. After each fault: Bronze holds each record once, Silver each
+    valid CDR once, each is scored once, no alert twice, the quarantine and the dead-letter topic hold every
+    invalid one. Exit code 1 if anything was lost or duplicated.
+    """
+    from churn import chaos as suite
+
+    s = get_settings()
+    workdir = s.run_dir / "chaos" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    try:
+        results = suite.run(dict(os.environ), rate, faults.split(",") if faults else None, workdir, log=err.print)
+    except (ValueError, TimeoutError) as exc:
+        _fail(f"{exc} (logs in {workdir})")
+    table = Table("fault", "events in flight", "lost", "duplicated", "time to recover")
+    for r in results:
+        table.add_row(r.fault, f"{r.in_flight:,}", str(r.lost), str(r.duplicated), f"{r.recover_s:.1f} s")
+    console.print(table)
+    if out:
+        from dataclasses import asdict
+
+        out.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if any(r.lost or r.duplicated for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
 def watch(seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: Ctrl-C).")) -> None:
     """Live view of every topic: messages, rate per second, newest message."""
     _watch(seconds, threading.Event())

@@ -20,7 +20,8 @@ CHURN_BIN = str(Path(sys.executable).parent / "churn")
 
 def stack_env(run_dir: Path) -> dict[str, str]:
     """Environment for a private stack: its own run directory and free ports."""
-    kafka, controller, redis, prometheus, pushgateway, blackbox, stream_metrics, score_metrics, api, dash = free_ports(10)
+    kafka, controller, redis, prometheus, pushgateway, blackbox, stream_metrics, score_metrics, api, dash, s3, pg, \
+        spark_master = free_ports(13)
     return {
         "CHURN_RUN_DIR": str(run_dir),
         "CHURN_KAFKA__PORT": str(kafka),
@@ -34,6 +35,9 @@ def stack_env(run_dir: Path) -> dict[str, str]:
         "CHURN_SCORING__METRICS_PORT": str(score_metrics),
         "CHURN_API__PORT": str(api),
         "CHURN_API__DASHBOARD_PORT": str(dash),
+        "CHURN_S3__PORT": str(s3),
+        "CHURN_POSTGRES__PORT": str(pg),
+        "CHURN_SPARK__MASTER_PORT": str(spark_master),  # its web UI on the next port
     }
 
 
