@@ -264,12 +264,15 @@ class S3Settings(BaseModel):
     #: Address of the local stack's S3 server.
     host: str = "127.0.0.1"
     port: int = 19000
-    #: The bucket, and a folder in it under which ``lake/`` and ``checkpoints/`` live.
+    #: The bucket (created if missing), and a folder in it under which ``lake/`` and ``checkpoints/`` live
+    #: (empty: the bucket's top).
     bucket: str = "churn"
     prefix: str = ""
+    #: The bucket's region (signatures need one; S3Proxy accepts any).
     region: str = "us-east-1"
     #: Address buckets as ``<endpoint>/<bucket>`` (S3Proxy, MinIO) instead of ``<bucket>.<endpoint>`` (AWS).
     path_style: bool = True
+    #: The access key id this system signs requests with.
     access_key: str = "churn"
     #: The secret key. Prefer ``secret_key_file``; unset both and the local stack's generated one
     #: (``<run_dir>/secrets/s3/<access_key>.password``) is used.
@@ -292,7 +295,7 @@ class SparkSettings(BaseModel):
     #: Cores and memory of each standalone worker, and of each executor on it.
     worker_cores: int = 1
     worker_memory: str = "1g"
-    #: Address of the standalone master (its web UI is off).
+    #: Address of the standalone master; its web UI (and ``/json`` status) listens on ``master_port + 1``.
     master_host: str = "127.0.0.1"
     master_port: int = 17077
     #: ``spark.driver.memory``.
@@ -432,8 +435,10 @@ class PostgresSettings(BaseModel):
 
     #: Run PostgreSQL in the local stack (Debian's server). False: yours, at ``host``:``port``.
     local: bool = True
+    #: Address of the server (the local stack's listens there).
     host: str = "127.0.0.1"
     port: int = 15432
+    #: The database that holds the registry's tables.
     database: str = "feast"
     #: The role the registry is read and written as (the owner of ``database`` on the local stack).
     username: str = "churn-registry"
