@@ -51,12 +51,21 @@ def start_scorer(settings: Settings) -> str:
 
 
 def _every_node(settings: Settings) -> Settings:
-    """The settings with as many Kafka nodes as the run directory has had (``up --brokers 3`` without the
-    variable exported still stops and shows all three)."""
-    nodes = [int(p.name.split("-")[1]) for p in settings.run_dir.glob("kafka-[0-9]*") if p.name.split("-")[1].isdigit()]
-    if max(nodes, default=1) <= settings.kafka.brokers:
-        return settings
-    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"brokers": max(nodes)})})
+    """The settings with every service the run directory has had: as many Kafka nodes and Spark workers,
+    the S3 server, PostgreSQL (``up --brokers 3``, or with ``CHURN_S3__ENABLED`` …, and then ``down`` without
+    the variables exported still stops and shows them all)."""
+    def numbered(prefix: str) -> list[int]:
+        return [int(p.name.rsplit("-", 1)[1]) for p in settings.run_dir.glob(f"{prefix}-[0-9]*")
+                if p.name.rsplit("-", 1)[1].isdigit()]
+
+    s = settings.model_copy(deep=True)
+    s.kafka.brokers = max(s.kafka.brokers, *numbered("kafka"), 1)
+    s.spark.standalone_workers = max(s.spark.standalone_workers, *numbered("spark-worker"), 0)
+    if (s.run_dir / "s3" / "pid").exists() and s.s3.endpoint_url is None:
+        s.s3.enabled = True
+    if (s.run_dir / "postgres" / "pid").exists() and s.postgres.local:
+        s.feast.registry = "postgres"
+    return s
 
 
 def down(settings: Settings) -> list[tuple[str, str]]:
