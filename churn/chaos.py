@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from churn.config import Settings
+from churn.config import Settings, settings_with_env
 
 #: Seconds of traffic before a fault is injected, and after it ends.
 LEAD_S, TRAIL_S = 10.0, 10.0
@@ -120,7 +120,7 @@ class Chaos:
         }
         self.worker_ports = ports[1:]
         self.env = {**os.environ, **env, **self.overrides}
-        self.s = settings_from_env(self.env)
+        self.s = settings_with_env(self.env)
         self.stream: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
 
@@ -361,7 +361,7 @@ def run(env: dict[str, str], rate: float, chosen: list[str] | None, workdir: Pat
     apply), in order."""
     from churn.simulator.produce import ProduceReport, StepProducer
 
-    available = faults(settings_from_env({**os.environ, **env}))
+    available = faults(settings_with_env(env))
     unknown = set(chosen or []) - set(available)
     if unknown:
         raise ValueError(f"unknown or inapplicable fault(s) {sorted(unknown)}: choose from {sorted(available)}")
@@ -383,18 +383,6 @@ def run(env: dict[str, str], rate: float, chosen: list[str] | None, workdir: Pat
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def settings_from_env(env: dict[str, str]) -> Settings:
-    """The settings a process started with ``env`` reads."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def _answers(port: int) -> bool:
     import urllib.request
 

@@ -568,6 +568,17 @@ class Settings(BaseSettings):
         return json.dumps(reveal(self.model_dump(mode="python")), default=str)
 
 
+def settings_with_env(env: dict[str, str]) -> Settings:
+    """The settings a process reads whose environment is this one's plus ``env`` (for a child process)."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""

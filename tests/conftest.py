@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from churn import stack
-from churn.config import PROJECT_ROOT, Settings
+from churn.config import PROJECT_ROOT, Settings, settings_with_env
 from churn.stack.process import free_ports  # noqa: F401  (tests import it from here)
 from churn.transport import ensure_topics
 
@@ -54,14 +54,7 @@ def recent_evening(hour: int = 18) -> float:
     return t
 
 
-def settings_from(env: dict[str, str]) -> Settings:
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+settings_from = settings_with_env  # the settings of a process started with os.environ + env
 
 
 def sqlite_feature_store(settings: Settings, definitions: list):
