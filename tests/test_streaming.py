@@ -103,17 +103,17 @@ def test_on_a_spark_cluster_with_the_lake_on_s3_exactly_once_across_kills(s3_and
     env = {**stream_env[0], **s3_and_spark_cluster, "CHURN_S3__PREFIX": f"t{uuid.uuid4().hex[:6]}"}
     s = settings_from(env)
     assert s.spark.master.startswith("spark://") and storage.lake_url(s).startswith("s3a://")
-    exactly_once_across_kills(env, s, tmp_path)
+    exactly_once_across_kills(env, s, tmp_path, sigterm=False)  # the SIGTERM is the local test's
     # nothing of it on the local disk: the tables and checkpoints are objects in the bucket
     assert not (tmp_path / "lake").exists() and not (tmp_path / "checkpoints").exists()
     bucket = s.run_dir / "s3" / "data" / s.s3.bucket / s.s3.prefix
     assert {p.name for p in (bucket / "lake").iterdir()} >= {"bronze", "silver", "quarantine", "feature_history"}
     assert {p.name for p in (bucket / "checkpoints").iterdir()} >= {"bronze", "silver"}
-    # and the work ran on the cluster: the master lists the job's three runs, each given the workers' cores
+    # and the work ran on the cluster: the master lists the job's two runs, each given the workers' cores
     from churn.stack.services import spark_master_status
 
     runs = [a for a in spark_master_status(s)["completedapps"] if a["name"] == "churn-stream"]
-    assert len(runs) >= 3 and all(a["cores"] == 2 for a in runs), runs
+    assert len(runs) >= 2 and all(a["cores"] == 2 for a in runs), runs
 
     # the nightly's Gold on the same cluster and bucket: one row per customer and day of Silver, published
     # behind the quality gate, in the bucket
@@ -126,10 +126,10 @@ def test_on_a_spark_cluster_with_the_lake_on_s3_exactly_once_across_kills(s3_and
     assert any(a["name"] == "churn-gold" and a["cores"] == 2 for a in spark_master_status(s)["completedapps"])
 
 
-def exactly_once_across_kills(env: dict, s, tmp_path) -> None:
-    """The streaming job SIGKILLed, then SIGTERMed, while events (3 % invalid, 3 % duplicated) arrive, then
-    drained: Bronze holds each record once, Silver each valid event once, the quarantine and the dead-letter
-    topic every invalid one with its reason, and Feast the features of exactly Silver's events."""
+def exactly_once_across_kills(env: dict, s, tmp_path, sigterm: bool = True) -> None:
+    """The streaming job SIGKILLed, then (``sigterm``) SIGTERMed, while events (3 % invalid, 3 % duplicated)
+    arrive, then drained: Bronze holds each record once, Silver each valid event once, the quarantine and the
+    dead-letter topic every invalid one with its reason, and Feast the features of exactly Silver's events."""
     from churn import storage
 
     lake = storage.lake_url(s)
@@ -139,11 +139,11 @@ def exactly_once_across_kills(env: dict, s, tmp_path) -> None:
     sender = StepProducer(s, report)
     sim = Simulator(seed=21, start_s=end - 1.5 * DAY, end_s=end, customers=300, bad_ratio=0.03,
                     duplicate_ratio=0.03)
-    parts = [end - DAY, end - 0.5 * DAY, end]
+    parts = [end - DAY, end - 0.5 * DAY, end] if sigterm else [end - DAY, end]
     log = open(tmp_path / "stream.log", "ab")
 
     run_backfill(s, sim, until_s=parts[0], sender=sender)
-    for kill in range(2):
+    for kill in range(len(parts) - 1):
         proc = start_stream(env, log=log)
         before = rows(at("batches"), s)
         # let it commit at least one batch, then kill -9 while more data arrives
