@@ -55,7 +55,8 @@ def bench_chaos(_: Settings | None = None) -> dict:
                 assert done.returncode == 0, done.stderr
             for r in chaos.run(env, RATE, chosen, root / name / "chaos"):
                 key = f"chaos_{name}_{chosen[len([k for k in figures if k.startswith(f'chaos_{name}_')])]}_recover_s"
-                figures[key] = (r.recover_s, "s", {"fault": r.fault, "in_flight": r.in_flight, "lost": r.lost,
+                figures[key] = (-1.0 if r.recover_s is None else r.recover_s, "s", {
+                                                   "recovered": r.recover_s is not None, "fault": r.fault, "in_flight": r.in_flight, "lost": r.lost,
                                                    "duplicated": r.duplicated, "rate": RATE,
                                                    "brokers": s.kafka.brokers, "lake": "s3" if s.s3.enabled
                                                    else "local"})

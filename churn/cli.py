@@ -426,9 +426,14 @@ def stream(
     signal.signal(signal.SIGINT, _stop)
     job.start()
     err.print(f"streaming from {s.topics.cdr.name} on {s.kafka.bootstrap_servers} into {storage.lake_url(s)}")
-    while not stopping.is_set() and any(q.isActive for q in job.queries):
+    def failed_queries() -> list:
+        return [q for q in job.queries if not q.isActive and q.exception() is not None]
+
+    # one query failing (the lake unreachable past its retries) ends the job with an error, for its supervisor
+    # to restart it: the other queries running on would leave the failed one's table behind for good
+    while not stopping.is_set() and any(q.isActive for q in job.queries) and not failed_queries():
         stopping.wait(0.5)
-    failed = [q for q in job.queries if not q.isActive and q.exception() is not None]
+    failed = failed_queries()
     job.stop()
     for q in failed:
         _fail(f"query {q.name} failed: {q.exception()}")
@@ -808,7 +813,7 @@ def chaos(
     Runs against the stack that is up (`churn stack up`, with --brokers 3, CHURN_S3__ENABLED=true or not), with
     topics, tables and a scorer group of its own. After each fault: Bronze holds each record once, Silver each
     valid CDR once, each is scored once, no alert twice, the quarantine and the dead-letter topic hold every
-    invalid one. Exit code 1 if anything was lost or duplicated.
+    invalid one. Exit code 1 if anything was lost or duplicated, or the pipeline did not recover.
     """
     from churn import chaos as suite
 
@@ -820,13 +825,14 @@ def chaos(
         _fail(f"{exc} (logs in {workdir})")
     table = Table("fault", "events in flight", "lost", "duplicated", "time to recover")
     for r in results:
-        table.add_row(r.fault, f"{r.in_flight:,}", str(r.lost), str(r.duplicated), f"{r.recover_s:.1f} s")
+        table.add_row(r.fault, f"{r.in_flight:,}", str(r.lost), str(r.duplicated),
+                      "not recovered" if r.recover_s is None else f"{r.recover_s:.1f} s")
     console.print(table)
     if out:
         from dataclasses import asdict
 
         out.write_text(json.dumps([asdict(r) for r in results], indent=2))
-    if any(r.lost or r.duplicated for r in results):
+    if any(r.lost or r.duplicated or r.recover_s is None for r in results):
         raise typer.Exit(1)
 
 
