@@ -10,7 +10,10 @@ block fails ``test_every_command_block_is_checked`` until it is added:
   produces a CDR: the background ``churn stream`` lands it in Silver and ``churn score`` scores it;
 * the same settings as ``churn.toml``: loaded by the settings object, with the example values;
 * the kcat one-liner: run as written against the test's broker and topic (above);
-* "Secured Kafka and Redis": run as written against a secured stack, in ``tests/test_security.py``.
+* "Secured Kafka and Redis": run as written against a secured stack, in ``tests/test_security.py``;
+* the cluster, S3 and PostgreSQL block: its variables give the stack the services and the jobs the
+  master, lake and registry it names (below); the same stack runs the streaming job and the nightly's
+  Gold in ``tests/test_streaming.py`` and the registry in ``tests/test_registry.py``, on free ports.
 """
 
 from __future__ import annotations
@@ -49,10 +52,29 @@ def test_every_command_block_is_checked():
     assert firsts == [
         "make demo   # set up everything, then run the main job end to end on the local stack",
         "export CHURN_KAFKA__BOOTSTRAP_OVERRIDE=broker1:9092,broker2:9092   # your Kafka cluster",
+        "export CHURN_SPARK__STANDALONE_WORKERS=2 CHURN_S3__ENABLED=true CHURN_FEAST__REGISTRY=postgres",
         "export CHURN_KAFKA__SECURITY_PROTOCOL=SASL_SSL CHURN_REDIS__ACL=true CHURN_REDIS__TLS=true",
         "printf '7590-VHVEG|{\"event_id\":\"kcat-%s\",\"customer_id\":\"7590-VHVEG\",\"event_time\":\"%s\",\"record_type\":\"voice\",\"direction\":\"outgoing\",\"duration_s\":61.0,\"counterparty\":\"off_net\",\"dropped\":false,\"cell_id\":\"C0421\",\"roaming\":false,\"charge\":0.12}\\n' \"$(date +%s%N)\" \"$(date -u +%Y-%m-%dT%H:%M:%S.000Z)\" | kcat -b 127.0.0.1:19092 -t cdr -X partitioner=murmur2_random -P -K '|'",
         "[kafka]",
     ], "a README command block was added, removed or changed: check it in this file"
+
+
+def test_the_cluster_s3_and_postgres_block_starts_those_services_and_points_the_jobs_at_them(tmp_path):
+    from conftest import settings_from
+
+    from churn import storage
+    from churn.stack.services import services
+
+    block = _block("sh", "export CHURN_SPARK__STANDALONE_WORKERS=2")
+    exports = dict(re.findall(r"(CHURN_\w+)=(\S+)", block.splitlines()[0]))
+    s = settings_from({**exports, "CHURN_RUN_DIR": str(tmp_path)})
+    names = [service.name for service in services(s)]
+    assert {"postgres", "s3", "spark-master", "spark-worker-1", "spark-worker-2"} <= set(names)
+    assert "spark-worker-3" not in names
+    assert s.spark.master == f"spark://127.0.0.1:{Settings().spark.master_port}"
+    assert storage.lake_url(s) == "s3a://churn/lake" and storage.checkpoints_url(s) == "s3a://churn/checkpoints"
+    assert s.feast.registry == "postgres" and s.postgres.local
+    assert [line.split("#")[0].strip() for line in block.splitlines()[1:]] == ["churn stack up", "churn stream"]
 
 
 def test_make_demo_and_make_test_run_what_the_readme_says():
