@@ -150,14 +150,16 @@ class Chaos:
                                 start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        """SIGTERM to each supervisor's process group (the supervisor ends with its process), SIGKILL
-        after 90 s. The run's figures are counted by then."""
+        """SIGTERM to each supervisor and its process (the supervisor ends with it; the streaming job's Spark
+        JVM is left to the job, which stops its queries first), SIGKILL after 90 s. The run's figures are
+        counted by then."""
         procs = [p for p in [*self.workers, self.stream] if p is not None]
         for proc in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            for pid in [proc.pid, *([_child(proc).pid] if _child(proc) else [])]:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         for proc in procs:
             try:
                 proc.wait(timeout=90)
