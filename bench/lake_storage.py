@@ -12,56 +12,56 @@ from churn.config import Settings  # noqa: E402
 
 #: Rates tried, in order, for each storage (the highest held is the figure); freshness is reported at each.
 S3_RATES = (8000, 16000)
-#: local, s3, s3, local: each storage runs once early and once late, so drift in the machine's speed
-#: over the bench falls on both alike.
-ORDER = ("local", "s3", "s3", "local")
-
-
-def _sustained(s: Settings, storage: str) -> dict:
+def _sustained(s: Settings, name: str) -> dict:
     from run import bench_stream_sustained
 
-    s = s.model_copy(deep=True)
-    s.s3.enabled = storage == "s3"
-    rates = {f"{storage}_{rate}": rate for rate in S3_RATES}
-    return bench_stream_sustained(s, rates, stop_when_behind=False)
+    return bench_stream_sustained(s, {f"{name}_{rate}": rate for rate in S3_RATES}, stop_when_behind=False)
+
+
+def alternating_sustained(variants: dict[str, Settings], prefix: str) -> dict:
+    """The streaming job live at ``S3_RATES`` under each of two ``variants`` (name -> settings), each run in a
+    fresh process, in the order A, B, B, A: per rate and variant the freshness p99 (mean of the two runs),
+    whether the lag held, and the ratio B / A; per variant the highest rate held in both runs."""
+    from feast_processor import in_fresh_process
+
+    (a, _), (b, _) = variants.items()
+    runs: dict[str, list[dict]] = {a: [], b: []}
+    for name in (a, b, b, a):
+        out = in_fresh_process(_sustained, variants[name], name)
+        runs[name].append(out)
+        print(name, {k: v[0] for k, v in out.items()}, flush=True)
+    figures = {}
+    for rate in S3_RATES:
+        p99 = {v: sorted(r[f"{v}_{rate}"][0] for r in runs[v]) for v in runs}
+        held = {v: [r[f"{v}_{rate}"][2]["lag_steady"] for r in runs[v]] for v in runs}
+        batch = {v: [r[f"{v}_{rate}"][2]["batch_duration_p50_s"] for r in runs[v]] for v in runs}
+        mean = {v: sum(x) / len(x) for v, x in p99.items()}
+        for v in runs:
+            figures[f"{prefix}_{v}_{rate}_freshness_p99"] = (mean[v], "s", {
+                "rate": rate, "runs": p99[v], "lag_steady": held[v], "batch_duration_p50_s": batch[v],
+                "order": [a, b, b, a]})
+        figures[f"{prefix}_{b}_over_{a}_{rate}_freshness_p99"] = (mean[b] / mean[a], "x", {
+            "rate": rate, f"{a}_s": mean[a], f"{b}_s": mean[b]})
+    for v in runs:
+        held_rates = [max((r[f"{v}_{rate}"][2]["rate"] for rate in S3_RATES
+                           if r[f"{v}_{rate}"][2]["lag_steady"]), default=0) for r in runs[v]]
+        figures[f"{prefix}_{v}_sustained_rate"] = (min(held_rates), "events/s", {
+            "held_per_run": held_rates, "rates_tried": list(S3_RATES)})
+    return figures
 
 
 def bench_stream_s3(s: Settings) -> dict:
     """The streaming job (Bronze, Silver, quarantine, history, Feast push) live at 8,000 and 16,000 CDRs/s
     with its tables and checkpoints on ``s3a://`` (S3Proxy on this machine) and on the local filesystem,
-    each in a fresh process, in the order local, s3, s3, local: the freshness p99 at each rate (median of the
+    each in a fresh process, in the order local, s3, s3, local: the freshness p99 at each rate (mean of the
     two runs per storage), whether the lag held, and the ratio S3 / local."""
-    from feast_processor import in_fresh_process
-
     from churn.stack.services import s3_service
 
     s3 = s.model_copy(deep=True)
     s3.s3.enabled = True
     server = s3_service(s3)
     server.start(60)
-    runs: dict[str, list[dict]] = {"local": [], "s3": []}
     try:
-        for storage in ORDER:
-            out = in_fresh_process(_sustained, s3 if storage == "s3" else s, storage)
-            runs[storage].append(out)
-            print(storage, {k: v[0] for k, v in out.items()}, flush=True)
+        return alternating_sustained({"local": s, "s3": s3}, "stream")
     finally:
         server.stop()
-    figures = {}
-    for rate in S3_RATES:
-        p99 = {st: sorted(r[f"{st}_{rate}"][0] for r in runs[st]) for st in runs}
-        held = {st: [r[f"{st}_{rate}"][2]["lag_steady"] for r in runs[st]] for st in runs}
-        batch = {st: [r[f"{st}_{rate}"][2]["batch_duration_p50_s"] for r in runs[st]] for st in runs}
-        median = {st: sum(v) / len(v) for st, v in p99.items()}
-        for st in runs:
-            figures[f"stream_{st}_{rate}_freshness_p99"] = (median[st], "s", {
-                "rate": rate, "runs": p99[st], "lag_steady": held[st], "batch_duration_p50_s": batch[st],
-                "order": list(ORDER)})
-        figures[f"stream_s3_over_local_{rate}_freshness_p99"] = (median["s3"] / median["local"], "x", {
-            "rate": rate, "local_s": median["local"], "s3_s": median["s3"]})
-    for st in runs:
-        held_rates = [max((r[f"{st}_{rate}"][2]["rate"] for rate in S3_RATES
-                           if r[f"{st}_{rate}"][2]["lag_steady"]), default=0) for r in runs[st]]
-        figures[f"stream_{st}_sustained_rate"] = (min(held_rates), "events/s", {
-            "held_per_run": held_rates, "rates_tried": list(S3_RATES)})
-    return figures
