@@ -292,25 +292,20 @@ def _child(proc: subprocess.Popen):
     return next((c for c in children if c.name() != "sleep"), None)
 
 
-def _restarted(chaos: Chaos, proc: subprocess.Popen, port: int, timeout_s: float = 300) -> None:
-    """Until the supervisor has started the process again and it answers on ``port``."""
+def _kill_and_await_restart(proc: subprocess.Popen, port: int, timeout_s: float, what: str) -> None:
+    """SIGKILL the supervised process, then wait until its supervisor has started it again and it answers
+    on ``port``."""
     old = _child(proc)
-    _wait(lambda: _child(proc) is not None and _child(proc) != old and _answers(port), timeout_s,
-          "the supervisor's restart")
+    _kill_child(proc)
+    _wait(lambda: _child(proc) not in (None, old) and _answers(port), timeout_s, what)
 
 
 def kill_stream(chaos: Chaos) -> None:
-    old = _child(chaos.stream)
-    _kill_child(chaos.stream)
-    _wait(lambda: _child(chaos.stream) not in (None, old) and _answers(chaos.s.streaming.metrics_port), 300,
-          "the streaming job's restart")
+    _kill_and_await_restart(chaos.stream, chaos.s.streaming.metrics_port, 300, "the streaming job's restart")
 
 
 def kill_scorer(chaos: Chaos) -> None:
-    proc, port = chaos.workers[0], chaos.worker_ports[0]
-    old = _child(proc)
-    _kill_child(proc)
-    _wait(lambda: _child(proc) not in (None, old) and _answers(port), 180, "the scorer's restart")
+    _kill_and_await_restart(chaos.workers[0], chaos.worker_ports[0], 180, "the scorer's restart")
 
 
 def freeze_scorer(chaos: Chaos) -> None:
@@ -399,13 +394,10 @@ def run(env: dict[str, str], rate: float, chosen: list[str] | None, workdir: Pat
 
 # -- helpers ------------------------------------------------------------------------------------------
 def _answers(port: int) -> bool:
-    import urllib.request
+    """Whether a job's metrics endpoint on ``port`` answers."""
+    from churn.stack.services import _answers as answers
 
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+    return answers(f"http://127.0.0.1:{port}/metrics")
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

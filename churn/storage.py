@@ -141,11 +141,18 @@ def filesystem(settings: Settings, url: str):
 
     if not is_s3(url):
         return fs.LocalFileSystem(), str(url)
+    return _s3_filesystem(settings), delta_uri(url)[len("s3://"):]
+
+
+def _s3_filesystem(settings: Settings, **extra: Any):
+    """pyarrow's S3 filesystem on the settings' endpoint, with their credentials."""
+    from pyarrow import fs
+
     s3 = settings.s3
     scheme, _, host = s3.url.partition("://")
-    s3fs = fs.S3FileSystem(access_key=s3.access_key, secret_key=secret_key(settings), region=s3.region,
-                           endpoint_override=host, scheme=scheme, force_virtual_addressing=not s3.path_style)
-    return s3fs, delta_uri(url)[len("s3://"):]
+    return fs.S3FileSystem(access_key=s3.access_key, secret_key=secret_key(settings), region=s3.region,
+                           endpoint_override=host, scheme=scheme, force_virtual_addressing=not s3.path_style,
+                           **extra)
 
 
 def ensure_bucket(settings: Settings) -> None:
@@ -154,13 +161,9 @@ def ensure_bucket(settings: Settings) -> None:
         return
     from pyarrow import fs
 
-    filesystem_, _ = filesystem(settings, lake_url(settings))
-    if filesystem_.get_file_info(settings.s3.bucket).type == fs.FileType.NotFound:
-        s3 = settings.s3
-        scheme, _, host = s3.url.partition("://")
-        fs.S3FileSystem(access_key=s3.access_key, secret_key=secret_key(settings), region=s3.region,
-                        endpoint_override=host, scheme=scheme, force_virtual_addressing=not s3.path_style,
-                        allow_bucket_creation=True).create_dir(s3.bucket)
+    s3fs = _s3_filesystem(settings, allow_bucket_creation=True)
+    if s3fs.get_file_info(settings.s3.bucket).type == fs.FileType.NotFound:
+        s3fs.create_dir(settings.s3.bucket)
 
 
 def exists(settings: Settings, url: str) -> bool:
