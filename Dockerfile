@@ -1,6 +1,6 @@
 # The system's own image: the `churn` CLI with every pinned dependency and a JRE
-# (Spark runs in it). Used by docker-compose.yml for the simulator and, as later
-# stages land, the streaming job, the scoring worker and the nightly batch job.
+# (Spark runs in it). docker-compose.yml runs every `churn` service from it: the secrets and topic
+# one-shots, the simulator, the streaming job, the scoring worker, the API, the dashboard, the nightly job.
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless maven kcat \
@@ -20,6 +20,7 @@ RUN pip install --no-cache-dir --no-deps -e . \
       name=$(basename "$(dirname "$pom")"); \
       mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=/app/.cache/jars/$name; \
     done \
- && python scripts/drop_shipped_jars.py /app/.cache/jars/spark
+ && python scripts/drop_shipped_jars.py /app/.cache/jars/spark \
+ && python scripts/drop_shipped_jars.py /app/.cache/jars/s3a
 ENTRYPOINT ["churn"]
 CMD ["--help"]

@@ -53,7 +53,9 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # a message may hold [brackets]
     raise typer.Exit(code)
 
 
@@ -124,6 +126,24 @@ def stack_status() -> None:
     for r in rows:
         table.add_row(r.name, r.state, str(r.pid or "-"), r.address, r.log)
     console.print(table)
+
+
+@stack_app.command("compose-secrets")
+def stack_compose_secrets(
+    mounts: Path = typer.Option(Path("/etc/churn"), help="Where the containers mount the secret volumes."),
+    kafka_host: str = typer.Option("kafka", help="The broker's host name in the compose network."),
+    redis_host: str = typer.Option("redis", help="Redis' host name in the compose network."),
+) -> None:
+    """docker-compose.yml's secrets: a CA, the broker's and Redis' certificates, a password per principal
+    (kept in the run directory, generated once), and each container's files under MOUNTS.
+
+    Compose's one-shot `secrets` service runs this before the broker and Redis start.
+    """
+    from churn.stack.compose import write_secrets
+
+    written = write_secrets(get_settings(), mounts, kafka_host, redis_host)
+    for folder in sorted({p.parent for p in written}):
+        console.print(f"{folder}: {sum(p.parent == folder for p in written)} files")
 
 
 # -- topics -------------------------------------------------------------------------------

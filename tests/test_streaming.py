@@ -71,6 +71,44 @@ def test_exactly_once_across_a_sigkill_and_a_sigterm_with_bad_and_duplicate_even
     exactly_once_across_kills(env, s, tmp_path)
 
 
+def test_a_failed_query_stops_the_job_with_an_error_and_its_restart_loses_and_repeats_nothing(stream_env, tmp_path):
+    """The lake refusing one query's commits fails that query: `churn stream` exits with code 1, for its
+    supervisor to restart it, instead of running on with the other queries (which would leave the failed
+    one's table behind for good). Restarted once the lake is back, Bronze and Silver hold each record once."""
+    env, s = stream_env
+    lake = tmp_path / "lake"
+    end = recent_evening() - 2 * DAY
+    report = ProduceReport(run_id="test")
+    sender = StepProducer(s, report)
+    sim = Simulator(seed=5, start_s=end - DAY, end_s=end, customers=100)
+    run_backfill(s, sim, until_s=end - 0.5 * DAY, sender=sender)
+    log = open(tmp_path / "stream.log", "ab")
+    proc = start_stream(env, log=log)
+    wait_for(lambda: rows(str(lake / "bronze"), s) > 0 and rows(str(lake / "batches"), s) > 0, 240,
+             "the first Bronze and Silver batches")
+    delta_log = lake / "bronze" / "_delta_log"
+    delta_log.rename(tmp_path / "bronze-delta-log")
+    delta_log.write_text("")  # a file where Bronze's log directory was: its next commit cannot be written
+    run_backfill(s, sim, until_s=end, sender=sender)
+    try:
+        assert proc.wait(timeout=180) == 1, (tmp_path / "stream.log").read_text()[-5000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "query bronze failed" in (tmp_path / "stream.log").read_text()
+
+    delta_log.unlink()
+    (tmp_path / "bronze-delta-log").rename(delta_log)
+    final = start_stream(env, "--available-now", log=log)
+    assert final.wait(timeout=400) == 0, (tmp_path / "stream.log").read_text()[-5000:]
+    assert report.failed == 0
+    bronze = table(lake / "bronze", ["partition", "offset"])
+    positions = set(zip(bronze.column("partition").to_pylist(), bronze.column("offset").to_pylist()))
+    assert bronze.num_rows == len(positions) == report.cdr_messages
+    silver_ids = table(lake / "silver", ["event_id"]).column("event_id").to_pylist()
+    assert len(silver_ids) == len(set(silver_ids)) == report.good
+
+
 @pytest.fixture(scope="module")
 def s3_and_spark_cluster(live_stack, live_env):
     """The session's stack with the lake on its S3 server (S3Proxy) and a Spark standalone cluster (a master,

@@ -23,6 +23,7 @@ import datetime as dt
 import ipaddress
 import os
 import secrets
+import time
 from pathlib import Path
 
 from churn.config import Settings
@@ -117,29 +118,42 @@ def server_certificate(settings: Settings, common_name: str, host: str, days: in
 
 
 def broker_properties(settings: Settings, port: int, controller_port: int) -> list[str]:
-    """A secured node's listener, SASL, TLS and authoriser properties (``server.properties`` lines)."""
-    k = settings.kafka
-    mech = k.sasl_mechanism
-    admin, controller = principal("admin"), CONTROLLER
-    controller_pw = password(settings, controller)
+    """A secured local node's listener, SASL, TLS and authoriser properties (``server.properties`` lines)."""
+    host = settings.kafka.host
+    return secured_listener_properties(settings, {"SASL_SSL": (f"{host}:{port}", f"{host}:{port}")},
+                                       f"{host}:{controller_port}", broker_pem(settings), local_ca_file(settings))
+
+
+def secured_listener_properties(settings: Settings, listeners: dict[str, tuple[str, str]], controller: str,
+                                keystore: Path, truststore: Path) -> list[str]:
+    """Listener, SASL, TLS and authoriser properties of a node whose client ``listeners`` (name: (bind
+    address, advertised address); the first is the inter-broker one) all speak SASL/SCRAM over TLS and
+    whose ``controller`` listener speaks SASL/PLAIN; ``keystore`` is its key and certificate chain (PEM),
+    ``truststore`` the CA its own client side trusts."""
+    mech = settings.kafka.sasl_mechanism
+    admin, controller_user = principal("admin"), CONTROLLER
+    controller_pw = password(settings, controller_user)
+    scram_login = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                   f'username="{admin}" password="{password(settings, admin)}";')
     return [
-        f"listeners=SASL_SSL://{k.host}:{port},CONTROLLER://{k.host}:{controller_port}",
-        f"advertised.listeners=SASL_SSL://{k.host}:{port}",
+        "listeners=" + ",".join(f"{name}://{bind}" for name, (bind, _) in listeners.items())
+        + f",CONTROLLER://{controller}",
+        "advertised.listeners=" + ",".join(f"{name}://{advertised}" for name, (_, advertised) in listeners.items()),
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=SASL_SSL",
-        "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL",
+        f"inter.broker.listener.name={next(iter(listeners))}",
+        "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,"
+        + ",".join(f"{name}:SASL_SSL" for name in listeners),
         f"sasl.enabled.mechanisms={mech}",
         f"sasl.mechanism.inter.broker.protocol={mech}",
         "sasl.mechanism.controller.protocol=PLAIN",
         "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
         "listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
-        f'required username="{controller}" password="{controller_pw}" user_{controller}="{controller_pw}";',
-        f"listener.name.sasl_ssl.{mech.lower()}.sasl.jaas.config=org.apache.kafka.common.security.scram."
-        f'ScramLoginModule required username="{admin}" password="{password(settings, admin)}";',
+        f'required username="{controller_user}" password="{controller_pw}" user_{controller_user}="{controller_pw}";',
+        *(f"listener.name.{name.lower()}.{mech.lower()}.sasl.jaas.config={scram_login}" for name in listeners),
         "ssl.keystore.type=PEM",
-        f"ssl.keystore.location={broker_pem(settings)}",
-        "ssl.truststore.type=PEM",  # the broker's own client side (inter-broker) trusts the local CA
-        f"ssl.truststore.location={local_ca_file(settings)}",
+        f"ssl.keystore.location={keystore}",
+        "ssl.truststore.type=PEM",  # the broker's own client side (inter-broker) trusts the CA
+        f"ssl.truststore.location={truststore}",
         "ssl.client.auth=none",
         "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users=" + ";".join(f"User:{u}" for u in SUPER_USERS),
@@ -222,10 +236,21 @@ def apply_acls(settings: Settings, timeout_s: float = 30.0) -> int:
     """Create the policy's ACLs on the broker, as ``churn-admin`` (creating an existing ACL is a no-op)."""
     from churn.transport import admin
 
+    from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
     bindings = acl_bindings(settings)
     client = admin(settings, role="admin")  # alive until the futures resolve
     for future in client.create_acls(bindings, request_timeout=timeout_s).values():
         future.result(timeout_s)
+    # created is not yet in force: each node's authoriser applies them as it replays the metadata log, so
+    # wait until the broker lists them all (a client started right after this call is not refused)
+    every = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
+                             AclPermissionType.ANY)
+    wanted, deadline = set(map(str, bindings)), time.monotonic() + timeout_s
+    while not wanted <= set(map(str, client.describe_acls(every, request_timeout=timeout_s).result(timeout_s))):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the broker does not list the {len(bindings)} ACLs {timeout_s:.0f} s after creating them")
+        time.sleep(0.2)
     return len(bindings)
 
 

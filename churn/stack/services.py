@@ -33,6 +33,45 @@ def _which(binary: str) -> str:
     return path
 
 
+def new_cluster_id() -> str:
+    """A new KRaft cluster id (base64 of a UUID; never starting with '-', which would read as an option)."""
+    new = "-"
+    while new[0] == "-":
+        new = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+    return new
+
+
+def node_properties(s: Settings, node: int, quorum: str, listeners: list[str], data: Path | str) -> str:
+    """``server.properties`` of KRaft node ``node`` (from 0, broker and controller in one process):
+    its quorum and listener lines, then what every node of ours shares: replication sized to the
+    cluster, no topic auto-creation, fast fencing in a multi-node cluster."""
+    replicas = min(3, s.kafka.brokers)  # of the broker's internal topics (offsets, transactions)
+    min_isr = min(2, replicas)
+    return "\n".join([
+        "process.roles=broker,controller",
+        f"node.id={node + 1}",
+        quorum,
+        *listeners,
+        f"log.dirs={data}",
+        "num.partitions=3",
+        f"default.replication.factor={replicas}",
+        f"min.insync.replicas={min_isr}",
+        f"offsets.topic.replication.factor={replicas}",
+        "offsets.topic.num.partitions=12",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        "group.initial.rebalance.delay.ms=0",
+        # a node that stops heartbeating is fenced after 6 s (9 s by default), so its partitions (the group
+        # and transaction coordinators' among them) move within a consumer's 10 s session
+        *(["broker.session.timeout.ms=6000", "broker.heartbeat.interval.ms=1000"] if s.kafka.brokers > 1 else []),
+        "auto.create.topics.enable=false",
+        "log.retention.check.interval.ms=60000",
+        "",
+    ])
+
+
 def kafka_service(s: Settings, node: int = 0) -> Service:
     """Node ``node`` (from 0) of the local Kafka cluster: a KRaft broker and controller in one process. One
     node is a standalone (dynamic) quorum; several are a static quorum of all of them."""
@@ -42,8 +81,6 @@ def kafka_service(s: Settings, node: int = 0) -> Service:
     jars = s.jars_dir / "kafka"
     props = home / "server.properties"
     port, controller_port = k.node_ports(node)
-    replicas = min(3, k.brokers)  # of the broker's internal topics (offsets, transactions)
-    min_isr = min(2, replicas)
 
     def classpath() -> str:
         if not any(jars.glob("kafka_2.13-*.jar")):
@@ -75,10 +112,7 @@ def kafka_service(s: Settings, node: int = 0) -> Service:
         path = run_dir / "kafka" / "cluster-id"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            new = "-"
-            while new[0] == "-":  # an id starting with '-' would be read as an option
-                new = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
-            path.write_text(new)
+            path.write_text(new_cluster_id())
         return path.read_text().strip()
 
     def prepare() -> None:
@@ -91,29 +125,8 @@ def kafka_service(s: Settings, node: int = 0) -> Service:
                 f"another run directory (CHURN_RUN_DIR), or `churn stack down` and remove {home}")
         if k.secured:
             security.prepare_kafka(s)
-        security.write_private(props, "\n".join([  # it holds the broker's own passwords when secured
-            "process.roles=broker,controller",
-            f"node.id={node + 1}",
-            quorum(),
-            *listeners(),
-            f"log.dirs={data}",
-            "num.partitions=3",
-            f"default.replication.factor={replicas}",
-            f"min.insync.replicas={min_isr}",
-            f"offsets.topic.replication.factor={replicas}",
-            "offsets.topic.num.partitions=12",
-            f"transaction.state.log.replication.factor={replicas}",
-            f"transaction.state.log.min.isr={min_isr}",
-            f"share.coordinator.state.topic.replication.factor={replicas}",
-            f"share.coordinator.state.topic.min.isr={min_isr}",
-            "group.initial.rebalance.delay.ms=0",
-            # a node that stops heartbeating is fenced after 6 s (9 s by default), so its partitions (the group
-            # and transaction coordinators' among them) move within a consumer's 10 s session
-            *(["broker.session.timeout.ms=6000", "broker.heartbeat.interval.ms=1000"] if k.brokers > 1 else []),
-            "auto.create.topics.enable=false",
-            "log.retention.check.interval.ms=60000",
-            "",
-        ]))
+        # it holds the broker's own passwords when secured
+        security.write_private(props, node_properties(s, node, quorum(), listeners(), data))
         (home / "log4j2.properties").write_text(
             "\n".join(
                 [
