@@ -207,6 +207,36 @@ def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:
         "batch_within_ms": base.scoring.batch_within_s * 1000}
 
 
+def follow_scores(s: Settings, tag: str):
+    """A ``read_committed`` consumer of ``churn-scores`` on a thread of its own, as a retention system
+    follows it: ``seen[(partition, offset)]`` of each CDR's score is (score's Kafka timestamp, when it was
+    received), ``left_out[...]`` the CDRs of the customer its decision lacked. Returns them with the
+    thread's stop event and the thread."""
+    seen: dict[tuple[int, int], tuple[float, float]] = {}
+    left_out: dict[tuple[int, int], int | None] = {}
+    stop = threading.Event()
+
+    def follow():
+        c = consumer(s, group_id=f"bench-follow-{tag}", **{"isolation.level": "read_committed"})
+        c.subscribe([s.topics.churn_scores.name])
+        while not stop.is_set():
+            # one message per poll: it returns as soon as one is there (``consume(n, timeout)`` waits for
+            # n messages or the whole timeout, which added up to its timeout to every latency)
+            m = c.poll(0.05)
+            if m is None or m.error() is not None:
+                continue
+            r = orjson.loads(m.value())
+            if r.get("trigger", "cdr") != "cdr":
+                continue  # rescored by time: no CDR of its own
+            seen[(r["source_partition"], r["source_offset"])] = (m.timestamp()[1] / 1000, time.time())
+            left_out[(r["source_partition"], r["source_offset"])] = r.get("events_not_included")
+        c.close()
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    return seen, left_out, stop, follower
+
+
 def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     """Scoring worker: catch-up throughput (batched vs naive), latency at 25/50/75 % of max, RSS."""
     from churn import feature_store
@@ -261,28 +291,7 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     rss = []
     try:
         time.sleep(8)
-        seen: dict[tuple[int, int], tuple[float, float]] = {}  # (partition, offset) -> (score ts, received)
-        left_out: dict[tuple[int, int], int | None] = {}  # CDRs of the customer a decision lacked (by design 0)
-        stop = threading.Event()
-
-        def follow():
-            c = consumer(s, group_id=f"bench-follow-{tag}", **{"isolation.level": "read_committed"})
-            c.subscribe([s.topics.churn_scores.name])
-            while not stop.is_set():
-                # one message per poll: it returns as soon as one is there (``consume(n, timeout)`` waits for
-                # n messages or the whole timeout, which added up to its timeout to every latency)
-                m = c.poll(0.05)
-                if m is None or m.error() is not None:
-                    continue
-                r = orjson.loads(m.value())
-                if r.get("trigger", "cdr") != "cdr":
-                    continue  # rescored by time: no CDR of its own
-                seen[(r["source_partition"], r["source_offset"])] = (m.timestamp()[1] / 1000, time.time())
-                left_out[(r["source_partition"], r["source_offset"])] = r.get("events_not_included")
-            c.close()
-
-        follower = threading.Thread(target=follow, daemon=True)
-        follower.start()
+        seen, left_out, stop, follower = follow_scores(s, tag)
         sim = Simulator(seed=6, start_s=time.time(), end_s=time.time() + 60 * DAY, mode="live",
                         labels_from_s=time.time())
         # a real-time feed's producer: 5 ms linger (the simulator's backfill default, 20 ms, favours throughput)
