@@ -361,7 +361,7 @@ class ScoringSettings(BaseModel):
     batch_max: int = 4000
     batch_within_s: float = 0.005
     #: How often the worker's transaction commits (outputs become visible to read_committed readers).
-    commit_interval_s: float = 0.05
+    commit_interval_s: float = 0.025
     #: Consumer-group session timeout: how soon a dead worker's partitions move.
     session_timeout_s: float = 10.0
     #: Lower bounds of the bands medium, high, critical (low below the first).
