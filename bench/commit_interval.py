@@ -10,19 +10,17 @@ intervals alternate (A B B A …), so the machine's drift falls on both alike.
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 
-from churn.config import Settings, get_settings
+from churn.config import Settings
 from churn.simulator import Simulator
 from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
 from scoring import (CHURN, DAY, LIVE_TICK_S, PRODUCER_LINGER_MS, _catch_up, _env, _produce_times, _push_activity,
-                     _topics, follow_scores)
+                     _topics, follow_scores, scoring_setup)
 
 INTERVALS_S = (0.05, 0.025)
 PAIRS = 2
@@ -75,16 +73,7 @@ def _one_run(base: Settings, interval_s: float, live_rate: float | None, log) ->
 def bench_commit_interval(base: Settings) -> dict[str, tuple[float, str, dict]]:
     """The scoring worker's commit interval, alternating A B B A: visible p99 live at half the max rate
     (the rate of the first run, the same for every run) and the max rate, per interval (median of the runs)."""
-    from churn import feature_store
-    from churn.model.bootstrap import train_bootstrap
-
-    tmp = Path(tempfile.mkdtemp(prefix="churn-bench-commit-"))
-    base = base.model_copy(deep=True)
-    base.scoring.registry_dir = tmp / "models"
-    base.streaming.lake_dir = get_settings().streaming.lake_dir
-    base.feast.project = f"b{uuid.uuid4().hex[:6]}"
-    train_bootstrap(base, customers=2000, days=45)
-    feature_store.apply(base)
+    base, tmp = scoring_setup(base, "commit", "b")
     _push_activity(base, Simulator(seed=5, start_s=time.time() - 2.2 * DAY, end_s=time.time() - DAY))
     a, b = INTERVALS_S
     order = [a, b, b, a] * (PAIRS // 2) + ([a, b] if PAIRS % 2 else [])

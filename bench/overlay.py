@@ -31,7 +31,7 @@ from churn.config import Settings, get_settings
 from churn.simulator import Simulator
 from churn.simulator.produce import run_backfill
 from churn.transport import end_offsets
-from scoring import CHURN, DAY, _catch_up, _committed, _env, _push_activity, _rss_mb, _topics
+from scoring import CHURN, DAY, _catch_up, _committed, _env, _push_activity, _rss_mb, _topics, scoring_setup
 
 
 def _metric(port: int, name: str) -> float:
@@ -73,17 +73,8 @@ def bench_overlay(base: Settings) -> dict[str, tuple[float, str, dict]]:
     resident memory after 1,000,000 CDRs with no streaming job (buffer at its cap)."""
     from conftest import free_ports
 
-    from churn import feature_store
-    from churn.model.bootstrap import train_bootstrap
 
-    tmp = Path(tempfile.mkdtemp(prefix="churn-bench-overlay-"))
-    base = base.model_copy(deep=True)
-    base.scoring.registry_dir = tmp / "models"
-    # Feast's file sources name their paths when feature_repo/ is imported, from the default settings
-    base.streaming.lake_dir = get_settings().streaming.lake_dir
-    base.feast.project = f"o{uuid.uuid4().hex[:6]}"
-    train_bootstrap(base, customers=2000, days=45)
-    feature_store.apply(base)
+    base, tmp = scoring_setup(base, "overlay", "o")
     log = open(tmp / "workers.log", "ab")
     end = time.time() - DAY
     results: dict[str, tuple[float, str, dict]] = {}

@@ -13,19 +13,17 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import orjson
 
-from churn.config import Settings, get_settings
+from churn.config import Settings
 from churn.simulator import Simulator
 from churn.simulator.produce import ProduceReport, StepProducer
 from churn.stack.services import SUPERVISE, kafka_service
-from scoring import CHURN, DAY, _committed, _env, _topics
+from scoring import CHURN, DAY, _committed, _env, _topics, scoring_setup
 
 
 def _scores(s: Settings) -> list[dict]:
@@ -51,18 +49,9 @@ def bench_broker_restart(base: Settings, outage_s: float = 15.0) -> dict[str, tu
     broker is back, CDRs in flight, lost and duplicated."""
     from conftest import free_ports
 
-    from churn import feature_store
-    from churn.model.bootstrap import train_bootstrap
     from churn.transport import end_offsets
 
-    tmp = Path(tempfile.mkdtemp(prefix="churn-bench-rel-"))
-    base = base.model_copy(deep=True)
-    base.scoring.registry_dir = tmp / "models"
-    # Feast's file sources name their paths when feature_repo/ is imported, from the default settings
-    base.streaming.lake_dir = get_settings().streaming.lake_dir
-    base.feast.project = f"r{uuid.uuid4().hex[:6]}"
-    train_bootstrap(base, customers=2000, days=45)
-    feature_store.apply(base)
+    base, tmp = scoring_setup(base, "rel", "r")
     tag = uuid.uuid4().hex[:6]
     s = _topics(base, tag)
     port = free_ports(1)[0]

@@ -172,6 +172,23 @@ def lookup_samples_ms(reader, customers: list[str], runs: int, rng) -> list[floa
     return times
 
 
+def scoring_setup(base: Settings, name: str, project_prefix: str = "b") -> tuple[Settings, Path]:
+    """A scoring benchmark's own registry (a bootstrap champion), Feast project and temporary folder:
+    ``base`` copied with them, and the folder."""
+    from churn import feature_store
+    from churn.model.bootstrap import train_bootstrap
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"churn-bench-{name}-"))
+    base = base.model_copy(deep=True)
+    base.scoring.registry_dir = tmp / "models"
+    # Feast's file sources name their paths when feature_repo/ is imported, from the default settings
+    base.streaming.lake_dir = get_settings().streaming.lake_dir
+    base.feast.project = f"{project_prefix}{uuid.uuid4().hex[:6]}"
+    train_bootstrap(base, customers=2000, days=45)
+    feature_store.apply(base)
+    return base, tmp
+
+
 def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:
     """Faust alone (bench/faust_alone.py): CDRs/s that one Faust worker, built as the scoring worker
     builds it, takes in the scoring agent's batches from a backlog of ~150,000 and discards. No
@@ -239,17 +256,8 @@ def follow_scores(s: Settings, tag: str):
 
 def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     """Scoring worker: catch-up throughput (batched vs naive), latency at 25/50/75 % of max, RSS."""
-    from churn import feature_store
-    from churn.model.bootstrap import train_bootstrap
 
-    tmp = Path(tempfile.mkdtemp(prefix="churn-bench-score-"))
-    base = base.model_copy(deep=True)
-    base.scoring.registry_dir = tmp / "models"
-    # Feast's file sources name their paths when feature_repo/ is imported, from the default settings
-    base.streaming.lake_dir = get_settings().streaming.lake_dir
-    base.feast.project = f"b{uuid.uuid4().hex[:6]}"
-    train_bootstrap(base, customers=2000, days=45)
-    feature_store.apply(base)
+    base, tmp = scoring_setup(base, "score", "b")
     log = open(tmp / "workers.log", "ab")
     end = time.time() - DAY
     results: dict[str, tuple[float, str, dict]] = {}
