@@ -256,7 +256,6 @@ def follow_scores(s: Settings, tag: str):
 
 def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     """Scoring worker: catch-up throughput (batched vs naive), latency at 25/50/75 % of max, RSS."""
-
     base, tmp = scoring_setup(base, "score", "b")
     log = open(tmp / "workers.log", "ab")
     end = time.time() - DAY

@@ -23,13 +23,13 @@ of its image's choosing; no other container mounts them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from churn.config import Settings
 from churn.security import REDIS_ROLES, ROLES, java_properties, librdkafka_config, local_ca_file, principal
-from churn.stack.security import (broker_pem, password, prepare_redis, redis_acl, redis_cert, scram_format_args,
-                                  secured_listener_properties, server_certificate, write_private)
+from churn.stack.security import (broker_pem, password, prepare_redis, properties_text, redis_acl, redis_cert,
+                                  scram_format_args, secured_listener_properties, server_certificate, write_file,
+                                  write_private)
 
 #: Where the containers mount the secret volumes (``<MOUNTS>/kafka``, ``…/redis``, ``…/clients``).
 MOUNTS = Path("/etc/churn")
@@ -38,15 +38,6 @@ MOUNTS = Path("/etc/churn")
 KAFKA_PORTS = {"INTERNAL": 9092, "EXTERNAL": 19092, "CONTROLLER": 9093}
 #: The broker's data directory in the ``apache/kafka`` image.
 KAFKA_DATA = "/var/lib/kafka/data"
-
-
-def _install(path: Path, text: str, mode: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, mode)
-    return path
 
 
 def secured_settings(settings: Settings, kafka_host: str, redis_host: str) -> Settings:
@@ -74,7 +65,8 @@ def write_secrets(settings: Settings, mounts: Path = MOUNTS, kafka_host: str = "
     ca = local_ca_file(s).read_text()
     kafka, redis, clients = mounts / "kafka", mounts / "redis", mounts / "clients"
     internal, external, controller = (kafka_ports[n] for n in ("INTERNAL", "EXTERNAL", "CONTROLLER"))
-    written = [_install(kafka / "ca.pem", ca, 0o644), _install(kafka / "kafka.pem", broker_pem(s).read_text(), 0o644)]
+    readable = lambda path, text: write_file(path, text, 0o644)  # noqa: E731  (only its container mounts it)
+    written = [readable(kafka / "ca.pem", ca), readable(kafka / "kafka.pem", broker_pem(s).read_text())]
 
     listeners = secured_listener_properties(
         s, {"INTERNAL": (f"0.0.0.0:{internal}", f"{kafka_host}:{internal}"),
@@ -84,28 +76,25 @@ def write_secrets(settings: Settings, mounts: Path = MOUNTS, kafka_host: str = "
     broker = s.model_copy(deep=True)
     broker.kafka.ca_file, broker.kafka.bootstrap_override = kafka / "ca.pem", f"{kafka_host}:{internal}"
     admin = {"bootstrap.servers": broker.kafka.bootstrap_servers, **java_properties(broker, "admin")}
-    written += [
-        _install(kafka / "server.properties", node_properties(s, 0, quorum, listeners, kafka_data), 0o644),
-        _install(kafka / "format.args", "\n".join(["-t", cluster_id.read_text().strip(), *scram_format_args(s)]) + "\n",
-                 0o644),
-        _install(kafka / "admin.properties", "".join(f"{k}={v}\n" for k, v in admin.items()), 0o644),
-    ]
+    format_args = ["-t", cluster_id.read_text().strip(), *scram_format_args(s)]
+    written += [readable(kafka / "server.properties", node_properties(s, 0, quorum, listeners, kafka_data)),
+                readable(kafka / "format.args", "\n".join(format_args) + "\n"),
+                readable(kafka / "admin.properties", properties_text(admin))]
 
     cert, key = redis_cert(s)
-    written += [_install(redis / "ca.pem", ca, 0o644), _install(redis / "users.acl", redis_acl(s), 0o644),
-                _install(redis / "redis.crt", cert.read_text(), 0o644), _install(redis / "redis.key", key.read_text(), 0o644),
-                _install(redis / "admin.password", password(s, principal("admin"), "redis"), 0o600)]
+    written += [readable(redis / "ca.pem", ca), readable(redis / "users.acl", redis_acl(s)),
+                readable(redis / "redis.crt", cert.read_text()), readable(redis / "redis.key", key.read_text()),
+                write_private(redis / "admin.password", password(s, principal("admin"), "redis"))]
 
     client = s.model_copy(deep=True)
     client.kafka.ca_file, client.kafka.bootstrap_override = clients / "ca.pem", f"{kafka_host}:{internal}"
-    written.append(_install(clients / "ca.pem", ca, 0o644))
+    written.append(write_file(clients / "ca.pem", ca, 0o644))  # the blackbox exporter's user reads it
     for role in ROLES:
         user = principal(role)
-        written.append(_install(clients / "kafka" / f"{user}.password", password(s, user), 0o600))
-        config = librdkafka_config(client, role)
-        written.append(_install(clients / "kafka" / f"{user}.properties",
-                                "".join(f"{k}={v}\n" for k, v in config.items()), 0o600))
+        written.append(write_private(clients / "kafka" / f"{user}.password", password(s, user)))
+        written.append(write_private(clients / "kafka" / f"{user}.properties",
+                                     properties_text(librdkafka_config(client, role))))
     for role in REDIS_ROLES:
         user = principal(role)
-        written.append(_install(clients / "redis" / f"{user}.password", password(s, user, "redis"), 0o600))
+        written.append(write_private(clients / "redis" / f"{user}.password", password(s, user, "redis")))
     return written

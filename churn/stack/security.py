@@ -34,13 +34,24 @@ CONTROLLER = "churn-controller"
 SUPER_USERS = (principal("admin"), CONTROLLER)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable and writable by the owner only (created 0600, never wider)."""
+def write_file(path: Path, text: str, mode: int) -> Path:
+    """Write ``text`` to ``path`` with permissions ``mode`` from its creation on; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(path, 0o600)
+    os.chmod(path, mode)
+    return path
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable and writable by the owner only (created 0600, never wider)."""
+    return write_file(path, text, 0o600)
+
+
+def properties_text(properties: dict[str, str]) -> str:
+    """``key=value`` lines: a Java ``.properties`` file, or a librdkafka config (``kcat -F``)."""
+    return "".join(f"{k}={v}\n" for k, v in properties.items())
 
 
 def broker_pem(settings: Settings) -> Path:
@@ -175,9 +186,9 @@ def write_client_configs(settings: Settings) -> None:
     """``clients/<principal>.properties`` (librdkafka, ``kcat -F``) and ``.java.properties`` per principal."""
     for role in ROLES:
         lib, path = librdkafka_config(settings, role), local_client_config(settings, role)
-        write_private(path, "".join(f"{k}={v}\n" for k, v in lib.items()))
+        write_private(path, properties_text(lib))
         java = {"bootstrap.servers": lib["bootstrap.servers"], **java_properties(settings, role)}
-        write_private(path.with_suffix(".java.properties"), "".join(f"{k}={v}\n" for k, v in java.items()))
+        write_private(path.with_suffix(".java.properties"), properties_text(java))
 
 
 def prepare_kafka(settings: Settings) -> None:
@@ -234,9 +245,9 @@ def acl_bindings(settings: Settings) -> list:
 
 def apply_acls(settings: Settings, timeout_s: float = 30.0) -> int:
     """Create the policy's ACLs on the broker, as ``churn-admin`` (creating an existing ACL is a no-op)."""
-    from churn.transport import admin
-
     from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    from churn.transport import admin
 
     bindings = acl_bindings(settings)
     client = admin(settings, role="admin")  # alive until the futures resolve

@@ -362,7 +362,7 @@ def s3_service(s: Settings) -> Service:
                       "s3proxy.identity": s3.access_key,
                       "s3proxy.credential": local_secret_file(s).read_text().strip(),
                       "jclouds.provider": "filesystem", "jclouds.filesystem.basedir": str(home / "data")}
-        security.write_private(home / "s3proxy.properties", "".join(f"{k}={v}\n" for k, v in properties.items()))
+        security.write_private(home / "s3proxy.properties", security.properties_text(properties))
 
     def command() -> list[str]:
         return [_which("java"), "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-jar", jar(),
