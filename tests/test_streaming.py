@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
@@ -52,10 +53,15 @@ def start_stream(env: dict, *args: str, log=None) -> subprocess.Popen:
 rows = table_rows  # cheap enough to poll
 
 
-def wait_for(predicate, timeout_s: float, what: str) -> None:
+def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
+             log_path: Path | None = None) -> None:
+    """Polls ``predicate`` until it holds; fails at ``timeout_s``, or at once if ``proc`` has exited (with the
+    tail of its log at ``log_path``)."""
     deadline = time.time() + timeout_s
     while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
+        tail = log_path.read_text()[-5000:] if log_path and log_path.exists() else ""
+        assert proc is None or proc.poll() is None, f"the job exited ({proc.returncode}) before {what}\n{tail}"
+        assert time.time() < deadline, f"timed out waiting for {what}\n{tail}"
         time.sleep(1)
 
 
@@ -85,7 +91,7 @@ def test_a_failed_query_stops_the_job_with_an_error_and_its_restart_loses_and_re
     log = open(tmp_path / "stream.log", "ab")
     proc = start_stream(env, log=log)
     wait_for(lambda: rows(str(lake / "bronze"), s) > 0 and rows(str(lake / "batches"), s) > 0, 240,
-             "the first Bronze and Silver batches")
+             "the first Bronze and Silver batches", proc, tmp_path / "stream.log")
     delta_log = lake / "bronze" / "_delta_log"
     delta_log.rename(tmp_path / "bronze-delta-log")
     delta_log.write_text("")  # a file where Bronze's log directory was: its next commit cannot be written
@@ -177,16 +183,20 @@ def exactly_once_across_kills(env: dict, s, tmp_path, sigterm: bool = True) -> N
     sender = StepProducer(s, report)
     sim = Simulator(seed=21, start_s=end - 1.5 * DAY, end_s=end, customers=300, bad_ratio=0.03,
                     duplicate_ratio=0.03)
-    parts = [end - DAY, end - 0.5 * DAY, end] if sigterm else [end - DAY, end]
-    log = open(tmp_path / "stream.log", "ab")
+    kills = 2 if sigterm else 1
+    step = DAY / (2 * kills)
+    log_path = tmp_path / "stream.log"
+    log = open(log_path, "ab")
 
-    run_backfill(s, sim, until_s=parts[0], sender=sender)
-    for kill in range(len(parts) - 1):
+    run_backfill(s, sim, until_s=end - DAY, sender=sender)  # a backlog for the first start
+    for kill in range(kills):
         proc = start_stream(env, log=log)
         before = rows(at("batches"), s)
-        # let it commit at least one batch, then kill -9 while more data arrives
-        wait_for(lambda: rows(at("batches"), s) > before, 240, "a silver batch")
-        run_backfill(s, sim, until_s=parts[kill + 1], sender=sender)
+        # events arriving after each start (so every run has a batch to commit, even one whose predecessor
+        # had caught up before it was killed); let it commit one, then kill it while more data arrives
+        run_backfill(s, sim, until_s=end - DAY + (2 * kill + 1) * step, sender=sender)
+        wait_for(lambda: rows(at("batches"), s) > before, 240, "a silver batch", proc, log_path)
+        run_backfill(s, sim, until_s=end - DAY + (2 * kill + 2) * step, sender=sender)
         time.sleep(2)
         if kill == 0:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -297,10 +307,11 @@ def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(str
     log = open(tmp_path / "stream.log", "ab")
     proc = start_stream(env, log=log)
     try:
-        wait_for(lambda: rows(lake / "batches") >= 1, 300, "the first batch")
+        wait_for(lambda: rows(lake / "batches") >= 1, 300, "the first batch", proc, tmp_path / "stream.log")
         run_backfill(s, sim, sender=sender)
         t0 = time.time()
-        wait_for(lambda: rows(lake / "silver") == report.good, 300, "all events in Silver")
+        wait_for(lambda: rows(lake / "silver") == report.good, 300, "all events in Silver", proc,
+                 tmp_path / "stream.log")
         print(f"caught up with {report.good} events in {time.time() - t0:.1f} s")
 
         # a fresh event for one customer: how long until Feast serves the new value?
