@@ -7,6 +7,7 @@ and are given to Spark as local paths: nothing is resolved at run time.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from churn import storage
@@ -25,6 +26,27 @@ def spark_jars(settings: Settings) -> list[str]:
             raise RuntimeError(f"S3A jars missing in {settings.jars_dir / 's3a'}: run `make setup`")
         jars += s3a
     return jars
+
+
+#: The fair scheduler's pool for work off the freshness path (the streaming job's Bronze query): it gets the
+#: cores only when the ``default`` pool, where everything else runs, has no task waiting for one. Sharing the
+#: cores as equals, Bronze's large batches (every ``bronze_trigger_s``) held up the Silver query's batch
+#: behind them, and with it the features pushed to Feast.
+BACKGROUND_POOL = "background"
+SCHEDULER_POOLS = f"""<?xml version="1.0"?>
+<allocations>
+  <pool name="default"><schedulingMode>FIFO</schedulingMode><weight>1000</weight><minShare>1000</minShare></pool>
+  <pool name="{BACKGROUND_POOL}"><schedulingMode>FIFO</schedulingMode><weight>1</weight><minShare>0</minShare></pool>
+</allocations>
+"""
+
+
+def scheduler_pools_file() -> str:
+    """The fair scheduler's allocation file (``SCHEDULER_POOLS``), written once per process."""
+    path = Path(tempfile.gettempdir()) / f"churn-spark-pools-{os.getpid()}.xml"
+    if not path.exists():
+        path.write_text(SCHEDULER_POOLS)
+    return str(path)
 
 
 def cluster_conf(settings: Settings) -> dict[str, str]:
@@ -71,6 +93,8 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         # go by the Parquet files alone (Feast's offline store reads the tables' files with dask) got
         # INT96 as naive times, and Feast's point-in-time join then mixed naive and UTC times
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.scheduler.mode", "FAIR")
+        .config("spark.scheduler.allocation.file", scheduler_pools_file())
     )
     for key, value in {**cluster_conf(settings), **storage.spark_conf(settings), **sp.conf}.items():
         builder = builder.config(key, value)

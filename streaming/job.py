@@ -47,6 +47,7 @@ from churn.feature_store import ACTIVITY_ONLINE
 from churn.features import INPUT_COLUMNS, SUM_FEATURES, partial_sums_table
 from churn.lake import LakePaths
 from churn.security import redis_options, spark_kafka_options
+from churn.spark import BACKGROUND_POOL
 from streaming import metrics
 from streaming.feature_state import HISTORY_DDL, FeatureState
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
@@ -190,12 +191,19 @@ class StreamingJob:
             F.col("timestamp").alias("kafka_timestamp"), F.col("timestampType").alias("kafka_timestamp_type"),
             F.current_timestamp().alias("ingest_time"),
         ).withColumn("ingest_date", F.to_date("ingest_time"))
-        query = (
+        writer = (
             rows.writeStream.format("delta").queryName("bronze").outputMode("append")
             .option("checkpointLocation", storage.join(self.checkpoints, "bronze"))
             .partitionBy("ingest_date").trigger(**self._trigger(self.settings.streaming.bronze_trigger_s))
-            .start(self.lake.bronze)
         )
+        # Bronze is off the freshness path: its jobs wait for cores while Silver's have tasks to run (a
+        # query's jobs run in the pool set on the thread that starts it)
+        context = self.spark.sparkContext
+        context.setLocalProperty("spark.scheduler.pool", BACKGROUND_POOL)
+        try:
+            query = writer.start(self.lake.bronze)
+        finally:
+            context.setLocalProperty("spark.scheduler.pool", None)
         self.queries.append(query)
         return query
 
