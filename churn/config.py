@@ -322,9 +322,6 @@ class StreamingSettings(BaseModel):
     #: The same for Bronze, which is not on the freshness path: larger batches when catching up
     #: spread its fixed cost per batch (a Delta commit) over more records.
     bronze_max_offsets_per_trigger: int = 1_000_000
-    #: Tasks Bronze's batches are split into, at least (Kafka's ``minPartitions``; 0: one per Kafka partition).
-    #: Short tasks let the Silver query's tasks, which the scheduler runs first, take a core sooner.
-    bronze_min_partitions: int = 0
     #: Events older than (newest event time seen before this batch - allowed lateness) are quarantined as late.
     allowed_lateness_s: float = 3600.0
     #: Duplicates of an event_id are recognised if they arrive within this processing-time window.

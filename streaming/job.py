@@ -164,13 +164,10 @@ class StreamingJob:
         self.queries = []
 
     # -- sources ---------------------------------------------------------------------------
-    def _kafka(self, max_offsets: int, topic: str | None = None, min_partitions: int = 0):
+    def _kafka(self, max_offsets: int, topic: str | None = None):
         s = self.settings
-        reader = self.spark.readStream.format("kafka")
-        if min_partitions:
-            reader = reader.option("minPartitions", str(min_partitions))
         return (
-            reader
+            self.spark.readStream.format("kafka")
             .options(**spark_kafka_options(s, "stream"))
             .option("subscribe", topic or s.topics.cdr.name)
             .option("startingOffsets", s.streaming.starting_offsets)
@@ -189,8 +186,7 @@ class StreamingJob:
     def start_bronze(self):
         from pyspark.sql import functions as F
 
-        st = self.settings.streaming
-        rows = self._kafka(st.bronze_max_offsets_per_trigger, min_partitions=st.bronze_min_partitions).select(
+        rows = self._kafka(self.settings.streaming.bronze_max_offsets_per_trigger).select(
             "key", "value", "headers", "topic", "partition", "offset",
             F.col("timestamp").alias("kafka_timestamp"), F.col("timestampType").alias("kafka_timestamp_type"),
             F.current_timestamp().alias("ingest_time"),
@@ -198,7 +194,7 @@ class StreamingJob:
         writer = (
             rows.writeStream.format("delta").queryName("bronze").outputMode("append")
             .option("checkpointLocation", storage.join(self.checkpoints, "bronze"))
-            .partitionBy("ingest_date").trigger(**self._trigger(st.bronze_trigger_s))
+            .partitionBy("ingest_date").trigger(**self._trigger(self.settings.streaming.bronze_trigger_s))
         )
         # Bronze is off the freshness path: its jobs wait for cores while Silver's have tasks to run (a
         # query's jobs run in the pool set on the thread that starts it)
