@@ -315,8 +315,9 @@ class StreamingSettings(BaseModel):
     checkpoint_dir: Path | None = None
     #: Micro-batch trigger interval of the Silver query (validation, features to Feast).
     trigger_s: float = 1.0
-    #: Bronze is not on the freshness path: a slower trigger leaves the cores to Silver.
-    bronze_trigger_s: float = 5.0
+    #: Bronze is not on the freshness path: a slower trigger (fewer, larger batches, which wait for cores
+    #: while Silver's tasks run) leaves the cores to Silver. Bronze's rows land up to this much later.
+    bronze_trigger_s: float = 30.0
     #: Most Kafka records per micro-batch (bounds batch duration when catching up).
     max_offsets_per_trigger: int = 200_000
     #: The same for Bronze, which is not on the freshness path: larger batches when catching up
