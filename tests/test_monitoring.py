@@ -43,6 +43,28 @@ def test_a_broken_rule_fails_promtool(tmp_path):
     assert done.returncode != 0
 
 
+def test_metrics_stay_in_process_with_feast_imported_and_a_variable_inherited_from_a_parent_that_had_it():
+    """Importing Feast sets PROMETHEUS_MULTIPROC_DIR, which would put prometheus_client in its multiprocess
+    mode (metric updates through memory-mapped files); ours keep in-process values, in the process and in a
+    child that inherited Feast's variable."""
+    import sys
+
+    probe = ("import os, churn, feast; from prometheus_client import values; from streaming.scoring import metrics; "
+             "print(values.ValueClass is values.MutexValue, type(metrics.EVENTS._value).__name__, "
+             "'feast_metrics_' in os.environ.get('PROMETHEUS_MULTIPROC_DIR', ''))")
+    env = {k: v for k, v in os.environ.items() if "PROMETHEUS" not in k.upper()}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "MutexValue", "True"]  # Feast did set it, to no effect on ours
+    inherited = {**env, "PROMETHEUS_MULTIPROC_DIR": "/tmp/feast_metrics_parent",
+                 "PROMETHEUS_MULTIPROCESS_DIR": "/tmp/feast_metrics_parent"}
+    out = subprocess.run([sys.executable, "-c", probe], env=inherited, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "MutexValue", "True"]
+    # without the project imported first, the same import order is in multiprocess mode
+    bare = "import feast; from prometheus_client import values; print(values.ValueClass is values.MutexValue)"
+    out = subprocess.run([sys.executable, "-c", bare], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
+
+
 def test_dashboard_json_is_current_and_valid_for_grafana_provisioning():
     assert write(check=True) == []  # the files are what dashboards.py generates
     source = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
