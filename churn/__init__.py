@@ -4,10 +4,10 @@ import os as _os
 
 # Importing Feast (its ``feast.metrics``) sets PROMETHEUS_MULTIPROC_DIR to a temporary folder of its own when
 # it is not set, for its Gunicorn feature server. prometheus_client imported after that runs in its
-# multiprocess mode: every metric update goes through a lock, a pid check and a memory-mapped file (3.6 % of
-# the scoring worker's event loop), and child processes inherit the variable. Our processes keep in-process
-# values: the variable is dropped when it is Feast's (inherited from a parent) and prometheus_client's value
-# class is chosen here, before Feast can be imported.
+# multiprocess mode: every metric update goes through a memory-mapped file in a folder Feast deletes at exit,
+# and child processes (Spark's Python workers, the scorer's helpers) inherit the variable. Our processes keep
+# in-process values: the variable is dropped when it is Feast's (inherited from a parent) and
+# prometheus_client's value class is chosen here, before Feast can be imported.
 for _name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir"):
     if "feast_metrics_" in _os.environ.get(_name, ""):
         del _os.environ[_name]
