@@ -444,20 +444,44 @@ def stream(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    job.start()
-    err.print(f"streaming from {s.topics.cdr.name} on {s.kafka.bootstrap_servers} into {storage.lake_url(s)}")
+
     def failed_queries() -> list:
         return [q for q in job.queries if not q.isActive and q.exception() is not None]
 
-    # one query failing (the lake unreachable past its retries) ends the job with an error, for its supervisor
-    # to restart it: the other queries running on would leave the failed one's table behind for good
-    while not stopping.is_set() and any(q.isActive for q in job.queries) and not failed_queries():
-        stopping.wait(0.5)
-    failed = failed_queries()
-    job.stop()
-    for q in failed:
-        _fail(f"query {q.name} failed: {q.exception()}")
-    err.print("stopped")
+    code = 1
+    try:
+        job.start()
+        err.print(f"streaming from {s.topics.cdr.name} on {s.kafka.bootstrap_servers} into {storage.lake_url(s)}")
+        # one query failing (the lake unreachable past its retries) ends the job with an error, for its
+        # supervisor to restart it: the other queries running on would leave the failed one's table behind
+        while not stopping.is_set() and any(q.isActive for q in job.queries) and not failed_queries():
+            stopping.wait(0.5)
+        failed = failed_queries()
+        job.stop()
+        for q in failed:
+            _fail(f"query {q.name} failed: {q.exception()}")
+        err.print("stopped")
+        code = 0
+    except typer.Exit as done:
+        code = done.exit_code
+    except BaseException:  # e.g. the Spark JVM gone (killed with the process group): py4j errors
+        logging.getLogger("churn.stream").exception("the streaming job ended with an error")
+    finally:
+        _exit_at_once(code)
+
+
+def _exit_at_once(code: int) -> None:
+    """End the process with ``code`` now, without the interpreter's finalization. The streaming job's driver
+    holds py4j connections whose finalizers log; after its Spark JVM died first (a SIGTERM to the whole
+    process group), a finalizer waited forever for a logging lock held by a thread already frozen by
+    the shutdown, and the process lived on holding its metrics port. The checkpoints and tables are
+    committed by then; only the output streams need flushing."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
 
 
 # -- models and scoring ---------------------------------------------------------------

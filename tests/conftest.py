@@ -90,6 +90,41 @@ def stop_all(procs: list[subprocess.Popen], timeout_s: float = 90.0) -> None:
             p.wait()
 
 
+def live_members(pgid: int) -> list[str]:
+    """Command lines of the live (not zombie) processes of process group ``pgid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(cmdline.strip())
+    return found
+
+
+def stop_group(pgid: int, timeout_s: float = 90.0) -> list[str]:
+    """SIGTERM a process group and wait until none of its processes is alive; SIGKILL what outlives
+    ``timeout_s``. Returns the command lines that had to be killed (none: every one stopped on SIGTERM)."""
+    import signal
+    import time
+
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return []
+    deadline = time.monotonic() + timeout_s
+    while (alive := live_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if alive:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return alive
+
+
 def run_cli(args: list[str], env: dict[str, str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([CHURN_BIN, *args], env={**os.environ, **env}, capture_output=True, text=True,
                           cwd=PROJECT_ROOT, **kw)

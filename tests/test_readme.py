@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import orjson
-from conftest import private_pipeline_env
+from conftest import private_pipeline_env, stop_group
 from test_scoring import read_committed
 
 from churn.config import PROJECT_ROOT, Settings
@@ -149,10 +148,10 @@ def test_your_own_kafka_redis_and_spark_block_runs_and_a_kcat_cdr_is_streamed_an
             assert time.time() < deadline, "the kcat CDR did not reach Silver"
             time.sleep(1)
     finally:
-        os.killpg(run.pid, signal.SIGTERM)
-        try:
-            run.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+        # the whole block (its shell, `churn stream` with its Spark JVM, `churn score`) stops on one SIGTERM
+        # to its process group, as a terminal's Ctrl-C or a supervisor stops it: nothing may outlive it
+        # (a driver left behind holds its metrics port, and the next job on that port cannot start)
+        left = stop_group(run.pid)
+        run.wait()
         log.close()
+    assert not left, f"still running 90 s after SIGTERM: {left}"
