@@ -333,6 +333,9 @@ class StreamingSettings(BaseModel):
     #: to its end, where Kafka's default (500 ms) is waited out once per partition: with 12 partitions on
     #: 2 cores that alone costs ~3 s per batch and per query.
     kafka_fetch_max_wait_ms: int = 10
+    #: How features reach Feast's online store: ``redis`` writes Feast's Redis hashes directly in Feast's
+    #: format, with Feast's newer-only rule (``churn.online_writer``); ``feast`` calls ``FeatureStore.push``.
+    online_writer: Literal["redis", "feast"] = "redis"
     #: Tasks that read and validate a micro-batch's records: the Kafka source's partitions (one task each)
     #: are coalesced to this many, about the number of cores (0: one task per Kafka partition). With 12
     #: partitions on 2 cores, 2 tasks make Silver's batches 10-15 % faster than 12 (one Python worker, one

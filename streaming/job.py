@@ -158,6 +158,7 @@ class StreamingJob:
         self._profiles_store = None
         self._profiles_dlq = None  # producer to customer-profiles.dlq, opened on the first invalid upsert
         self._redis = None
+        self._online_writer = None  # churn.online_writer.FeastRedisWriter, opened on the first push
         self._feature_state: FeatureState | None = None
         self._writers = ThreadPoolExecutor(5, thread_name_prefix="delta-write")
         self.last_pushed_ref_time = 0.0
@@ -464,14 +465,19 @@ class StreamingJob:
         return [ends.get(p, 0) for p in range(max(ends, default=-1) + 1)]
 
     def _push_features(self, rows, clock: "_PhaseClock", covered: list[int]) -> None:
-        """State rows to Feast's online store (an upsert), then the offsets they cover (for the scorer's
-        overlay: ``streaming.scoring.overlay``), and the freshness metric."""
-        from feast.data_source import PushMode
-
+        """State rows to Feast's online store (an upsert, newer event times only), then the offsets they cover
+        (for the scorer's overlay: ``streaming.scoring.overlay``), and the freshness metric."""
         from churn.feature_store import covered_offsets_key
 
-        self.feature_store.push("customer_activity_push", rows[["customer_id", "feature_time", *ACTIVITY_ONLINE]],
-                                to=PushMode.ONLINE)
+        if self.settings.streaming.online_writer == "redis":
+            self.online_writer.write("customer_activity", rows["customer_id"].tolist(),
+                                     rows["feature_time"].dt.as_unit("us").astype("int64").tolist(),
+                                     {name: rows[name].tolist() for name in ACTIVITY_ONLINE})
+        else:
+            from feast.data_source import PushMode
+
+            self.feature_store.push("customer_activity_push",
+                                    rows[["customer_id", "feature_time", *ACTIVITY_ONLINE]], to=PushMode.ONLINE)
         if covered:
             self.redis.hset(covered_offsets_key(self.settings), mapping={str(p): o for p, o in enumerate(covered)})
         self.last_pushed_ref_time = max(self.last_pushed_ref_time, float(rows["ref_time"].max()))
@@ -496,6 +502,14 @@ class StreamingJob:
             self._redis = redis.Redis(**redis_options(self.settings, "stream"),
                                       socket_timeout=10, socket_connect_timeout=10)
         return self._redis
+
+    @property
+    def online_writer(self):
+        if self._online_writer is None:
+            from churn.online_writer import FeastRedisWriter
+
+            self._online_writer = FeastRedisWriter.from_settings(self.settings, "stream")
+        return self._online_writer
 
     @property
     def feature_store(self):
