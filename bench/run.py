@@ -46,13 +46,14 @@ from scoring import bench_faust_alone, bench_scoring  # noqa: E402
 from security import bench_security, bench_security_stream  # noqa: E402
 from commit_interval import bench_commit_interval  # noqa: E402
 from simulator_auc import bench_simulator_behaviour_auc  # noqa: E402
+from stream_ab import CHANGES, bench_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 
@@ -352,7 +353,8 @@ def main(selector: str = "") -> None:
                "stream_s3": (bench_stream_s3, "stack"),
                "chaos": (bench_chaos, None),
                "security_stream": (bench_security_stream, "stack"),
-               "score_commit_interval": (bench_commit_interval, "stack")}
+               "score_commit_interval": (bench_commit_interval, "stack"),
+               **{f"stream_ab_{change}": (bench_for(change), "stack") for change in CHANGES}}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
     exact = selector.endswith("$")
     chosen = {n: b for n, b in benches.items() if (n == selector[:-1] if exact else selector in n)}
