@@ -161,6 +161,13 @@ class FeastRedisWriter:
             self._write_newer(keys=keys, args=args, client=pipe)
         return sum(pipe.execute()) if entity_ids else 0
 
+    def write_frame(self, view: str, frame, time_column: str = "feature_time") -> int:
+        """``write`` for a pandas frame as Feast's ``push`` takes one: the join key, the event time
+        (``time_column``, datetimes) and every feature of ``view`` as columns (others are ignored)."""
+        return self.write(view, frame[self.join_key].tolist(),
+                          frame[time_column].dt.as_unit("us").astype("int64").tolist(),
+                          {name: frame[name].tolist() for name in self.kinds[view]})
+
     def close(self) -> None:
         self.client.close()
 

@@ -470,9 +470,7 @@ class StreamingJob:
         from churn.feature_store import covered_offsets_key
 
         if self.settings.streaming.online_writer == "redis":
-            self.online_writer.write("customer_activity", rows["customer_id"].tolist(),
-                                     rows["feature_time"].dt.as_unit("us").astype("int64").tolist(),
-                                     {name: rows[name].tolist() for name in ACTIVITY_ONLINE})
+            self.online_writer.write_frame("customer_activity", rows)
         else:
             from feast.data_source import PushMode
 

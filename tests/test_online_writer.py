@@ -91,9 +91,7 @@ def test_the_writer_leaves_the_hashes_feasts_push_leaves_and_feast_reads_them(li
     admin.delete(*keys)
 
     writer = FeastRedisWriter.from_settings(s)
-    written = [writer.write("customer_activity", rows["customer_id"].tolist(),
-                            rows["feature_time"].dt.as_unit("us").astype("int64").tolist(),
-                            {n: rows[n].tolist() for n in ACTIVITY_ONLINE}) for rows in pushes]
+    written = [writer.write_frame("customer_activity", rows) for rows in pushes]
     assert written == [len(first), 0, 0, len(later)]  # the older and the equal ones are skipped, as Feast skips
     assert hashes() == by_feast
 
