@@ -42,7 +42,7 @@ from gold import bench_gold  # noqa: E402
 from lake_storage import bench_stream_s3  # noqa: E402
 from overlay import bench_overlay, bench_overlay_with_stream  # noqa: E402
 from reliability import bench_broker_restart  # noqa: E402
-from scoring import bench_faust_alone, bench_scoring  # noqa: E402
+from scoring import bench_faust_alone, bench_score_work_alone, bench_scoring  # noqa: E402
 from security import bench_security, bench_security_stream  # noqa: E402
 from commit_interval import bench_commit_interval  # noqa: E402
 from simulator_auc import bench_simulator_behaviour_auc  # noqa: E402
@@ -125,23 +125,63 @@ def _bronze_alone(s: Settings) -> list[tuple[int, float]]:
     return batches
 
 
+def _silver_alone(s: Settings) -> list[tuple[int, float]]:
+    """The silver query alone (validation, de-duplication, Silver, quarantine, accounting, features merged,
+    pushed to Feast and recorded) to the end of the topic: (rows, seconds) of each of its batches."""
+    from streaming.job import StreamingJob
+
+    job = StreamingJob(s, available_now=True)
+    job.prepare()
+    job.start_silver().awaitTermination()
+    batches = [(p["numInputRows"], p["batchDuration"] / 1000) for p in job.queries[0].recentProgress]
+    job.spark.stop()
+    return batches
+
+
+ALONE_BATCH_ROWS = 150_000
+
+
+def _backlog(s: Settings) -> tuple[Settings, int]:
+    """The streaming benchmark's settings with a topic of its own holding ~760,000 CDRs (6 simulated days, 1 %
+    invalid), Feast's definitions applied, batches capped at ``ALONE_BATCH_ROWS``; and the CDRs produced."""
+    from churn import feature_store
+
+    s = _stream_bench_settings(s)
+    s.streaming.bronze_max_offsets_per_trigger = s.streaming.max_offsets_per_trigger = ALONE_BATCH_ROWS
+    end = time.time() - DAY
+    report = run_backfill(s, Simulator(seed=2, start_s=end - 6 * DAY, end_s=end, bad_ratio=0.01))
+    feature_store.apply(s)
+    return s, report.cdr_messages
+
+
+def _warm_rate(batches: list[tuple[int, float]], events: int) -> tuple[float, str, dict]:
+    """Events/s of the warm full batches (the first two, a cold JVM and cold Python workers, left out)."""
+    warm = [(rows, sec) for rows, sec in batches[2:] if rows >= 0.99 * ALONE_BATCH_ROWS]
+    if not warm:
+        raise RuntimeError(f"no warm full batch among {batches}")
+    rows, seconds = sum(r for r, _ in warm), sum(sec for _, sec in warm)
+    return rows / seconds, "events/s", {
+        "events": events, "batch_rows_max": ALONE_BATCH_ROWS, "warm_batches": len(warm),
+        "batches_rows_seconds": [(r, round(sec, 2)) for r, sec in batches]}
+
+
 def bench_stream_bronze_alone(s: Settings) -> tuple[float, str, dict]:
     """A ceiling for the streaming job: its Bronze query alone (Spark's Kafka source into a Delta table, no
     Python per record, nothing else running) catching up on ~760,000 CDRs in batches of 150,000, in a
     fresh JVM; events/s of its warm full batches (the first two, a cold JVM, are left out). The whole
     job reads the same records, writes the same Bronze and then does all of Silver's work too."""
-    s = _stream_bench_settings(s)
-    cap = s.streaming.bronze_max_offsets_per_trigger = 150_000
-    end = time.time() - DAY
-    report = run_backfill(s, Simulator(seed=2, start_s=end - 6 * DAY, end_s=end, bad_ratio=0.01))
-    batches = in_fresh_process(_bronze_alone, s)
-    warm = [(rows, sec) for rows, sec in batches[2:] if rows >= 0.99 * cap]
-    if not warm:
-        raise RuntimeError(f"no warm full batch among {batches}")
-    rows, seconds = sum(r for r, _ in warm), sum(sec for _, sec in warm)
-    return rows / seconds, "events/s", {
-        "events": report.cdr_messages, "batch_rows_max": cap, "warm_batches": len(warm),
-        "batches_rows_seconds": [(r, round(sec, 2)) for r, sec in batches]}
+    s, events = _backlog(s)
+    return _warm_rate(in_fresh_process(_bronze_alone, s), events)
+
+
+def bench_stream_alone(s: Settings) -> dict:
+    """Each of the streaming job's two queries alone on the same ~760,000 CDRs, each in a fresh JVM, in
+    batches of 150,000: Bronze (the ceiling the targets are stated against) and Silver (everything else the
+    job does). Both read the same records on the same cores, so the job cannot sustain more than
+    ``1 / (1/bronze + 1/silver)``: that, as a fraction of Bronze alone, bounds the sustained ratio."""
+    s, events = _backlog(s)
+    return {"bronze": _warm_rate(in_fresh_process(_bronze_alone, s), events),
+            "silver": _warm_rate(in_fresh_process(_silver_alone, s), events)}
 
 
 def _live_feed(s: Settings, rate: float, seconds: float) -> None:
@@ -155,12 +195,14 @@ def _live_feed(s: Settings, rate: float, seconds: float) -> None:
     run_live(s, sim, rate, seconds, threading.Event(), warn=lambda _m: None)
 
 
-def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, stop_when_behind: bool = True) -> dict:
+def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, stop_when_behind: bool = True,
+                           bronze: bool = True) -> dict:
     """Streaming job under live traffic at fixed rates (wall-clock event times; Bronze, Silver,
     features to Feast): for each rate, whether the consumer lag stays steady, micro-batch duration
     p50/p99 and feature freshness p50/p99 (now minus the newest event time pushed to Feast, sampled
     every second once the job has caught up with the start), after a 30 s warm-up at 2,000/s. The
-    figure is the highest rate held. ``rates``: figure name -> rate (default: ``SUSTAINED_RATES``)."""
+    figure is the highest rate held. ``rates``: figure name -> rate (default: ``SUSTAINED_RATES``).
+    ``bronze=False``: the job without its Bronze query (the silver and profiles queries only)."""
     rates = rates or {f"stream_sustained_{rate}_freshness_p99": rate for rate in SUSTAINED_RATES}
     from churn import feature_store
     from churn.transport import end_offsets
@@ -171,7 +213,12 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
     s.streaming.starting_offsets = "latest"
     feature_store.apply(s)
     job = StreamingJob(s)
-    job.start()
+    if bronze:
+        job.start()
+    else:
+        job.prepare()
+        job.start_silver()
+        job.start_profiles()
     silver = next(q for q in job.queries if q.name == "silver")
     def lag(query: str = "silver") -> int:
         """Records on ``cdr`` that the query has not committed yet."""
@@ -208,7 +255,7 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
             while producer.is_alive():
                 time.sleep(1)
                 lags.append(lag())
-                bronze_lags.append(lag("bronze"))
+                bronze_lags.append(lag("bronze") if bronze else 0)
                 if job.last_pushed_ref_time > started:
                     fresh.append(time.time() - job.last_pushed_ref_time)
             producer.join()
@@ -237,7 +284,7 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
                 break
             held = rate if steady else held
             deadline = time.time() + 120
-            while max(lag(), lag("bronze")) > 0 and time.time() < deadline:  # drain before the next rate
+            while max(lag(), lag("bronze") if bronze else 0) > 0 and time.time() < deadline:  # drain first
                 time.sleep(1)
     finally:
         job.stop()
@@ -259,12 +306,23 @@ REALTIME_STREAM_FRACTIONS = (0.10, 0.25, 0.50)
 
 def bench_realtime_stream(s: Settings) -> dict:
     """The streaming targets and their ceiling in one run, so that each ratio compares figures measured
-    together on the same machine: the Bronze query alone (median of 3), the whole streaming job live at
-    10, 25 and 50 % of it (feature freshness, lag steady or not), and the ratios the targets are stated in."""
+    together on the same machine: the Bronze query alone and the silver query alone (median of 3), the bound
+    they set on the sustained rate, the whole streaming job live at 10, 25 and 50 % of Bronze alone (feature
+    freshness, lag steady or not), and the ratios the targets are stated in."""
     out: dict = {}
-    bronze = [bench_stream_bronze_alone(s)[0] for _ in range(RUNS)]
-    ceiling = statistics.median(bronze)
+    alone = [bench_stream_alone(s) for _ in range(RUNS)]
+    bronze = [a["bronze"][0] for a in alone]
+    silver = [a["silver"][0] for a in alone]
+    ceiling, silver_rate = statistics.median(bronze), statistics.median(silver)
     out["realtime_bronze_alone_rate"] = (ceiling, "events/s", {"runs": [round(r) for r in bronze]})
+    out["realtime_silver_alone_rate"] = (silver_rate, "events/s", {"runs": [round(r) for r in silver]})
+    out["realtime_silver_alone_vs_bronze_alone"] = (silver_rate / ceiling, "x", {
+        "silver_alone": round(silver_rate), "bronze_alone": round(ceiling)})
+    # both queries read every record on the same cores: r/bronze + r/silver <= 1 at any sustained rate r
+    bound = 1 / (1 / ceiling + 1 / silver_rate)
+    out["realtime_stream_sustained_bound_vs_bronze_alone"] = (bound / ceiling, "x", {
+        "bound_events_per_s": round(bound), "bronze_alone": round(ceiling), "silver_alone": round(silver_rate),
+        "target": 0.5})
     figures = {f"realtime_stream_freshness_p99_at_{round(f * 100)}pct": round(f * ceiling)
                for f in REALTIME_STREAM_FRACTIONS}
     live = bench_stream_sustained(s, figures, stop_when_behind=False)
@@ -276,6 +334,11 @@ def bench_realtime_stream(s: Settings) -> dict:
             held = fraction if detail["lag_steady"] else held
     out["realtime_stream_sustained_vs_bronze_alone"] = (held, "x", {
         "fractions_tried": list(REALTIME_STREAM_FRACTIONS), "ceiling": round(ceiling), "target": 0.5})
+    # the freshness the rest of the job gives at 25 %, with Bronze's batches not competing for the cores
+    name = "realtime_stream_freshness_p99_at_25pct_without_bronze"
+    value, unit, detail = bench_stream_sustained(s, {name: figures["realtime_stream_freshness_p99_at_25pct"]},
+                                                 stop_when_behind=False, bronze=False)[name]
+    out[name] = (value, unit, {**detail, "fraction_of_ceiling": 0.25, "ceiling": round(ceiling)})
     # A micro-batch costs a fixed part plus a part per record (least squares over the rates' median
     # batches). Fed at r events/s, a batch of duration D holds r*D records, so D = fixed / (1 - r*per_record)
     # and features are up to about two batches old: that, not a tuning knob, bounds freshness.
@@ -291,7 +354,8 @@ def bench_realtime_stream(s: Settings) -> dict:
 def bench_realtime_score(s: Settings) -> dict:
     """The scoring targets and their ceiling in one run: Faust alone (median of 3), the scoring worker (max
     rate, latency produced and visible to a read_committed consumer at 25/50/75 % of its max, RSS after
-    1 M CDRs), and the ratios the targets are stated in."""
+    1 M CDRs), the scoring work alone without Faust (median of 3) and the bound it and Faust set on a
+    worker, and the ratios the targets are stated in."""
     out: dict = {}
     faust = [bench_faust_alone(s)[0] for _ in range(RUNS)]
     faust_rate = statistics.median(faust)
@@ -301,6 +365,16 @@ def bench_realtime_score(s: Settings) -> dict:
     out["realtime_score_max_rate"] = (score_max, "events/s", score_detail)
     out["realtime_score_vs_faust_alone"] = (score_max / faust_rate, "x", {"faust_alone": round(faust_rate),
                                                                            "target": 0.5})
+    # the worker does Faust's work and the scoring work on one core: 1/faust + 1/work seconds per CDR at best
+    work, work_detail = bench_score_work_alone(s)
+    work_rate = statistics.median(work)
+    bound = 1 / (1 / faust_rate + 1 / work_rate)
+    out["realtime_score_work_alone_rate"] = (work_rate, "events/s", {**work_detail, "runs": [round(w) for w in work]})
+    out["realtime_score_bound_vs_faust_alone"] = (bound / faust_rate, "x", {
+        "bound_events_per_s": round(bound), "faust_alone": round(faust_rate), "work_alone": round(work_rate),
+        "target": 0.5})
+    out["realtime_score_vs_bound"] = (score_max / bound, "x", {"bound_events_per_s": round(bound),
+                                                               "score_max": round(score_max)})
     p50_detail = scoring["score_latency_p99_at_50pct"][2]
     out["realtime_score_produced_p99_at_50pct"] = (scoring["score_latency_p99_at_50pct"][0], "ms", p50_detail)
     out["realtime_score_visible_p99_at_50pct"] = (p50_detail["visible_p99_ms"], "ms", {**p50_detail, "target_ms": 150})
