@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from churn.features import SUM_FEATURES, merge_active_days, merge_sums
 
-#: Columns of ``feature_history`` (Spark DDL); Feast reads ``feature_time`` and the view's fields.
-HISTORY_DDL = ", ".join(
-    ["customer_id string", "ref_time double", *(f"{n} double" for n in SUM_FEATURES), "active_days array<int>",
-     "feature_time timestamp", "sums array<double>", "covered_offsets array<bigint>", "batch_id bigint", "writer_id string",
-     "written_at timestamp"])
-
+#: Columns of ``feature_history``; Feast reads ``feature_time`` and the view's fields.
+HISTORY_SCHEMA = pa.schema(
+    [("customer_id", pa.string()), ("ref_time", pa.float64()), *((n, pa.float64()) for n in SUM_FEATURES),
+     ("active_days", pa.list_(pa.int32())), ("feature_time", pa.timestamp("us", tz="UTC")),
+     ("sums", pa.list_(pa.float64())), ("covered_offsets", pa.list_(pa.int64())), ("batch_id", pa.int64()),
+     ("writer_id", pa.string()), ("written_at", pa.timestamp("us", tz="UTC"))])
 
 class FeatureState:
     """Customers' sums (one row each, ``SUM_FEATURES`` order), ``ref_time`` and active days."""

@@ -41,6 +41,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 
+import pyarrow as pa
+
 from churn import storage
 from churn.config import Settings
 from churn.feature_store import ACTIVITY_ONLINE
@@ -49,7 +51,7 @@ from churn.lake import LakePaths
 from churn.security import redis_options, spark_kafka_options
 from churn.spark import BACKGROUND_POOL
 from streaming import metrics
-from streaming.feature_state import HISTORY_DDL, FeatureState
+from streaming.feature_state import HISTORY_SCHEMA, FeatureState
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
 
 LATE_EVENT = "late_event:event_time"
@@ -128,15 +130,21 @@ def batch_offsets(settings: Settings, checkpoint: str, batch_id: int, topic: str
     return {int(p): o for p, o in source.get(topic, {}).items()}
 
 
-def _committed(spark, path: str, tag: str, recent: int = 100) -> bool:
-    """Whether one of the table's ``recent`` newest commits carries ``tag`` as its userMetadata.
-    The job is the tables' only appender; other commits (compaction, vacuum) are few."""
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, path):
+def _committed(settings: Settings, path: str, tag: str, recent: int = 100) -> bool:
+    """Whether one of the table's ``recent`` newest commits carries ``tag`` as its userMetadata (read by
+    delta-rs from the commit files: no Spark job). The job is the tables' only appender; other commits
+    (compaction, vacuum) are few."""
+    if not storage.is_delta_table(settings, path):
         return False
-    history = DeltaTable.forPath(spark, path).history(recent).select("userMetadata").collect()
-    return any(row.userMetadata == tag for row in history)
+    return any(c.get("userMetadata") == tag for c in storage.open_delta(settings, path).history(recent))
+
+
+#: The ``batches`` table: one accounting row per micro-batch.
+ACCOUNTING_SCHEMA = pa.schema([
+    ("batch_id", pa.int64()), ("rows", pa.int64()), ("silver_rows", pa.int64()), ("quarantined_rows", pa.int64()),
+    ("quarantined_by_reason", pa.string()), ("max_event_time", pa.timestamp("us", tz="UTC")),
+    ("max_event_time_by_partition", pa.string()), ("watermark_by_partition", pa.string()),
+    ("recorded_at", pa.timestamp("us", tz="UTC")), ("day", pa.date32())])
 
 
 class StreamingJob:
@@ -321,8 +329,8 @@ class StreamingJob:
         Delta's own ``txnAppId``/``txnVersion`` check rebuilds the table's state with three Spark
         jobs on every write, which cost ~0.5 s per table and batch here.
         """
-        tag = f"{self.silver_writer}-{sink}:{batch_id}"
-        if batch_id <= self._may_replay_upto and _committed(self.spark, path, tag):
+        tag = self._tag(sink, batch_id)
+        if batch_id <= self._may_replay_upto and _committed(self.settings, path, tag):
             log.info("batch %d: %s already committed to %s, not written again", batch_id, sink, path)
             return
         writer = df.write.format("delta").mode("append").option("userMetadata", tag) \
@@ -330,6 +338,27 @@ class StreamingJob:
         if merge_schema:  # tables whose columns grow with the feature definitions
             writer = writer.option("mergeSchema", "true")
         (writer.partitionBy(partition_by) if partition_by else writer).save(path)
+
+    def _append(self, table: pa.Table, path: str, sink: str, batch_id: int, partition_by: str | None = None,
+                merge_schema: bool = False) -> None:
+        """``_write`` for a table the driver already holds (Arrow): the same tagged, idempotent commit, written
+        by delta-rs with no Spark job. Through Spark, a frame built on the driver cost two Spark jobs (the
+        frame, then the write) competing with Silver's for the cores, per table and batch."""
+        from deltalake import CommitProperties
+
+        tag = self._tag(sink, batch_id)
+        if batch_id <= self._may_replay_upto and _committed(self.settings, path, tag):
+            log.info("batch %d: %s already committed to %s, not written again", batch_id, sink, path)
+            return
+        storage.write_delta(self.settings, path, table, mode="append",
+                            partition_by=[partition_by] if partition_by else None,
+                            schema_mode="merge" if merge_schema else None,
+                            configuration={"delta.checkpointInterval": str(CHECKPOINT_INTERVAL[sink])},
+                            commit_properties=CommitProperties(custom_metadata={"userMetadata": tag}))
+
+    def _tag(self, sink: str, batch_id: int) -> str:
+        """A batch's commit tag in a table (its ``userMetadata``): the writer, the table, the batch."""
+        return f"{self.silver_writer}-{sink}:{batch_id}"
 
     def _silver_batch(self, df, batch_id: int) -> None:
         """One micro-batch: verdicts, features pushed to Feast first (freshness), then the Delta writes."""
@@ -374,18 +403,18 @@ class StreamingJob:
             max_by_partition = _newest_by_partition(on_time)
             clock.mark("validate+dedup")
             max_t = max(max_by_partition.values(), default=None)
-            accounting = self.spark.createDataFrame(
-                [(batch_id, total, good, total - good, json.dumps(dict(bad)),
-                  None if max_t is None else datetime.fromtimestamp(max_t, timezone.utc),
-                  json.dumps(max_by_partition), json.dumps(wm))],
-                "batch_id long, rows long, silver_rows long, quarantined_rows long, quarantined_by_reason string, "
-                "max_event_time timestamp, max_event_time_by_partition string, watermark_by_partition string",
-            ).withColumn("recorded_at", F.current_timestamp()).withColumn("day", F.to_date("recorded_at"))
+            recorded_at = datetime.now(timezone.utc)
+            accounting = pa.Table.from_pylist([{
+                "batch_id": batch_id, "rows": total, "silver_rows": good, "quarantined_rows": total - good,
+                "quarantined_by_reason": json.dumps(dict(bad)),
+                "max_event_time": None if max_t is None else datetime.fromtimestamp(max_t, timezone.utc),
+                "max_event_time_by_partition": json.dumps(max_by_partition), "watermark_by_partition": json.dumps(wm),
+                "recorded_at": recorded_at, "day": recorded_at.date()}], schema=ACCOUNTING_SCHEMA)
             # The Delta writes and dead letters are independent and each idempotent per batch, so Spark runs
             # them as concurrent jobs, started now: they overlap the feature work below (a Spark job, then
             # Python on the driver). The batch ends when all of them are done.
             writes = [lambda: self._write(silver, self.lake.silver, "silver", batch_id, "event_date"),
-                      lambda: self._write(accounting, self.lake.batches, "batches", batch_id, "day")]
+                      lambda: self._append(accounting, self.lake.batches, "batches", batch_id, "day")]
             if bad:
                 writes.append(lambda: self._write(quarantine, self.lake.quarantine, "quarantine", batch_id,
                                                   "quarantine_date"))
@@ -488,8 +517,8 @@ class StreamingJob:
 
         recorded = rows.assign(batch_id=batch_id, writer_id=self.silver_writer,
                                written_at=pd.Timestamp.now(tz="UTC").floor("us"))
-        frame = self.spark.createDataFrame(recorded, HISTORY_DDL)
-        self._write(frame, self.lake.feature_history, "feature_history", batch_id, merge_schema=True)
+        table = pa.Table.from_pandas(recorded[HISTORY_SCHEMA.names], schema=HISTORY_SCHEMA, preserve_index=False)
+        self._append(table, self.lake.feature_history, "feature_history", batch_id, merge_schema=True)
         self.feature_state.apply(rows, batch_id)
 
     @property
