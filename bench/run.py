@@ -56,6 +56,7 @@ SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
 RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
+EARLIER_KEPT = 5  # earlier results of a figure kept in results.json (value, runs, date)
 
 
 def _simulator(days: float = 7.0) -> Simulator:
@@ -450,6 +451,10 @@ def main(selector: str = "") -> None:
                     figures[fig] = (values, unit, extra)
                     print(f"{fig} run {i + 1}: {value:,.{3 if unit in ('x', 'AUC') else 1}f} {unit}", flush=True)
             for fig, (values, unit, extra) in figures.items():
+                before = results.get(fig)
+                # the machine's speed varies from day to day: the last few earlier results stay beside the new one
+                earlier = ([{k: before[k] for k in ("value", "runs", "date") if k in before}] + before.get("earlier", [])
+                           if before else [])[:EARLIER_KEPT]
                 results[fig] = {
                     "name": fig,
                     "value": round(statistics.median(values), 3 if unit in ("x", "AUC") else 1),  # 0.48, not 0.5
@@ -462,6 +467,7 @@ def main(selector: str = "") -> None:
                     "cores": os.cpu_count(),
                     "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
                     "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                    **({"earlier": earlier} if earlier else {}),
                 }
                 print(f"{fig}: median {results[fig]['value']:,} {unit}")
     finally:

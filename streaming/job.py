@@ -134,9 +134,13 @@ def _committed(settings: Settings, path: str, tag: str, recent: int = 100) -> bo
     """Whether one of the table's ``recent`` newest commits carries ``tag`` as its userMetadata (read by
     delta-rs from the commit files: no Spark job). The job is the tables' only appender; other commits
     (compaction, vacuum) are few."""
-    if not storage.is_delta_table(settings, path):
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = storage.open_delta(settings, path)
+    except TableNotFoundError:  # none yet, or a log with no commit in it (a first write killed midway)
         return False
-    return any(c.get("userMetadata") == tag for c in storage.open_delta(settings, path).history(recent))
+    return any(c.get("userMetadata") == tag for c in table.history(recent))
 
 
 #: The ``batches`` table: one accounting row per micro-batch.
