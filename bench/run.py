@@ -115,25 +115,16 @@ def bench_stream_catchup(s: Settings) -> tuple[float, str, dict]:
         "batch_duration_p99_s": round(pct(0.99), 1)}
 
 
-def _bronze_alone(s: Settings) -> list[tuple[int, float]]:
-    """The Bronze query alone to the end of the topic: (rows, seconds) of each of its batches."""
+def _query_alone(s: Settings, query: str) -> list[tuple[int, float]]:
+    """One of the job's queries alone to the end of the topic: (rows, seconds) of each of its batches.
+    ``bronze``: Spark's Kafka source into Bronze; ``silver``: validation, de-duplication, Silver, quarantine,
+    accounting, features merged, pushed to Feast and recorded."""
     from streaming.job import StreamingJob
 
     job = StreamingJob(s, available_now=True)
-    job.start_bronze().awaitTermination()
-    batches = [(p["numInputRows"], p["batchDuration"] / 1000) for p in job.queries[0].recentProgress]
-    job.spark.stop()
-    return batches
-
-
-def _silver_alone(s: Settings) -> list[tuple[int, float]]:
-    """The silver query alone (validation, de-duplication, Silver, quarantine, accounting, features merged,
-    pushed to Feast and recorded) to the end of the topic: (rows, seconds) of each of its batches."""
-    from streaming.job import StreamingJob
-
-    job = StreamingJob(s, available_now=True)
-    job.prepare()
-    job.start_silver().awaitTermination()
+    if query == "silver":
+        job.prepare()
+    {"bronze": job.start_bronze, "silver": job.start_silver}[query]().awaitTermination()
     batches = [(p["numInputRows"], p["batchDuration"] / 1000) for p in job.queries[0].recentProgress]
     job.spark.stop()
     return batches
@@ -172,7 +163,7 @@ def bench_stream_bronze_alone(s: Settings) -> tuple[float, str, dict]:
     fresh JVM; events/s of its warm full batches (the first two, a cold JVM, are left out). The whole
     job reads the same records, writes the same Bronze and then does all of Silver's work too."""
     s, events = _backlog(s)
-    return _warm_rate(in_fresh_process(_bronze_alone, s), events)
+    return _warm_rate(in_fresh_process(_query_alone, s, "bronze"), events)
 
 
 def bench_stream_alone(s: Settings) -> dict:
@@ -181,8 +172,8 @@ def bench_stream_alone(s: Settings) -> dict:
     job does). Both read the same records on the same cores, so the job cannot sustain more than
     ``1 / (1/bronze + 1/silver)``: that, as a fraction of Bronze alone, bounds the sustained ratio."""
     s, events = _backlog(s)
-    return {"bronze": _warm_rate(in_fresh_process(_bronze_alone, s), events),
-            "silver": _warm_rate(in_fresh_process(_silver_alone, s), events)}
+    return {"bronze": _warm_rate(in_fresh_process(_query_alone, s, "bronze"), events),
+            "silver": _warm_rate(in_fresh_process(_query_alone, s, "silver"), events)}
 
 
 def _live_feed(s: Settings, rate: float, seconds: float) -> None:

@@ -37,6 +37,7 @@ HISTORY_SCHEMA = pa.schema(
      ("sums", pa.list_(pa.float64())), ("covered_offsets", pa.list_(pa.int64())), ("batch_id", pa.int64()),
      ("writer_id", pa.string()), ("written_at", pa.timestamp("us", tz="UTC"))])
 
+
 class FeatureState:
     """Customers' sums (one row each, ``SUM_FEATURES`` order), ``ref_time`` and active days."""
 

@@ -333,9 +333,8 @@ class StreamingJob:
         Delta's own ``txnAppId``/``txnVersion`` check rebuilds the table's state with three Spark
         jobs on every write, which cost ~0.5 s per table and batch here.
         """
-        tag = self._tag(sink, batch_id)
-        if batch_id <= self._may_replay_upto and _committed(self.settings, path, tag):
-            log.info("batch %d: %s already committed to %s, not written again", batch_id, sink, path)
+        tag = self._tag_unless_written(path, sink, batch_id)
+        if tag is None:
             return
         writer = df.write.format("delta").mode("append").option("userMetadata", tag) \
             .option("delta.checkpointInterval", str(CHECKPOINT_INTERVAL[sink]))
@@ -350,9 +349,8 @@ class StreamingJob:
         frame, then the write) competing with Silver's for the cores, per table and batch."""
         from deltalake import CommitProperties
 
-        tag = self._tag(sink, batch_id)
-        if batch_id <= self._may_replay_upto and _committed(self.settings, path, tag):
-            log.info("batch %d: %s already committed to %s, not written again", batch_id, sink, path)
+        tag = self._tag_unless_written(path, sink, batch_id)
+        if tag is None:
             return
         storage.write_delta(self.settings, path, table, mode="append",
                             partition_by=[partition_by] if partition_by else None,
@@ -360,9 +358,14 @@ class StreamingJob:
                             configuration={"delta.checkpointInterval": str(CHECKPOINT_INTERVAL[sink])},
                             commit_properties=CommitProperties(custom_metadata={"userMetadata": tag}))
 
-    def _tag(self, sink: str, batch_id: int) -> str:
-        """A batch's commit tag in a table (its ``userMetadata``): the writer, the table, the batch."""
-        return f"{self.silver_writer}-{sink}:{batch_id}"
+    def _tag_unless_written(self, path: str, sink: str, batch_id: int) -> str | None:
+        """The batch's commit tag in the table (its ``userMetadata``: the writer, the table, the batch), or None
+        if a batch that may have run before this process (see ``_write``) already committed it there."""
+        tag = f"{self.silver_writer}-{sink}:{batch_id}"
+        if batch_id <= self._may_replay_upto and _committed(self.settings, path, tag):
+            log.info("batch %d: %s already committed to %s, not written again", batch_id, sink, path)
+            return None
+        return tag
 
     def _silver_batch(self, df, batch_id: int) -> None:
         """One micro-batch: verdicts, features pushed to Feast first (freshness), then the Delta writes."""
