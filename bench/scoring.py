@@ -107,20 +107,27 @@ def _catch_up(s: Settings, env: dict, events: int, log) -> tuple[float, int]:
         worker.wait(60)
 
 
+def _read_topic(s: Settings, topic: str, timeout_s: float = 2.0):
+    """Every record on ``topic`` from its start to its end offsets now, in lists as consumed."""
+    c = consumer(s, group_id=f"bench-read-{uuid.uuid4().hex[:6]}")
+    ends = end_offsets(s, topic)
+    c.assign([TopicPartition(topic, p, 0) for p in ends])
+    read = 0
+    try:
+        while read < sum(ends.values()):
+            msgs = [m for m in c.consume(5000, timeout=timeout_s) if m.error() is None]
+            if not msgs:
+                return
+            read += len(msgs)
+            yield msgs
+    finally:
+        c.close()
+
+
 def _produce_times(s: Settings) -> dict[tuple[int, int], float]:
     """(partition, offset) -> produce time of every CDR on the topic."""
-    c = consumer(s, group_id=f"bench-cdr-{uuid.uuid4().hex[:6]}")
-    ends = end_offsets(s, s.topics.cdr.name)
-    c.assign([TopicPartition(s.topics.cdr.name, p, 0) for p in ends])
-    out = {}
-    while len(out) < sum(ends.values()):
-        msgs = c.consume(5000, timeout=2)
-        if not msgs:
-            break
-        for m in msgs:
-            out[(m.partition(), m.offset())] = m.timestamp()[1] / 1000
-    c.close()
-    return out
+    return {(m.partition(), m.offset()): m.timestamp()[1] / 1000
+            for msgs in _read_topic(s, s.topics.cdr.name) for m in msgs}
 
 
 def _push_activity(s: Settings, sim: Simulator) -> list[str]:
@@ -369,17 +376,8 @@ def _score_work(s: Settings, producer_topic: str) -> dict:
     from streaming.scoring.scorer import BatchScorer, Incoming
 
     cfg = s.scoring
-    ends = end_offsets(s, s.topics.cdr.name)
-    c = consumer(s, group_id=f"bench-work-{uuid.uuid4().hex[:6]}")
-    c.assign([TopicPartition(s.topics.cdr.name, p, 0) for p in ends])
-    backlog: list = []
-    while len(backlog) < sum(ends.values()):
-        msgs = c.consume(5000, timeout=5)
-        if not msgs:
-            break
-        backlog += [Incoming(m.partition(), m.offset(), m.timestamp()[1] / 1000, m.key(), m.value())
-                    for m in msgs if m.error() is None]
-    c.close()
+    backlog = [Incoming(m.partition(), m.offset(), m.timestamp()[1] / 1000, m.key(), m.value())
+               for msgs in _read_topic(s, s.topics.cdr.name, timeout_s=5) for m in msgs]
     scorer = BatchScorer(s, ChampionWatcher(ModelRegistry(cfg.registry_dir), interval_s=cfg.model_check_interval_s),
                          online_features(s), OnlineChallenger())
     out = producer(s, role="scorer")

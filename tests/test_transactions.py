@@ -92,3 +92,76 @@ def test_a_restarted_worker_gets_its_slot_back(tmp_path):
     assert again == 0  # its replacement takes its id, and init_transactions aborts what it left open
     lock.close()
     lock1.close()
+
+
+class _StrictProducer:
+    """librdkafka's transactional producer states, enforced: records and offsets only inside a transaction
+    that has begun, and nothing while a commit is under way. Records each transaction's contents."""
+
+    def __init__(self, config):
+        self.open = False
+        self.committed: list[dict] = []  # per transaction: {"records": [...], "offsets": {partition: offset}}
+        self._current = None
+
+    def init_transactions(self, timeout):
+        pass
+
+    def begin_transaction(self):
+        assert not self.open, "begin_transaction inside a transaction"
+        self.open, self._current = True, {"records": [], "offsets": {}}
+
+    def produce(self, topic, value=None, key=None, partition=None):
+        assert self.open, "produce outside a transaction (librdkafka: _STATE)"
+        self._current["records"].append(value)
+
+    def send_offsets_to_transaction(self, offsets, metadata, timeout):
+        assert self.open
+        self._current["offsets"].update({tp.partition: tp.offset for tp in offsets})
+
+    def commit_transaction(self, timeout):
+        assert self.open
+        self.committed.append(self._current)
+        self.open, self._current = False, None
+
+
+def test_outputs_scored_while_a_commit_is_in_flight_go_into_the_next_transaction(tmp_path, monkeypatch):
+    import streaming.scoring.transactions as transactions
+    from churn.config import Settings
+
+    class _Group:
+        def __init__(self, config):
+            pass
+
+        def committed(self, tps, timeout):
+            return [TopicPartition(tp.topic, tp.partition, 100) for tp in tps]
+
+    monkeypatch.setattr(transactions, "Producer", _StrictProducer)
+    monkeypatch.setattr(transactions, "Consumer", _Group)
+    monkeypatch.setattr(transactions.WorkerTransactions, "_restore", lambda self, p: {})
+    settings = Settings(run_dir=tmp_path)
+    txn = transactions.WorkerTransactions(settings, membership=lambda: b"member")
+    txn.assign({0, 1})
+    scores = settings.topics.churn_scores.name
+
+    assert txn.accept(0, 100) and txn.accept(1, 100)
+    txn.produce(0, scores, b"c1", b"score-0-100")
+    txn.produce(1, scores, b"c2", b"score-1-100")
+    assert txn.take_due() is None  # open for less than the commit interval
+    in_flight = txn.take_due(force=True)  # the event loop closes the transaction...
+    assert {tp.partition: tp.offset for tp in in_flight} == {0: 101, 1: 101}
+
+    # ...and scoring goes on before the commit thread has committed it
+    assert txn.accept(0, 101) and not txn.accept(0, 100)
+    txn.produce(0, scores, b"c1", b"score-0-101")
+    assert txn.take_due(force=True) is None  # one commit at a time
+    with pytest.raises(RuntimeError):
+        txn.commit()
+
+    txn.complete(in_flight)  # on the commit thread: the first transaction, then the held output in the next
+    first = txn.producer.committed[0]
+    assert first == {"records": [b"score-0-100", b"score-1-100"], "offsets": {0: 101, 1: 101}}
+    assert txn.producer.open and txn.producer._current["records"] == [b"score-0-101"]
+
+    assert txn.commit() == 1
+    assert txn.producer.committed[1] == {"records": [b"score-0-101"], "offsets": {0: 102}}
+    assert txn.commit() == 0 and not txn.producer.open

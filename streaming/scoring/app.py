@@ -1,8 +1,9 @@
 """The Faust app that scores every CDR: agents, rebalance hooks and exactly-once output wired together.
 
-* agent ``score`` takes CDRs from ``cdr`` in batches (``take_events``), scores
-  each batch (``BatchScorer``: one online-store lookup, the CDRs the store does
-  not cover yet added from the overlay, one model call) and writes every score
+* agent ``score`` takes CDRs from ``cdr`` in batches (``take_events``) and
+  hands them to task ``score_taken``, which scores the batches waiting as one
+  (``BatchScorer``: one online-store lookup, the CDRs the store does not cover
+  yet added from the overlay, one model call) and writes every score
   to ``churn-scores`` and every alert to ``churn-alerts`` inside the
   worker's open transaction (``WorkerTransactions``), committed with the CDRs'
   offsets every ``scoring.commit_interval_s``;
@@ -32,6 +33,7 @@ import ctypes
 import gc
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
@@ -54,6 +56,54 @@ from streaming.scoring.transactions import (CALL_TIMEOUT_S, COMMIT_DEADLINE_S, T
                                             group_metadata)
 
 log = logging.getLogger(__name__)
+
+#: CDRs taken from Faust and waiting to be scored, at most, in ``batch_max``: past it Faust's agent waits.
+TAKEN_BATCHES_FACTOR = 2
+
+
+class TakenBatches:
+    """The CDR batches Faust's agent has taken and the scoring task has not scored yet, at most ``limit``
+    CDRs (``put`` waits for room: Faust's fetching is held back while scoring is behind).
+
+    >>> async def demo():
+    ...     taken = TakenBatches(limit=5)
+    ...     await taken.put([1, 2]); await taken.put([3]); await taken.put([4, 5, 6])
+    ...     await taken.wait()
+    ...     return taken.take(most=3), taken.take(most=3), taken.waiting
+    >>> asyncio.run(demo())
+    ([1, 2, 3], [4, 5, 6], 0)
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.waiting = 0  # CDRs
+        self._batches: deque[list] = deque()
+        self._some = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, batch: list) -> None:
+        while self.waiting >= self.limit:
+            self._room.clear()
+            await self._room.wait()
+        self._batches.append(batch)
+        self.waiting += len(batch)
+        self._some.set()
+
+    async def wait(self) -> None:
+        """Until at least one batch is waiting."""
+        while not self._batches:
+            self._some.clear()
+            await self._some.wait()
+
+    def take(self, most: int) -> list:
+        """The batches waiting, oldest first, joined into one until it holds ``most`` CDRs or more."""
+        out: list = []
+        while self._batches and len(out) < most:
+            out += self._batches.popleft()
+        self.waiting -= len(out)
+        self._room.set()
+        return out
 
 
 async def _offsets_are_committed_in_our_transactions(self, offsets) -> bool:
@@ -147,6 +197,7 @@ class ScoringWorker:
         # when a rebalance starts; Faust resumes fetching before its assignment signal returns, so
         # batches wait for this instead.
         self._owned_ready: asyncio.Event | None = None
+        self._taken: TakenBatches | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._broker_ends: dict[int, int] = {}  # cdr partition -> end offset, asked every 5 s (report_lag)
         self._commit_task: asyncio.Future | None = None
@@ -164,13 +215,27 @@ class ScoringWorker:
 
         @app.agent(cdr, name="score")
         async def score(stream):
+            # Faust fills its take buffer only while this body is not running: the body hands the batch over
+            # and returns, so fetching goes on while the batches taken wait (``score_taken``)
             async for events in stream.take_events(cfg.batch_max, within=cfg.batch_within_s):
+                await self.taken().put(events)
+
+        @app.task
+        async def score_taken():
+            """Score the batches taken, all those waiting as one (up to ``batch_max`` CDRs). The commit in
+            flight is a batch's window: Faust fills it meanwhile, and one batch of many CDRs costs far less
+            than many small ones (a lookup round trip and a model call each). A full batch does not wait:
+            its CDRs and outputs go into the next transaction (``WorkerTransactions.take_due``)."""
+            taken = self.taken()
+            while True:
+                await taken.wait()
                 await self._taken_over()
-                if self._commit_task is not None:  # a batch never overlaps a commit
+                if self._commit_task is not None and taken.waiting < cfg.batch_max:
                     waited = time.perf_counter()
                     await self._commit_done()
                     metrics.COMMIT_WAIT.observe(time.perf_counter() - waited)
-                self._guarded("score", self.score_batch, events)
+                    await self._taken_over()
+                self._guarded("score", self.score_batch, taken.take(cfg.batch_max))
 
         @app.agent(labels, name="learn")
         async def learn(stream):
@@ -211,9 +276,7 @@ class ScoringWorker:
         @app.timer(interval=cfg.rescore_check_s)
         async def rescore_quiet():
             if self.txn is not None and self.ready().is_set():
-                await self._commit_done()  # like a batch: never while a commit is in flight
-                if self.txn is not None and self.ready().is_set():
-                    self._guarded("rescore", self.rescore_due)
+                self._guarded("rescore", self.rescore_due)
 
         @app.timer(interval=1.0)
         async def release_covered():
@@ -239,6 +302,7 @@ class ScoringWorker:
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender, assigned, **kwargs):
+            self.ready().clear()  # no batch and no commit starts until the assignment is taken over
             loop = asyncio.get_running_loop()
             if self.txn is None:
                 self.txn = await loop.run_in_executor(None, WorkerTransactions, s, self._membership)
@@ -299,8 +363,14 @@ class ScoringWorker:
             die("%s failed: %s", what, exc)
 
     async def _taken_over(self) -> None:
-        if not self.ready().is_set():
+        while not self.ready().is_set():  # checked again on waking: another rebalance may have begun since
             await self._within(self.ready().wait(), "taking partitions over after a rebalance")
+
+    def taken(self) -> TakenBatches:
+        """Batches taken from ``cdr`` and not scored yet (created lazily, inside the worker's event loop)."""
+        if self._taken is None:
+            self._taken = TakenBatches(TAKEN_BATCHES_FACTOR * self.settings.scoring.batch_max)
+        return self._taken
 
     def ready(self) -> asyncio.Event:
         if self._owned_ready is None:  # created lazily, inside the worker's event loop
@@ -462,12 +532,16 @@ class ScoringWorker:
                 metrics.DRIFT_PSI.labels(feature).set(value)
 
     async def _commit_off_loop(self) -> None:
-        """Commit the due transactions on the commit thread. Batches wait for it (``_commit_done``), the
-        event loop does not: fetching goes on while the broker confirms (a commit blocked the loop
-        for tens of milliseconds per interval, which showed in the latency tail)."""
-        if self._commit_task is not None:
+        """Close the open transaction if it is due, here on the event loop, and commit it on the commit
+        thread: scoring and fetching go on while the broker confirms (a commit blocked the loop for tens
+        of milliseconds per interval, which showed in the latency tail)."""
+        if self._commit_task is not None or self.txn is None:
             return
-        self._commit_task = asyncio.get_running_loop().run_in_executor(self._committer, self._commit_due)
+        offsets = self.txn.take_due()
+        if offsets is None:
+            return
+        self._commit_task = asyncio.get_running_loop().run_in_executor(self._committer, self._commit_due,
+                                                                       self.txn, offsets)
         try:
             await self._commit_task
         except Exception as exc:
@@ -486,17 +560,16 @@ class ScoringWorker:
             if not done:
                 die("a transaction commit has not returned for %.0f s", COMMIT_DEADLINE_S + 5.0)
 
-    def _commit_due(self) -> None:
+    def _commit_due(self, txn: WorkerTransactions, offsets) -> None:
         started = time.perf_counter()
         self.liveness.commit_started()  # the watchdog ends a commit that never returns (see Liveness)
         try:
-            committed = self.txn.maybe_commit()
+            txn.complete(offsets)
         finally:
             self.liveness.commit_ended()
-        if committed:
-            metrics.COMMIT.observe(time.perf_counter() - started)
-            metrics.TRANSACTIONS.inc(committed)
-            self.liveness.progressed()
+        metrics.COMMIT.observe(time.perf_counter() - started)
+        metrics.TRANSACTIONS.inc()
+        self.liveness.progressed()
 
     def learn_labels(self, events) -> None:
         labels = []

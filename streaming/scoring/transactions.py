@@ -5,6 +5,11 @@ A worker holds one transactional producer. Scores, alerts and the consumed ``cdr
 partition it owns go into the same transaction, committed every ``commit_interval_s``: either all of an
 interval's outputs and its offsets become visible, or none do and those CDRs are read again.
 
+Scoring never waits for a commit. ``take_due`` closes the open transaction on the event loop (its offsets
+are those of the CDRs accepted so far) and ``complete`` commits it on the commit thread; CDRs accepted
+meanwhile belong to the next transaction, and their outputs are held (the producer takes no records
+while it commits) until ``complete`` begins the next transaction and hands them over.
+
 Zombie fencing comes from the group, not from the transactional id: the offsets are sent with the
 consumer group's metadata (generation and member id of the Faust consumer that owns the partitions),
 so the broker refuses the commit of a worker that the group has already replaced, and its transaction
@@ -25,6 +30,7 @@ import fcntl
 import logging
 import socket
 import struct
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +119,11 @@ class WorkerTransactions:
         self.pending: dict[int, int] = {}  # partitions with work in the open transaction -> messages in it
         self.opened_at: float | None = None  # None: no transaction open
         self.commits = 0
+        # The offsets of the transaction being committed (None: no commit in flight), and the outputs of the
+        # open transaction held until it ends; shared with the commit thread under ``_lock``.
+        self._in_flight: list[TopicPartition] | None = None
+        self._held: list[tuple] = []
+        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, settings.topics.cdr.partitions), thread_name_prefix="restore")
         base = librdkafka_config(settings, "scorer")
         self._group = Consumer({**base, "group.id": self.app_id, "enable.auto.commit": False})
@@ -125,6 +136,11 @@ class WorkerTransactions:
             "compression.type": "lz4",
             "partitioner": "murmur2_random",
             "transaction.timeout.ms": 60_000,
+            # right after a commit the broker answers the next transaction's first call "concurrent
+            # transactions" until its markers are written; retried at librdkafka's default 100 ms backoff,
+            # that wait was most of a commit here
+            "retry.backoff.ms": 5,
+            "retry.backoff.max.ms": 20,
         })
         self.producer.init_transactions(30)  # aborts what an earlier life of this slot left open
         log.info("transactional id %s", self.transactional_id)
@@ -216,9 +232,12 @@ class WorkerTransactions:
 
     # -- output ----------------------------------------------------------------------------
     def _open(self) -> None:
+        """Open a transaction if none is (``_lock`` held). While a commit is in flight the producer's own
+        transaction begins when that commit ends (``complete``)."""
         if self.opened_at is None:
-            self.producer.begin_transaction()  # local to the producer: no broker round trip
             self.opened_at = time.monotonic()
+            if self._in_flight is None:
+                self.producer.begin_transaction()  # local to the producer: no broker round trip
 
     def accept(self, partition: int, offset: int) -> bool:
         """Whether the event at ``offset`` is new for this partition (and mark it taken in the open transaction)."""
@@ -227,34 +246,48 @@ class WorkerTransactions:
             return False  # not ours, or already scored in a committed/open transaction
         if expected >= 0 and offset > expected:
             log.warning("cdr[%d]: offsets %d..%d were never seen (deleted by retention?)", partition, expected, offset - 1)
-        self._open()
-        self.next_offset[partition] = offset + 1
-        self.pending[partition] = self.pending.get(partition, 0)
+        with self._lock:
+            self._open()
+            self.next_offset[partition] = offset + 1
+            self.pending[partition] = self.pending.get(partition, 0)
         return True
 
     def produce(self, partition: int, topic: str, key: bytes, value: bytes, to_partition: int | None = None) -> None:
         """One output of a decision on ``partition``'s CDRs, into the open transaction."""
-        self._open()
+        with self._lock:
+            self._open()
+            self.pending[partition] = self.pending.get(partition, 0) + 1
+            if self._in_flight is not None:
+                self._held.append((topic, key, value, to_partition))
+            else:
+                self._send(topic, key, value, to_partition)
+
+    def _send(self, topic: str, key: bytes, value: bytes, to_partition: int | None) -> None:
         if to_partition is None:
             self.producer.produce(topic, value=value, key=key)
         else:
             self.producer.produce(topic, value=value, key=key, partition=to_partition)
-        self.pending[partition] = self.pending.get(partition, 0) + 1
 
-    def maybe_commit(self) -> int:
-        """Commit the open transaction if it has been open for ``commit_interval_s``; returns 1 if it did."""
-        if self.opened_at is None or time.monotonic() - self.opened_at < self.settings.scoring.commit_interval_s:
-            return 0
-        return self.commit()
+    def take_due(self, force: bool = False) -> list[TopicPartition] | None:
+        """Close the open transaction if it has been open for ``commit_interval_s`` (or at all, with
+        ``force``) and no commit is in flight: the offsets to commit with it, for ``complete``; None if
+        there is nothing to commit yet. Call it from the thread that accepts and produces."""
+        with self._lock:
+            if self._in_flight is not None or self.opened_at is None:
+                return None
+            if not force and time.monotonic() - self.opened_at < self.settings.scoring.commit_interval_s:
+                return None
+            offsets = [TopicPartition(self.cdr_topic, p, self.next_offset[p]) for p in sorted(self.pending)
+                       if self.next_offset.get(p, -1) >= 0]
+            self._in_flight = offsets
+            self.pending = {}
+            self.opened_at = None
+            return offsets
 
-    def commit(self) -> int:
-        """Commit the open transaction (outputs and the offsets of every partition with work in it);
-        returns 1 if one was open, else 0."""
-        if self.opened_at is None:
-            return 0
+    def complete(self, offsets: list[TopicPartition]) -> None:
+        """Commit the transaction ``take_due`` closed, with ``offsets``; then begin the next one if work
+        came meanwhile, and hand it the outputs held. Raises ``TransactionsLost`` if it cannot commit."""
         deadline = time.monotonic() + COMMIT_DEADLINE_S
-        offsets = [TopicPartition(self.cdr_topic, p, self.next_offset[p]) for p in sorted(self.pending)
-                   if self.next_offset.get(p, -1) >= 0]
         if offsets:
             try:
                 membership = self.membership()
@@ -264,9 +297,32 @@ class WorkerTransactions:
             self._call(lambda: self.producer.send_offsets_to_transaction(offsets, membership, CALL_TIMEOUT_S),
                        deadline)
         self._call(lambda: self.producer.commit_transaction(CALL_TIMEOUT_S), deadline)
-        self.pending.clear()
-        self.opened_at = None
-        self.commits += 1
+        with self._lock:
+            self._in_flight = None
+            self.commits += 1
+            if self.opened_at is not None:
+                self.producer.begin_transaction()
+                for output in self._held:
+                    self._send(*output)
+            self._held = []
+
+    def maybe_commit(self) -> int:
+        """Commit the open transaction if it has been open for ``commit_interval_s``; returns 1 if it did."""
+        offsets = self.take_due()
+        if offsets is None:
+            return 0
+        self.complete(offsets)
+        return 1
+
+    def commit(self) -> int:
+        """Commit the open transaction now (outputs and the offsets of every partition with work in it);
+        returns 1 if one was open, else 0. No commit may be in flight."""
+        if self._in_flight is not None:
+            raise RuntimeError("a commit is in flight: wait for it before committing")
+        offsets = self.take_due(force=True)
+        if offsets is None:
+            return 0
+        self.complete(offsets)
         return 1
 
     def _call(self, call, deadline: float):
