@@ -136,11 +136,6 @@ class WorkerTransactions:
             "compression.type": "lz4",
             "partitioner": "murmur2_random",
             "transaction.timeout.ms": 60_000,
-            # right after a commit the broker answers the next transaction's first call "concurrent
-            # transactions" until its markers are written; retried at librdkafka's default 100 ms backoff,
-            # that wait was most of a commit here
-            "retry.backoff.ms": 5,
-            "retry.backoff.max.ms": 20,
         })
         self.producer.init_transactions(30)  # aborts what an earlier life of this slot left open
         log.info("transactional id %s", self.transactional_id)
