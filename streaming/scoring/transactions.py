@@ -5,7 +5,7 @@ A worker holds one transactional producer. Scores, alerts and the consumed ``cdr
 partition it owns go into the same transaction, committed every ``commit_interval_s``: either all of an
 interval's outputs and its offsets become visible, or none do and those CDRs are read again.
 
-Scoring never waits for a commit. ``take_due`` closes the open transaction on the event loop (its offsets
+Scoring need not wait for a commit. ``take_due`` closes the open transaction on the event loop (its offsets
 are those of the CDRs accepted so far) and ``complete`` commits it on the commit thread; CDRs accepted
 meanwhile belong to the next transaction, and their outputs are held (the producer takes no records
 while it commits) until ``complete`` begins the next transaction and hands them over.
@@ -300,14 +300,6 @@ class WorkerTransactions:
                 for output in self._held:
                     self._send(*output)
             self._held = []
-
-    def maybe_commit(self) -> int:
-        """Commit the open transaction if it has been open for ``commit_interval_s``; returns 1 if it did."""
-        offsets = self.take_due()
-        if offsets is None:
-            return 0
-        self.complete(offsets)
-        return 1
 
     def commit(self) -> int:
         """Commit the open transaction now (outputs and the offsets of every partition with work in it);
