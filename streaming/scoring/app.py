@@ -141,6 +141,9 @@ def faust_app(settings: Settings) -> faust.App:
         broker_commit_livelock_soft_timeout=365 * 86400.0,
         consumer_auto_offset_reset="earliest",
         stream_buffer_maxsize=max(4 * cfg.batch_max, 4096),
+        # aiokafka keeps what it prefetched (up to 1 MiB per partition) as compressed batches, but a poll without
+        # a limit unpacks all of it into records at once: behind by much, that was ~200 MB of records waiting
+        broker_max_poll_records=cfg.batch_max,
         table_standby_replicas=0,
         producer_acks=-1,
     )
