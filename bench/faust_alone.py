@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import faust
 
 from churn.config import get_settings
-from streaming.scoring.app import faust_app, raw_topic
+from streaming.scoring.app import faust_app, raw_topic, run_faust_worker
 
 
 def main(events: int, out: Path) -> None:
@@ -43,7 +42,7 @@ def main(events: int, out: Path) -> None:
                 partial.write_text(json.dumps({"events": counted["events"], "seconds": now - counted["first_batch_at"]}))
                 partial.replace(out)
 
-    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    run_faust_worker(app, "warning")
 
 
 if __name__ == "__main__":
