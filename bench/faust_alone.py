@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from churn.config import get_settings
 from streaming.scoring.app import faust_app, raw_topic, run_faust_worker
 
