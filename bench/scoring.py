@@ -40,6 +40,8 @@ PRODUCER_LINGER_MS = 5
 #: The live feed sends every 10 ms (the simulator's default, 100 ms, sends bursts of rate/10 events at
 #: once: at half the max rate the last CDR of a burst waits ~50 ms behind the others of its burst)
 LIVE_TICK_S = 0.01
+#: Seconds of live feed before the latency phase is measured (see ``bench_scoring``).
+LIVE_WARM_UP_S = 90
 
 
 def _rss_mb(pid: int) -> float:
@@ -47,6 +49,30 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_idle_s() -> tuple[float, float]:
+    """(idle, total) CPU seconds of the whole machine so far, every core summed."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid(s: Settings) -> int | None:
+    """The local broker's process (a JVM running ``kafka.Kafka`` with a config under ``s.run_dir``)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "kafka.Kafka" in cmd and str(s.run_dir) in cmd:
+            return int(entry.name)
+    return None
 
 
 def _committed(s: Settings, group: str, topic: str) -> int:
@@ -231,6 +257,29 @@ def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:
         "batch_within_ms": base.scoring.batch_within_s * 1000}
 
 
+def feed_prepared(sim: Simulator, sender: StepProducer, rate: float, duration_s: float,
+                  tick_s: float = LIVE_TICK_S, on_start=None) -> tuple[float, float]:
+    """A live feed of ``rate`` CDRs/s for ``duration_s``, each tick's CDRs produced on schedule (stamped with
+    wall time, as ``run_live`` does) but generated before the feed starts. The simulator spends ~140 µs per
+    CDR on 10 ms steps (~15 % of a core at 1,100 CDRs/s); an operator's switches do that work on their own
+    machines, so it is kept off the two cores the measured worker and broker share. ``on_start`` is
+    called once the CDRs are ready, just before the first tick. Returns the feed's (start, end) wall times."""
+    ticks = int(round(duration_s / tick_s))
+    start = time.time() + 2.0 + ticks * rate * tick_s * 250e-6  # time to generate it, with room to spare
+    steps = [sim.live_step(i, int(rate * tick_s * (i + 1)) - int(rate * tick_s * i),
+                           start + i * tick_s, start + (i + 1) * tick_s) for i in range(ticks)]
+    if on_start is not None:
+        time.sleep(max(start - time.time(), 0.0))
+        on_start()
+    for i, step in enumerate(steps):
+        wait = start + (i + 1) * tick_s - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        sender.send(step)
+    sender.flush()
+    return start, time.time()
+
+
 def follow_scores(s: Settings, tag: str):
     """A ``read_committed`` consumer of ``churn-scores`` on a thread of its own, as a retention system
     follows it: ``seen[(partition, offset)]`` of each CDR's score is (score's Kafka timestamp, when it was
@@ -310,16 +359,18 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
                         labels_from_s=time.time())
         # a real-time feed's producer: 5 ms linger (the simulator's backfill default, 20 ms, favours throughput)
         sender = StepProducer(s, ProduceReport(run_id="bench"), **{"linger.ms": PRODUCER_LINGER_MS})
-        # warm-up, not measured: the worker's first batches find every customer's profile uncached
-        run_live(s, sim, 0.25 * rates["batched"], duration_s=10, stop=threading.Event(), sender=sender,
+        # warm-up, not measured: the worker's first batches find every customer's profile uncached, and a
+        # broker new to live traffic spent about half a core compiling (its JIT) for its first minute or two
+        run_live(s, sim, 0.5 * rates["batched"], duration_s=LIVE_WARM_UP_S, stop=threading.Event(), sender=sender,
                  warn=lambda m: None, tick_s=LIVE_TICK_S)
         time.sleep(3)
         for frac in (0.25, 0.5, 0.75):
             rate = frac * rates["batched"]
-            t0 = time.time()
-            run_live(s, sim, rate, duration_s=30, stop=threading.Event(), sender=sender, warn=lambda m: None,
-                     tick_s=LIVE_TICK_S)
-            t1 = time.time()
+            broker = _broker_pid(s)
+            cpu_before: list[float] = []
+            t0, t1 = feed_prepared(sim, sender, rate, duration_s=30, on_start=lambda: cpu_before.extend(
+                (_cpu_s(worker.pid), _cpu_s(broker) if broker else 0.0, *_machine_idle_s())))
+            cpu_after = (_cpu_s(worker.pid), _cpu_s(broker) if broker else 0.0, *_machine_idle_s())
             time.sleep(5)
             produced = _produce_times(s)
             window = [k for k, t in produced.items() if t0 + 5 <= t <= t1 and k in seen]  # skip the ramp-up
@@ -328,12 +379,16 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
             visible = np.array([seen[k][1] - produced[k] for k in window]) * 1000
             pct = int(frac * 100)
             detail = {"rate_events_per_s": round(rate), "scores_measured": len(window), "not_yet_visible": missing,
-                      "producer_linger_ms": PRODUCER_LINGER_MS, "feed_tick_ms": LIVE_TICK_S * 1000,
+                      "producer_linger_ms": PRODUCER_LINGER_MS, "feed_tick_ms": LIVE_TICK_S * 1000, "feed": "prepared",
                       "batch_within_ms": base.scoring.batch_within_s * 1000,
                       "cdrs_not_included_total": sum(left_out[k] or 0 for k in window),
                       "decisions_lacking_cdrs": sum(1 for k in window if left_out[k] != 0),
                       "visible_p50_ms": round(float(np.percentile(visible, 50)), 1),
-                      "visible_p99_ms": round(float(np.percentile(visible, 99)), 1)}
+                      "visible_p99_ms": round(float(np.percentile(visible, 99)), 1),
+                      # while fed: share of one core (%), and of the machine left idle
+                      "worker_cpu_pct": round(100 * (cpu_after[0] - cpu_before[0]) / (t1 - t0), 1),
+                      "broker_cpu_pct": round(100 * (cpu_after[1] - cpu_before[1]) / (t1 - t0), 1) if broker else None,
+                      "machine_idle_pct": round(100 * (cpu_after[2] - cpu_before[2]) / (cpu_after[3] - cpu_before[3]), 1)}
             results[f"score_latency_p50_at_{pct}pct"] = (float(np.percentile(emit, 50)), "ms", detail)
             results[f"score_latency_p99_at_{pct}pct"] = (float(np.percentile(emit, 99)), "ms", detail)
             results[f"score_cdrs_not_included_at_{pct}pct"] = (float(detail["cdrs_not_included_total"]), "events",

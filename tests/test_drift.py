@@ -75,3 +75,22 @@ def test_a_young_pipeline_of_the_same_population_raises_no_drift(champion):
     # the same inputs compared whatever their maturity: the short history looks like drift
     unmatured = live_psi(s, model, seen_from_s=END - 5 * DAY, mature_only=False)
     assert min(unmatured[f] for f in ("calls_30d", "call_minutes_30d", "events_trend_7d_30d")) > PSI_ALERT, unmatured
+
+
+def test_batches_queued_then_binned_together_give_what_binning_each_at_once_gives():
+    """The worker's many small batches are binned together when the PSI is read: the same bins, a
+    customer's later row winning, whether its batches were queued or binned one by one."""
+    rng = np.random.default_rng(3)
+    baseline = DriftBaseline.fit(rng.normal(0.0, 1.0, (3000, 2)), ["a", "b"], risk=rng.random(3000),
+                                 observed=rng.uniform(0, 60, 3000))
+    queued, each = DriftMonitor(baseline, window=500), DriftMonitor(baseline, window=500, queue_rows=1)
+    for _ in range(40):  # 40 batches over 800 customers: the window of 500 turns over, customers repeat
+        n = int(rng.integers(1, 60))
+        customers = [f"c{i}" for i in rng.integers(0, 800, n)]
+        X, risk, observed = rng.normal(0.5, 1.2, (n, 2)), rng.random(n), rng.uniform(0, 60, n)
+        queued.observe(customers, X, risk, observed)
+        each.observe(customers, X, risk, observed)
+    assert queued._queued_rows > 0 and each._queued_rows == 0  # nothing binned yet on one side
+    assert queued.observed == each.observed == 500
+    assert queued.psi() == each.psi() and set(each.psi()) == {"a", "b", RISK}
+    assert np.array_equal(queued._bins, each._bins) and queued._slot == each._slot

@@ -147,20 +147,47 @@ class DriftBaseline:
 
 class DriftMonitor:
     """The latest scored input of up to ``window`` customers, binned as the baseline bins them; PSI per
-    feature on demand. Once full, a new customer takes the place of the one that came in first."""
+    feature on demand. Once full, a new customer takes the place of the one that came in first.
 
-    def __init__(self, baseline: DriftBaseline, window: int = 20_000):
+    ``observe`` only queues a batch: the rows are binned together when ``observed`` or ``psi`` is next
+    read (every few seconds), so a live worker's many small batches do not each pay the binning's
+    fixed cost. At most ``queue_rows`` rows wait; past that they are binned at once."""
+
+    def __init__(self, baseline: DriftBaseline, window: int = 20_000, queue_rows: int = 50_000):
         self.baseline = baseline
         self.window = window
+        self.queue_rows = queue_rows
         self._bins = np.zeros((window, len(baseline.features)), dtype=np.int16)
         self._slot: dict[str, int] = {}  # customer -> row of _bins
         self._holder: list[str | None] = [None] * window  # row -> customer
         self._next = 0  # the row a new customer takes
         self._filled = 0
+        self._queued: list[tuple] = []  # (customers, X, risk, observed) not binned yet, oldest first
+        self._queued_rows = 0
 
     def observe(self, customers, X: np.ndarray, risk, observed: np.ndarray | None = None) -> None:
         """Add scored inputs: per row its customer, ``X`` in the baseline's feature order (without the
         risk), the risk and ``observed_days`` (None: all mature). A customer's later row wins."""
+        self._queued.append((customers, X, risk, observed))
+        self._queued_rows += len(customers)
+        if self._queued_rows >= self.queue_rows:
+            self._bin_queued()
+
+    def _bin_queued(self) -> None:
+        queued, self._queued, self._queued_rows = self._queued, [], 0
+        if not queued:
+            return
+        if any(o is None for *_, o in queued) and not all(o is None for *_, o in queued):
+            for batch in queued:  # mixed: some batches all mature, some not
+                self._bin(*batch)
+            return
+        customers = [c for batch in queued for c in batch[0]]
+        X = np.concatenate([np.asarray(b[1], dtype=float).reshape(len(b[0]), -1) for b in queued])
+        risk = np.concatenate([np.asarray(b[2], dtype=float) for b in queued])
+        observed = None if queued[0][3] is None else np.concatenate([np.asarray(b[3], dtype=float) for b in queued])
+        self._bin(customers, X, risk, observed)
+
+    def _bin(self, customers, X, risk, observed) -> None:
         columns = comparable([*np.asarray(X, dtype=float).T, np.asarray(risk, dtype=float)],
                               self.baseline.features, observed)
         binned = np.column_stack([_bin(col, e) for col, e in zip(columns, self.baseline.edges)])
@@ -181,6 +208,7 @@ class DriftMonitor:
     @property
     def observed(self) -> int:
         """Customers in the window."""
+        self._bin_queued()
         return self._filled
 
     def psi(self) -> dict[str, float]:
@@ -188,6 +216,7 @@ class DriftMonitor:
         live values are left out. Missing values are not drift of the distribution: training rows
         include customers without streaming features yet, live scores rarely do; the degraded and
         freshness alerts watch missing features."""
+        self._bin_queued()
         live = self._bins[: self._filled]
         out = {}
         for j, (name, base) in enumerate(zip(self.baseline.features, self.baseline.counts)):
