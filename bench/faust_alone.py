@@ -4,7 +4,9 @@ The agent takes the same batches as the scoring agent (``batch_max``, ``batch_wi
 nothing with them, so the rate it reaches is a ceiling for ``churn score`` on this machine: whatever
 the scoring costs, a worker cannot consume faster than Faust hands it events.
 
-    python bench/faust_alone.py EVENTS OUT_JSON   # with the CHURN_* environment of the worker
+    python bench/faust_alone.py EVENTS OUT_JSON [stock]   # with the CHURN_* environment of the worker
+
+``stock``: Faust's own record delivery (a ``wait_first`` per record) instead of the worker's eager one.
 
 It writes ``{"events": n, "seconds": s}`` (events after the first batch, and the time from the first
 batch until at least ``EVENTS`` of them) to ``OUT_JSON``, then keeps running until stopped
@@ -22,10 +24,10 @@ from churn.config import get_settings
 from streaming.scoring.app import faust_app, raw_topic, run_faust_worker
 
 
-def main(events: int, out: Path) -> None:
+def main(events: int, out: Path, eager: bool = True) -> None:
     settings = get_settings()
     cfg = settings.scoring
-    app = faust_app(settings)
+    app = faust_app(settings, eager=eager)
     counted = {"events": 0, "first_batch_at": None}
 
     @app.agent(raw_topic(app, settings.topics.cdr.name), name="discard")
@@ -45,4 +47,4 @@ def main(events: int, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]))
+    main(int(sys.argv[1]), Path(sys.argv[2]), eager=sys.argv[3:] != ["stock"])

@@ -222,10 +222,11 @@ def scoring_setup(base: Settings, name: str, project_prefix: str = "b") -> tuple
     return base, tmp
 
 
-def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:
+def bench_faust_alone(base: Settings, eager: bool = True) -> tuple[float, str, dict]:
     """Faust alone (bench/faust_alone.py): CDRs/s that one Faust worker, built as the scoring worker
     builds it, takes in the scoring agent's batches from a backlog of ~150,000 and discards. No
-    lookup, no model, no output: the ceiling of one `churn score` worker on this machine."""
+    lookup, no model, no output: the ceiling of one `churn score` worker on this machine. ``eager``
+    False: with Faust's own record delivery (stock Faust) instead of the worker's."""
     tmp = Path(tempfile.mkdtemp(prefix="churn-bench-faust-alone-"))
     tag = uuid.uuid4().hex[:6]
     s = _topics(base, tag)
@@ -238,7 +239,8 @@ def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:
     wanted = int(backlog * 0.95)  # the first batch is not counted (the clock starts with it)
     log = open(tmp / "faust.log", "ab")
     script = str(Path(__file__).resolve().parent / "faust_alone.py")
-    worker = subprocess.Popen([sys.executable, script, str(wanted), str(out)], env=env, stdout=log,
+    worker = subprocess.Popen([sys.executable, script, str(wanted), str(out), *([] if eager else ["stock"])],
+                              env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -254,7 +256,7 @@ def bench_faust_alone(base: Settings) -> tuple[float, str, dict]:
     shutil.rmtree(tmp, ignore_errors=True)
     return took["events"] / took["seconds"], "events/s", {
         "events": took["events"], "backlog": backlog, "batch_max": base.scoring.batch_max,
-        "batch_within_ms": base.scoring.batch_within_s * 1000}
+        "batch_within_ms": base.scoring.batch_within_s * 1000, "delivery": "eager" if eager else "stock"}
 
 
 def feed_prepared(sim: Simulator, sender: StepProducer, rate: float, duration_s: float,

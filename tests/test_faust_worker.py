@@ -1,13 +1,20 @@
-"""How the scorer runs Faust's worker: without the terminal spinner that sets the root logger to DEBUG."""
+"""How the scorer runs Faust's worker: without the terminal spinner that sets the root logger to DEBUG, and
+with each record handed to its topic's handler eagerly (no tasks unless the handler waits)."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
+import re
 
 import faust
+import mode
 import pytest
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streaming.scoring.app import faust_worker
+from streaming.scoring.app import deliver_records_eagerly, faust_worker
 
 
 @pytest.fixture
@@ -38,3 +45,52 @@ def test_the_scorers_worker_keeps_the_log_level_it_was_given(root_logger):
     assert worker.spinner is None
     assert root_logger.level == logging.WARNING
     assert not logging.getLogger("aiokafka.consumer.fetcher").isEnabledFor(logging.DEBUG)
+
+
+def test_faust_hands_each_record_to_its_handler_through_wait_first():
+    """What ``deliver_records_eagerly`` replaces: if Faust's consumer stops doing this, the patch does nothing."""
+    source = re.sub(r"\s+", "", inspect.getsource(faust_consumer.Consumer._drain_messages))
+    assert "awaitself.wait_first(callback(message),self.suspend_flow.wait())" in source
+
+
+def test_a_handler_that_does_not_wait_runs_at_once_and_one_that_waits_goes_through_wait_first():
+    deliver_records_eagerly()
+    wait_first = faust_aiokafka.Consumer.wait_first
+    handled: list = []
+
+    async def handler(record, gate=None):
+        if gate is not None:
+            await gate.wait()
+        handled.append(record)
+        return record
+
+    async def scenario():
+        service = mode.Service()  # wait_first also watches the service's stopped and crashed events
+        loop = asyncio.get_running_loop()
+        tasks = []
+        loop.set_task_factory(lambda lp, coro, **kw: tasks.append(coro) or asyncio.Task(coro, loop=lp, **kw))
+        suspended = asyncio.Event()
+
+        quick = await wait_first(service, handler("a"), suspended.wait())
+        assert (quick.results, quick.stopped, tasks) == (["a"], False, [])  # no task was created
+
+        gate = asyncio.Event()
+        waiting = asyncio.ensure_future(wait_first(service, handler("b", gate), suspended.wait()))
+        await asyncio.sleep(0.01)
+        assert handled == ["a"] and not waiting.done() and len(tasks) >= 3  # wait_first's tasks
+        gate.set()
+        slow = await waiting
+        assert slow.results == ["b"] and handled == ["a", "b"]
+
+        # flow suspended while the handler waits (a rebalance): wait_first returns, the handler is dropped
+        gate = asyncio.Event()
+        dropped = asyncio.ensure_future(wait_first(service, handler("c", gate), suspended.wait()))
+        await asyncio.sleep(0.01)
+        suspended.set()
+        result = await dropped
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert result.results == [True] and handled == ["a", "b"]
+        loop.set_task_factory(None)
+
+    asyncio.run(scenario())

@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 import redis
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.services import WaitResults
 
 from churn.config import Settings
 from churn.contracts import CHURN_LABEL, parse_time
@@ -49,6 +50,7 @@ from churn.model.registry import SYNTHETIC, ChampionWatcher, ModelRegistry
 from churn.online_reader import fail_fast_redis
 from churn.security import faust_credentials, redis_options
 from streaming.scoring import metrics
+from streaming.scoring.eager import run_eagerly
 from streaming.scoring.liveness import Liveness, die
 from streaming.scoring.lookup import online_features
 from streaming.scoring.scorer import BatchScorer, Incoming
@@ -115,11 +117,39 @@ def disable_faust_offset_commits() -> None:
     faust_aiokafka.Consumer._commit = _offsets_are_committed_in_our_transactions
 
 
-def faust_app(settings: Settings) -> faust.App:
+def deliver_records_eagerly() -> None:
+    """Faust's consumer hands each record to its topic's handler through ``Service.wait_first(handler(record),
+    suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per record, although the handler nearly always
+    finishes without waiting. The handler is started eagerly (``streaming.scoring.eager``); only one that
+    waits (flow suspended for a rebalance, a full stream buffer) goes through ``wait_first`` as before."""
+    consumer = faust_aiokafka.Consumer
+    if getattr(consumer.wait_first, "eager", False):
+        return
+    service_wait_first = consumer.wait_first
+
+    async def wait_first(self, *coros, timeout=None):
+        if coros and asyncio.iscoroutine(coros[0]):
+            done, rest = run_eagerly(coros[0])
+            if done:
+                for other in coros[1:]:  # never started: closed, so none warns that it was never awaited
+                    if asyncio.iscoroutine(other):
+                        other.close()
+                return WaitResults([coros[0]], [rest], False)
+            coros = (rest, *coros[1:])
+        return await service_wait_first(self, *coros, timeout=timeout)
+
+    wait_first.eager = True
+    consumer.wait_first = wait_first
+
+
+def faust_app(settings: Settings, eager: bool = True) -> faust.App:
     """The worker's Faust app, before its agents: group membership and consumption only, with Faust's own
-    offset commits turned off (see the module doc). ``bench/faust_alone.py`` measures it bare."""
+    offset commits turned off (see the module doc) and records delivered eagerly (``eager``: see
+    ``deliver_records_eagerly``). ``bench/faust_alone.py`` measures it bare, with and without."""
     s, cfg = settings, settings.scoring
     disable_faust_offset_commits()
+    if eager:
+        deliver_records_eagerly()
     datadir = s.run_dir / "faust" / cfg.app_id  # not the working directory
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
