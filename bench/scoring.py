@@ -32,6 +32,7 @@ from confluent_kafka import TopicPartition
 from churn.config import Settings, get_settings
 from churn.simulator import Simulator
 from churn.simulator.produce import ProduceReport, StepProducer, run_backfill, run_live
+from churn.stack.services import kafka_service
 from churn.transport import consumer, end_offsets, ensure_topics
 
 CHURN = str(Path(sys.executable).parent / "churn")
@@ -61,18 +62,6 @@ def _machine_idle_s() -> tuple[float, float]:
     """(idle, total) CPU seconds of the whole machine so far, every core summed."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     return (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
-
-
-def _broker_pid(s: Settings) -> int | None:
-    """The local broker's process (a JVM running ``kafka.Kafka`` with a config under ``s.run_dir``)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "kafka.Kafka" in cmd and str(s.run_dir) in cmd:
-            return int(entry.name)
-    return None
 
 
 def _committed(s: Settings, group: str, topic: str) -> int:
@@ -368,11 +357,14 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
         time.sleep(3)
         for frac in (0.25, 0.5, 0.75):
             rate = frac * rates["batched"]
-            broker = _broker_pid(s)
+            broker = kafka_service(s).pid()  # the local stack's broker
+
+            def cpu_now() -> tuple[float, ...]:
+                return _cpu_s(worker.pid), _cpu_s(broker) if broker else 0.0, *_machine_idle_s()
+
             cpu_before: list[float] = []
-            t0, t1 = feed_prepared(sim, sender, rate, duration_s=30, on_start=lambda: cpu_before.extend(
-                (_cpu_s(worker.pid), _cpu_s(broker) if broker else 0.0, *_machine_idle_s())))
-            cpu_after = (_cpu_s(worker.pid), _cpu_s(broker) if broker else 0.0, *_machine_idle_s())
+            t0, t1 = feed_prepared(sim, sender, rate, duration_s=30, on_start=lambda: cpu_before.extend(cpu_now()))
+            cpu_after = cpu_now()
             time.sleep(5)
             produced = _produce_times(s)
             window = [k for k, t in produced.items() if t0 + 5 <= t <= t1 and k in seen]  # skip the ramp-up

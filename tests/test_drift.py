@@ -84,10 +84,11 @@ def test_batches_queued_then_binned_together_give_what_binning_each_at_once_give
     baseline = DriftBaseline.fit(rng.normal(0.0, 1.0, (3000, 2)), ["a", "b"], risk=rng.random(3000),
                                  observed=rng.uniform(0, 60, 3000))
     queued, each = DriftMonitor(baseline, window=500), DriftMonitor(baseline, window=500, queue_rows=1)
-    for _ in range(40):  # 40 batches over 800 customers: the window of 500 turns over, customers repeat
+    for b in range(40):  # 40 batches over 800 customers: the window of 500 turns over, customers repeat
         n = int(rng.integers(1, 60))
         customers = [f"c{i}" for i in rng.integers(0, 800, n)]
         X, risk, observed = rng.normal(0.5, 1.2, (n, 2)), rng.random(n), rng.uniform(0, 60, n)
+        observed = None if b % 5 == 0 else observed  # some batches given as all mature
         queued.observe(customers, X, risk, observed)
         each.observe(customers, X, risk, observed)
     assert queued._queued_rows > 0 and each._queued_rows == 0  # nothing binned yet on one side

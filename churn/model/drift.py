@@ -177,14 +177,12 @@ class DriftMonitor:
         queued, self._queued, self._queued_rows = self._queued, [], 0
         if not queued:
             return
-        if any(o is None for *_, o in queued) and not all(o is None for *_, o in queued):
-            for batch in queued:  # mixed: some batches all mature, some not
-                self._bin(*batch)
-            return
         customers = [c for batch in queued for c in batch[0]]
         X = np.concatenate([np.asarray(b[1], dtype=float).reshape(len(b[0]), -1) for b in queued])
         risk = np.concatenate([np.asarray(b[2], dtype=float) for b in queued])
-        observed = None if queued[0][3] is None else np.concatenate([np.asarray(b[3], dtype=float) for b in queued])
+        # a batch given as all mature (None) is observed forever: every feature is compared
+        observed = np.concatenate([np.full(len(b[0]), np.inf) if b[3] is None else np.asarray(b[3], dtype=float)
+                                   for b in queued])
         self._bin(customers, X, risk, observed)
 
     def _bin(self, customers, X, risk, observed) -> None:
