@@ -12,3 +12,23 @@ for _name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "promet
     if "feast_metrics_" in _os.environ.get(_name, ""):
         del _os.environ[_name]
 import prometheus_client.values  # noqa: E402,F401  (its ValueClass is decided on first import)
+
+
+def _feast_classes_uninstrumented() -> None:
+    """Feast decorates its classes with typeguard's ``@typechecked``, which recompiles every method of each one
+    from its module's parsed source when Feast is imported: ~7 s of CPU in every process that imports Feast
+    (``churn stream``, ``churn features apply``, the API, the nightly), 9.6 s where 2.8 s remain without it.
+    typeguard documents the decorator as a development aid that is a no-op in optimized mode (``python -O``);
+    it is made one here, before Feast can be imported. Feast's own validation of definitions (``apply``) stays."""
+    try:
+        import typeguard
+    except ImportError:
+        return
+
+    def typechecked(target=None, **options):
+        return (lambda decorated: decorated) if target is None else target
+
+    typeguard.typechecked = typechecked
+
+
+_feast_classes_uninstrumented()

@@ -59,3 +59,21 @@ def test_schemas_validate_names_each_bad_line(tmp_path):
     assert "line 2: unknown_value:record_type" in out.stdout
     assert "line 3: malformed_json" in out.stdout
     assert "1 valid, 2 invalid" in out.stdout
+
+
+def test_feast_imported_by_our_processes_is_not_recompiled_by_typeguard():
+    """Feast's classes carry typeguard's ``@typechecked``, which recompiles them at import (~7 s of CPU per
+    process); ``import churn`` makes it the no-op it is under ``python -O``. Feast still works."""
+    import subprocess
+    import sys
+
+    probe = """
+import churn, typeguard, feast.feature_view
+from feast import Entity, FeatureView
+print(feast.feature_view.typechecked is typeguard.typechecked)
+print("TypeCheckMemo" in FeatureView.__init__.__code__.co_names)
+print(Entity(name="customer", join_keys=["customer_id"]).join_key)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "False", "customer_id"]

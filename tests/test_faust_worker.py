@@ -94,3 +94,25 @@ def test_a_handler_that_does_not_wait_runs_at_once_and_one_that_waits_goes_throu
         loop.set_task_factory(None)
 
     asyncio.run(scenario())
+
+
+def test_each_garbage_collection_pause_is_observed_once_by_generation():
+    import gc
+
+    from prometheus_client import REGISTRY
+
+    from streaming.scoring import metrics
+
+    def observed() -> tuple[float, float]:
+        labels = {"generation": "2"}
+        return (REGISTRY.get_sample_value("churn_score_gc_pause_seconds_count", labels) or 0.0,
+                REGISTRY.get_sample_value("churn_score_gc_pause_seconds_sum", labels) or 0.0)
+
+    metrics.time_gc_pauses()
+    metrics.time_gc_pauses()  # a second call adds no second callback
+    count, total = observed()
+    gc.collect()
+    gc.collect()
+    count_after, total_after = observed()
+    assert count_after - count == 2  # two full collections, each observed once
+    assert total_after > total

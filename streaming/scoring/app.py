@@ -679,4 +679,5 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     # every 700 allocations) the collector's passes cost ~30 % of a batch's feature lookup. Every
     # 10,000, a lookup of 1,000 customers took 29 µs per customer instead of 41-47 (profiled in-process).
     gc.set_threshold(10_000, 10, 10)
+    metrics.time_gc_pauses()
     run_faust_worker(worker.app, loglevel)

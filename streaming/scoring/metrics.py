@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -49,7 +52,25 @@ ONLINE_AUC = Gauge("churn_score_online_auc", "Rolling ROC AUC on arriving labels
 AGENT_ERRORS = Counter("churn_score_agent_errors", "Exceptions caught in an agent (the batch is retried)", ["agent"])
 DRIFT_PSI = Gauge("churn_drift_psi", "Population stability index of a model input (or the risk) over customers' "
                   "latest scored inputs against the champion's training data (> 0.25: significant)", ["feature"])
+GC_PAUSE = Histogram("churn_score_gc_pause_seconds", "Pauses of Python's garbage collector in the worker (each "
+                     "stops the event loop: scoring, fetching and committing wait)", ["generation"],
+                     buckets=_LATENCY_BUCKETS)
 DRIFT_CUSTOMERS = Gauge("churn_drift_window_customers", "Customers whose latest input is in the drift window")
+
+
+def time_gc_pauses() -> None:
+    """Observe every garbage collection's pause in ``GC_PAUSE`` (``gc.callbacks``: a few µs per collection)."""
+    started = [0.0]
+
+    def observe(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+
+    if not any(getattr(cb, "gc_pauses", False) for cb in gc.callbacks):
+        observe.gc_pauses = True
+        gc.callbacks.append(observe)
 
 
 def initialise(alert_bands) -> None:
