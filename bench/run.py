@@ -42,7 +42,7 @@ from gold import bench_gold  # noqa: E402
 from lake_storage import bench_stream_s3  # noqa: E402
 from overlay import bench_overlay, bench_overlay_with_stream  # noqa: E402
 from reliability import bench_broker_restart  # noqa: E402
-from scoring import bench_faust_alone, bench_score_work_alone, bench_scoring  # noqa: E402
+from scoring import bench_echo_latency, bench_faust_alone, bench_score_work_alone, bench_scoring  # noqa: E402
 from security import bench_security, bench_security_stream  # noqa: E402
 from commit_interval import bench_commit_interval  # noqa: E402
 from simulator_auc import bench_simulator_behaviour_auc  # noqa: E402
@@ -347,7 +347,8 @@ def bench_realtime_score(s: Settings) -> dict:
     """The scoring targets and their ceiling in one run: Faust alone (median of 3), the scoring worker (max
     rate, latency produced and visible to a read_committed consumer at 25/50/75 % of its max, RSS after
     1 M CDRs), the scoring work alone without Faust (median of 3) and the bound it and Faust set on a
-    worker, and the ratios the targets are stated in."""
+    worker, the worker with its scoring taken out fed at the same rates (the floor under visible latency),
+    and the ratios the targets are stated in."""
     out: dict = {}
     # Faust alone as the worker runs it (records delivered eagerly) and as shipped, alternating
     faust, stock = [], []
@@ -381,6 +382,15 @@ def bench_realtime_score(s: Settings) -> dict:
     out["realtime_score_visible_p99_at_50pct"] = (p50_detail["visible_p99_ms"], "ms", {**p50_detail, "target_ms": 150})
     out["realtime_score_worker_rss"] = (*scoring["score_worker_rss"][:1], "MB",
                                         {**scoring["score_worker_rss"][2], "target_mb": 500})
+    # the floor under visible latency: the same worker with its scoring taken out, fed at the same rates
+    echo = bench_echo_latency(s, [frac * score_max for frac in (0.25, 0.5, 0.75)])
+    for frac, (rate, detail) in zip((0.25, 0.5, 0.75), echo.items()):
+        pct = int(frac * 100)
+        out[f"realtime_echo_visible_p99_at_{pct}pct"] = (detail["visible_p99_ms"], "ms", detail)
+        scored = scoring[f"score_latency_p99_at_{pct}pct"][2]["visible_p99_ms"]
+        out[f"realtime_score_visible_p99_vs_echo_at_{pct}pct"] = (scored / detail["visible_p99_ms"], "x", {
+            "score_visible_p99_ms": scored, "echo_visible_p99_ms": detail["visible_p99_ms"],
+            "rate_events_per_s": round(rate)})
     return out
 
 

@@ -301,6 +301,73 @@ def follow_scores(s: Settings, tag: str):
     return seen, left_out, stop, follower
 
 
+def live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProducer, rate: float,
+                 seen: dict, left_out: dict) -> tuple[np.ndarray, dict]:
+    """A worker (process ``worker_pid``) fed ``rate`` CDRs/s for 30 s (``feed_prepared``), its scores followed
+    by ``follow_scores``' ``seen``/``left_out``: each CDR's produce-to-score-produced latency (ms, the first
+    5 s of ramp-up left out) and the details, visible latency and CPU shares among them."""
+    broker = kafka_service(s).pid()  # the local stack's broker
+
+    def cpu_now() -> tuple[float, ...]:
+        return _cpu_s(worker_pid), _cpu_s(broker) if broker else 0.0, *_machine_idle_s()
+
+    cpu_before: list[float] = []
+    t0, t1 = feed_prepared(sim, sender, rate, duration_s=30, on_start=lambda: cpu_before.extend(cpu_now()))
+    cpu_after = cpu_now()
+    time.sleep(5)
+    produced = _produce_times(s)
+    window = [k for k, t in produced.items() if t0 + 5 <= t <= t1 and k in seen]  # skip the ramp-up
+    missing = sum(1 for k, t in produced.items() if t0 + 5 <= t <= t1 and k not in seen)
+    emit = np.array([seen[k][0] - produced[k] for k in window]) * 1000
+    visible = np.array([seen[k][1] - produced[k] for k in window]) * 1000
+    return emit, {"rate_events_per_s": round(rate), "scores_measured": len(window), "not_yet_visible": missing,
+                  "producer_linger_ms": PRODUCER_LINGER_MS, "feed_tick_ms": LIVE_TICK_S * 1000, "feed": "prepared",
+                  "cdrs_not_included_total": sum(left_out[k] or 0 for k in window),
+                  "decisions_lacking_cdrs": sum(1 for k in window if left_out[k] != 0),
+                  "visible_p50_ms": round(float(np.percentile(visible, 50)), 1),
+                  "visible_p99_ms": round(float(np.percentile(visible, 99)), 1),
+                  # while fed: share of one core (%), and of the machine left idle
+                  "worker_cpu_pct": round(100 * (cpu_after[0] - cpu_before[0]) / (t1 - t0), 1),
+                  "broker_cpu_pct": round(100 * (cpu_after[1] - cpu_before[1]) / (t1 - t0), 1) if broker else None,
+                  "machine_idle_pct": round(100 * (cpu_after[2] - cpu_before[2]) / (cpu_after[3] - cpu_before[3]), 1)}
+
+
+def bench_echo_latency(base: Settings, rates: list[float], warm_up_s: float = 30.0) -> dict[float, dict]:
+    """The latency floor of the worker's parts (``bench/echo_worker.py``: the worker with its scoring taken out,
+    one small record per CDR into the same transactions) fed live at each of ``rates`` as ``bench_scoring``
+    feeds the scoring worker; per rate, ``live_latency``'s details (visible p50/p99, CPU shares)."""
+    base, tmp = scoring_setup(base, "echo", "e")
+    tag = uuid.uuid4().hex[:6]
+    s = _topics(base, tag)
+    from conftest import free_ports
+
+    env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0])
+    log = open(tmp / "echo.log", "ab")
+    script = str(Path(__file__).resolve().parent / "echo_worker.py")
+    worker = subprocess.Popen([sys.executable, script], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    out: dict[float, dict] = {}
+    try:
+        time.sleep(8)
+        seen, left_out, stop, follower = follow_scores(s, tag)
+        sim = Simulator(seed=6, start_s=time.time(), end_s=time.time() + 60 * DAY, mode="live",
+                        labels_from_s=time.time())
+        sender = StepProducer(s, ProduceReport(run_id="bench"), **{"linger.ms": PRODUCER_LINGER_MS})
+        run_live(s, sim, rates[len(rates) // 2], duration_s=warm_up_s, stop=threading.Event(), sender=sender,
+                 warn=lambda m: None, tick_s=LIVE_TICK_S)
+        time.sleep(3)
+        for rate in rates:
+            out[rate] = live_latency(s, worker.pid, sim, sender, rate, seen, left_out)[1]
+        stop.set()
+        follower.join(5)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     """Scoring worker: catch-up throughput (batched vs naive), latency at 25/50/75 % of max, RSS."""
     base, tmp = scoring_setup(base, "score", "b")
@@ -356,33 +423,9 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
                  warn=lambda m: None, tick_s=LIVE_TICK_S)
         time.sleep(3)
         for frac in (0.25, 0.5, 0.75):
-            rate = frac * rates["batched"]
-            broker = kafka_service(s).pid()  # the local stack's broker
-
-            def cpu_now() -> tuple[float, ...]:
-                return _cpu_s(worker.pid), _cpu_s(broker) if broker else 0.0, *_machine_idle_s()
-
-            cpu_before: list[float] = []
-            t0, t1 = feed_prepared(sim, sender, rate, duration_s=30, on_start=lambda: cpu_before.extend(cpu_now()))
-            cpu_after = cpu_now()
-            time.sleep(5)
-            produced = _produce_times(s)
-            window = [k for k, t in produced.items() if t0 + 5 <= t <= t1 and k in seen]  # skip the ramp-up
-            missing = sum(1 for k, t in produced.items() if t0 + 5 <= t <= t1 and k not in seen)
-            emit = np.array([seen[k][0] - produced[k] for k in window]) * 1000
-            visible = np.array([seen[k][1] - produced[k] for k in window]) * 1000
             pct = int(frac * 100)
-            detail = {"rate_events_per_s": round(rate), "scores_measured": len(window), "not_yet_visible": missing,
-                      "producer_linger_ms": PRODUCER_LINGER_MS, "feed_tick_ms": LIVE_TICK_S * 1000, "feed": "prepared",
-                      "batch_within_ms": base.scoring.batch_within_s * 1000,
-                      "cdrs_not_included_total": sum(left_out[k] or 0 for k in window),
-                      "decisions_lacking_cdrs": sum(1 for k in window if left_out[k] != 0),
-                      "visible_p50_ms": round(float(np.percentile(visible, 50)), 1),
-                      "visible_p99_ms": round(float(np.percentile(visible, 99)), 1),
-                      # while fed: share of one core (%), and of the machine left idle
-                      "worker_cpu_pct": round(100 * (cpu_after[0] - cpu_before[0]) / (t1 - t0), 1),
-                      "broker_cpu_pct": round(100 * (cpu_after[1] - cpu_before[1]) / (t1 - t0), 1) if broker else None,
-                      "machine_idle_pct": round(100 * (cpu_after[2] - cpu_before[2]) / (cpu_after[3] - cpu_before[3]), 1)}
+            emit, detail = live_latency(s, worker.pid, sim, sender, frac * rates["batched"], seen, left_out)
+            detail["batch_within_ms"] = base.scoring.batch_within_s * 1000
             results[f"score_latency_p50_at_{pct}pct"] = (float(np.percentile(emit, 50)), "ms", detail)
             results[f"score_latency_p99_at_{pct}pct"] = (float(np.percentile(emit, 99)), "ms", detail)
             results[f"score_cdrs_not_included_at_{pct}pct"] = (float(detail["cdrs_not_included_total"]), "events",

@@ -283,6 +283,8 @@ class ScoringWorker:
                     metrics.COMMIT_WAIT.observe(time.perf_counter() - waited)
                     await self._taken_over()
                 self._guarded("score", self.score_batch, taken.take(cfg.batch_max))
+                if self.ready().is_set():
+                    self._start_commit()  # at once if the transaction is due, not at the timer's next tick
 
         @app.agent(labels, name="learn")
         async def learn(stream):
@@ -292,7 +294,7 @@ class ScoringWorker:
         @app.timer(interval=max(cfg.commit_interval_s / 2, 0.02))
         async def commit_due():
             if self.txn is not None and self.ready().is_set():  # never while partitions change hands
-                await self._commit_off_loop()
+                self._start_commit()
 
         @app.timer(interval=5.0)
         async def ask_end_offsets():
@@ -578,28 +580,32 @@ class ScoringWorker:
             for feature, value in drift.psi().items():
                 metrics.DRIFT_PSI.labels(feature).set(value)
 
-    async def _commit_off_loop(self) -> None:
+    def _start_commit(self) -> None:
         """Close the open transaction if it is due, here on the event loop, and commit it on the commit
         thread: scoring and fetching go on while the broker confirms (a commit blocked the loop for tens
-        of milliseconds per interval, which showed in the latency tail)."""
+        of milliseconds per interval, which showed in the latency tail). Nothing awaits it here: the timer
+        that calls this would otherwise run as long as each commit, and mode logs every such tick as a
+        warning ("Timer ... is overlapping"), several a second under load."""
         if self._commit_task is not None or self.txn is None:
             return
         offsets = self.txn.take_due()
         if offsets is None:
             return
-        self._commit_task = asyncio.get_running_loop().run_in_executor(self._committer, self._commit_due,
-                                                                       self.txn, offsets)
-        try:
-            await self._commit_task
-        except Exception as exc:
-            metrics.AGENT_ERRORS.labels("commit").inc()
-            log.exception("committing failed")
-            die("committing failed: %s", exc)
-        finally:
+        task = asyncio.get_running_loop().run_in_executor(self._committer, self._commit_due, self.txn, offsets)
+        self._commit_task = task
+        task.add_done_callback(self._commit_ended)
+
+    def _commit_ended(self, task: asyncio.Future) -> None:
+        if self._commit_task is task:
             self._commit_task = None
+        failure = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if failure is not None:
+            metrics.AGENT_ERRORS.labels("commit").inc()
+            log.error("committing failed", exc_info=failure)
+            die("committing failed: %s", failure)
 
     async def _commit_done(self) -> None:
-        """Wait for the commit in flight, if any (its errors are handled by ``_commit_off_loop``)."""
+        """Wait for the commit in flight, if any (its errors are handled by ``_commit_ended``)."""
         if self._commit_task is not None:
             # librdkafka's send_offsets_to_transaction can block past its own timeout while the broker
             # restarts (confluentinc/librdkafka#5456): the wait is bounded here instead
@@ -661,14 +667,15 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def run(settings: Settings, loglevel: str = "info") -> None:
-    """Start the worker (blocks until SIGTERM/SIGINT, which stop it after committing its transactions)."""
+def run(settings: Settings, loglevel: str = "info", worker_class: type[ScoringWorker] = ScoringWorker) -> None:
+    """Start the worker (blocks until SIGTERM/SIGINT, which stop it after committing its transactions).
+    ``worker_class``: ``bench/echo_worker.py`` runs the same worker with its scoring taken out."""
     limit_malloc_arenas()
     logging.basicConfig(level=getattr(logging, loglevel.upper()), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from streaming.scoring.bands import BANDS
 
     metrics.initialise(BANDS[BANDS.index(settings.scoring.alert_min_band):])
-    worker = ScoringWorker(settings)
+    worker = worker_class(settings)
     worker.liveness.serve(settings.scoring.metrics_host, settings.scoring.metrics_port)
     worker.liveness.watch()
     # Everything loaded so far (xgboost, river, Faust: many thousands of objects) lives as long as the worker;
