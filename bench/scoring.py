@@ -332,30 +332,42 @@ def live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProdu
                   "machine_idle_pct": round(100 * (cpu_after[2] - cpu_before[2]) / (cpu_after[3] - cpu_before[3]), 1)}
 
 
-def bench_echo_latency(base: Settings, rates: list[float], warm_up_s: float = 30.0) -> dict[float, dict]:
-    """The latency floor of the worker's parts (``bench/echo_worker.py``: the worker with its scoring taken out,
-    one small record per CDR into the same transactions) fed live at each of ``rates`` as ``bench_scoring``
-    feeds the scoring worker; per rate, ``live_latency``'s details (visible p50/p99, CPU shares)."""
-    base, tmp = scoring_setup(base, "echo", "e")
+def _followed_and_warm(s: Settings, tag: str, rate: float, warm_up_s: float):
+    """For a worker just started on ``s``'s topics: a ``follow_scores`` follower, a live simulator and a
+    real-time feed's producer (5 ms linger: the simulator's backfill default, 20 ms, favours throughput),
+    after ``warm_up_s`` of live feed at ``rate``, not measured: the worker's first batches find every
+    customer's profile uncached, and a broker new to live traffic spent about half a core compiling (its
+    JIT) for its first minute or two. Returns the follower's ``seen``, ``left_out``, stop event and thread,
+    the simulator and the producer."""
+    time.sleep(8)
+    seen, left_out, stop, follower = follow_scores(s, tag)
+    sim = Simulator(seed=6, start_s=time.time(), end_s=time.time() + 60 * DAY, mode="live", labels_from_s=time.time())
+    sender = StepProducer(s, ProduceReport(run_id="bench"), **{"linger.ms": PRODUCER_LINGER_MS})
+    run_live(s, sim, rate, duration_s=warm_up_s, stop=threading.Event(), sender=sender, warn=lambda m: None,
+             tick_s=LIVE_TICK_S)
+    time.sleep(3)
+    return seen, left_out, stop, follower, sim, sender
+
+
+ECHO_WORKER = [sys.executable, str(Path(__file__).resolve().parent / "echo_worker.py")]
+
+
+def live_worker_latency(base: Settings, command: list[str], rates: list[float], warm_up_s: float = 30.0,
+                        log_name: str = "worker") -> dict[float, dict]:
+    """A worker started with ``command`` (``churn score``, or ``ECHO_WORKER``) on topics of its own, warmed up
+    with ``warm_up_s`` of live feed at the middle rate, then fed live at each of ``rates`` as ``bench_scoring``
+    feeds the scoring worker: per rate, ``live_latency``'s details (visible p50/p99, CPU shares). ``base``
+    comes from ``scoring_setup`` (its registry and Feast project)."""
     tag = uuid.uuid4().hex[:6]
     s = _topics(base, tag)
     from conftest import free_ports
 
     env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0])
-    log = open(tmp / "echo.log", "ab")
-    script = str(Path(__file__).resolve().parent / "echo_worker.py")
-    worker = subprocess.Popen([sys.executable, script], env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    log = open(Path(tempfile.gettempdir()) / f"churn-bench-{log_name}-{tag}.log", "ab")
+    worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     out: dict[float, dict] = {}
     try:
-        time.sleep(8)
-        seen, left_out, stop, follower = follow_scores(s, tag)
-        sim = Simulator(seed=6, start_s=time.time(), end_s=time.time() + 60 * DAY, mode="live",
-                        labels_from_s=time.time())
-        sender = StepProducer(s, ProduceReport(run_id="bench"), **{"linger.ms": PRODUCER_LINGER_MS})
-        run_live(s, sim, rates[len(rates) // 2], duration_s=warm_up_s, stop=threading.Event(), sender=sender,
-                 warn=lambda m: None, tick_s=LIVE_TICK_S)
-        time.sleep(3)
+        seen, left_out, stop, follower, sim, sender = _followed_and_warm(s, tag, rates[len(rates) // 2], warm_up_s)
         for rate in rates:
             out[rate] = live_latency(s, worker.pid, sim, sender, rate, seen, left_out)[1]
         stop.set()
@@ -364,7 +376,41 @@ def bench_echo_latency(base: Settings, rates: list[float], warm_up_s: float = 30
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
         log.close()
+    return out
+
+
+def bench_echo_latency(base: Settings, rates: list[float], warm_up_s: float = 30.0) -> dict[float, dict]:
+    """The latency floor of the worker's parts (``bench/echo_worker.py``: the worker with its scoring taken out,
+    one small record per CDR into the same transactions) fed live at each of ``rates``."""
+    base, tmp = scoring_setup(base, "echo", "e")
+    try:
+        return live_worker_latency(base, ECHO_WORKER, rates, warm_up_s, "echo")
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_latency_vs_echo(base: Settings, max_rate: float) -> dict[str, tuple[float, str, dict]]:
+    """Visible latency of the scoring worker and of the echo worker on one stack, one after the other, each
+    fed live at 25 and 50 % of ``max_rate`` (the scoring worker's catch-up max), and the ratio of their p99s."""
+    base, tmp = scoring_setup(base, "vs-echo", "v")
+    end = time.time() - DAY
+    _push_activity(base, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end))
+    fracs = (0.25, 0.5)
+    rates = [f * max_rate for f in fracs]
+    try:
+        # the first worker's warm-up is the broker's too (its JIT): 90 s, then 30 s for the second
+        echo = live_worker_latency(base, ECHO_WORKER, rates, LIVE_WARM_UP_S, "echo")
+        scored = live_worker_latency(base, [CHURN, "score"], rates, 30.0, "score")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out: dict[str, tuple[float, str, dict]] = {}
+    for frac, rate in zip(fracs, rates):
+        pct = int(frac * 100)
+        out[f"score_vs_echo_echo_visible_p99_at_{pct}pct"] = (echo[rate]["visible_p99_ms"], "ms", echo[rate])
+        out[f"score_vs_echo_score_visible_p99_at_{pct}pct"] = (scored[rate]["visible_p99_ms"], "ms", scored[rate])
+        out[f"score_vs_echo_p99_ratio_at_{pct}pct"] = (
+            scored[rate]["visible_p99_ms"] / echo[rate]["visible_p99_ms"], "x",
+            {"rate_events_per_s": round(rate), "max_rate": round(max_rate), "target_ms": 150})
     return out
 
 
@@ -411,17 +457,8 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     worker = subprocess.Popen([CHURN, "score"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     rss = []
     try:
-        time.sleep(8)
-        seen, left_out, stop, follower = follow_scores(s, tag)
-        sim = Simulator(seed=6, start_s=time.time(), end_s=time.time() + 60 * DAY, mode="live",
-                        labels_from_s=time.time())
-        # a real-time feed's producer: 5 ms linger (the simulator's backfill default, 20 ms, favours throughput)
-        sender = StepProducer(s, ProduceReport(run_id="bench"), **{"linger.ms": PRODUCER_LINGER_MS})
-        # warm-up, not measured: the worker's first batches find every customer's profile uncached, and a
-        # broker new to live traffic spent about half a core compiling (its JIT) for its first minute or two
-        run_live(s, sim, 0.5 * rates["batched"], duration_s=LIVE_WARM_UP_S, stop=threading.Event(), sender=sender,
-                 warn=lambda m: None, tick_s=LIVE_TICK_S)
-        time.sleep(3)
+        seen, left_out, stop, follower, sim, sender = _followed_and_warm(s, tag, 0.5 * rates["batched"],
+                                                                         LIVE_WARM_UP_S)
         for frac in (0.25, 0.5, 0.75):
             pct = int(frac * 100)
             emit, detail = live_latency(s, worker.pid, sim, sender, frac * rates["batched"], seen, left_out)
