@@ -598,7 +598,9 @@ class ScoringWorker:
     def _commit_ended(self, task: asyncio.Future) -> None:
         if self._commit_task is task:
             self._commit_task = None
-        failure = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if task.cancelled():  # only as the loop shuts down: not a failed commit
+            return
+        failure = task.exception()
         if failure is not None:
             metrics.AGENT_ERRORS.labels("commit").inc()
             log.error("committing failed", exc_info=failure)
