@@ -352,20 +352,20 @@ def _followed_and_warm(s: Settings, tag: str, rate: float, warm_up_s: float):
 ECHO_WORKER = [sys.executable, str(Path(__file__).resolve().parent / "echo_worker.py")]
 
 
-def live_worker_latency(base: Settings, command: list[str], rates: list[float], warm_up_s: float = 30.0,
-                        log_name: str = "worker") -> dict[float, dict]:
+def live_worker_latency(base: Settings, command: list[str], rates: list[float], warm_up_s: float,
+                        log: Path) -> dict[float, dict]:
     """A worker started with ``command`` (``churn score``, or ``ECHO_WORKER``) on topics of its own, warmed up
     with ``warm_up_s`` of live feed at the middle rate, then fed live at each of ``rates`` as ``bench_scoring``
     feeds the scoring worker: per rate, ``live_latency``'s details (visible p50/p99, CPU shares). ``base``
-    comes from ``scoring_setup`` (its registry and Feast project)."""
+    comes from ``scoring_setup`` (its registry and Feast project); the worker's output goes to ``log``."""
     tag = uuid.uuid4().hex[:6]
     s = _topics(base, tag)
     from conftest import free_ports
 
     env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0])
-    log = open(Path(tempfile.gettempdir()) / f"churn-bench-{log_name}-{tag}.log", "ab")
-    worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     out: dict[float, dict] = {}
+    with open(log, "ab") as output:
+        worker = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         seen, left_out, stop, follower, sim, sender = _followed_and_warm(s, tag, rates[len(rates) // 2], warm_up_s)
         for rate in rates:
@@ -375,13 +375,12 @@ def live_worker_latency(base: Settings, command: list[str], rates: list[float], 
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
-        log.close()
     return out
 
 
-def echo_latency(base: Settings, rates: list[float], warm_up_s: float) -> dict[float, dict]:
+def echo_latency(base: Settings, rates: list[float], warm_up_s: float, log: Path) -> dict[float, dict]:
     """``live_worker_latency`` of the echo worker, without the overlay's figures (its records name no input)."""
-    out = live_worker_latency(base, ECHO_WORKER, rates, warm_up_s, "echo")
+    out = live_worker_latency(base, ECHO_WORKER, rates, warm_up_s, log)
     return {rate: {k: v for k, v in detail.items() if k not in ("cdrs_not_included_total", "decisions_lacking_cdrs")}
             for rate, detail in out.items()}
 
@@ -391,7 +390,7 @@ def bench_echo_latency(base: Settings, rates: list[float], warm_up_s: float = 30
     one small record per CDR into the same transactions) fed live at each of ``rates``."""
     base, tmp = scoring_setup(base, "echo", "e")
     try:
-        return echo_latency(base, rates, warm_up_s)
+        return echo_latency(base, rates, warm_up_s, tmp / "echo.log")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -406,8 +405,8 @@ def bench_latency_vs_echo(base: Settings, max_rate: float) -> dict[str, tuple[fl
     rates = [f * max_rate for f in fracs]
     try:
         # the first worker's warm-up is the broker's too (its JIT): 90 s, then 30 s for the second
-        echo = echo_latency(base, rates, LIVE_WARM_UP_S)
-        scored = live_worker_latency(base, [CHURN, "score"], rates, 30.0, "score")
+        echo = echo_latency(base, rates, LIVE_WARM_UP_S, tmp / "echo.log")
+        scored = live_worker_latency(base, [CHURN, "score"], rates, 30.0, tmp / "score.log")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, tuple[float, str, dict]] = {}
