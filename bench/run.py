@@ -46,6 +46,7 @@ from scoring import (bench_echo_latency, bench_faust_alone, bench_latency_vs_ech
                      bench_scoring)
 from security import bench_security, bench_security_stream  # noqa: E402
 from commit_interval import bench_commit_interval  # noqa: E402
+from fetch_ab import bench_fetch_ab  # noqa: E402
 from simulator_auc import bench_simulator_behaviour_auc  # noqa: E402
 from stream_ab import CHANGES, bench_for  # noqa: E402
 
@@ -54,7 +55,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 EARLIER_KEPT = 5  # earlier results of a figure kept in results.json (value, runs, date)
@@ -404,6 +405,15 @@ def bench_score_vs_echo(s: Settings) -> dict:
     return bench_latency_vs_echo(s, results["realtime_score_max_rate"]["value"])
 
 
+def bench_score_fetch(s: Settings) -> dict:
+    """The worker's consumer fetching with its settings against Faust's own fetch (answered at the first
+    record), alternating, fed live at half the max rate of the latest ``realtime_score`` run."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "realtime_score_max_rate" not in results:
+        raise SystemExit("run `bench/run.py realtime_score` first: its max rate sets the rate fed")
+    return bench_fetch_ab(s, results["realtime_score_max_rate"]["value"])
+
+
 def bench_stream_vs_feast(s: Settings) -> dict:
     """Our streaming job vs Feast's contrib SparkKafkaProcessor on the same topic and Redis, with the
     same feature code and batch cap: events/s of each, the ratio, and the share of customers whose
@@ -443,6 +453,7 @@ def main(selector: str = "") -> None:
                "realtime_stream": (bench_realtime_stream, "stack"),
                "realtime_score": (bench_realtime_score, "stack"),
                "score_vs_echo": (bench_score_vs_echo, "stack"),
+               "score_fetch": (bench_score_fetch, "stack"),
                "api": (bench_api, "stack"),
                "model_selection_telco": (bench_model_selection_telco, "settings"),
                "security": (bench_security, "stack"),

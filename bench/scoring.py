@@ -353,16 +353,17 @@ ECHO_WORKER = [sys.executable, str(Path(__file__).resolve().parent / "echo_worke
 
 
 def live_worker_latency(base: Settings, command: list[str], rates: list[float], warm_up_s: float,
-                        log: Path) -> dict[float, dict]:
+                        log: Path, **env_extra: str) -> dict[float, dict]:
     """A worker started with ``command`` (``churn score``, or ``ECHO_WORKER``) on topics of its own, warmed up
     with ``warm_up_s`` of live feed at the middle rate, then fed live at each of ``rates`` as ``bench_scoring``
     feeds the scoring worker: per rate, ``live_latency``'s details (visible p50/p99, CPU shares). ``base``
-    comes from ``scoring_setup`` (its registry and Feast project); the worker's output goes to ``log``."""
+    comes from ``scoring_setup`` (its registry and Feast project); the worker's output goes to ``log``, and
+    ``env_extra`` to its environment (settings to compare)."""
     tag = uuid.uuid4().hex[:6]
     s = _topics(base, tag)
     from conftest import free_ports
 
-    env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0])
+    env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0], **env_extra)
     out: dict[float, dict] = {}
     with open(log, "ab") as output:
         worker = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)

@@ -70,18 +70,25 @@ class Measure:
     def spark_weight(self) -> str:
         return "1.0" if self.weight_column is None else f"{self.weight_column} * {self.scale!r}"
 
-    def numpy_weights(self, cols) -> np.ndarray:
-        """Each event's weight (0 where the filter fails); ``cols`` maps Silver column -> array."""
-        n = len(cols["record_type"])
-        keep = np.ones(n, dtype=bool)
-        if self.record_types:
-            keep &= np.isin(cols["record_type"], self.record_types)
-        if self.counterparty:
-            keep &= cols["counterparty"] == self.counterparty
-        if self.flag:
-            keep &= cols[self.flag].astype(bool)
-        w = np.ones(n) if self.weight_column is None else np.asarray(cols[self.weight_column], dtype=float) * self.scale
-        return np.where(keep, np.nan_to_num(w), 0.0)
+    def numpy_weights(self, cols, shared: dict | None = None) -> np.ndarray:
+        """Each event's weight (0 where the filter fails); ``cols`` maps Silver column -> array. ``shared``
+        (one dict per ``cols``) keeps the filters other measures also use (``event_weights``)."""
+        shared = {} if shared is None else shared
+        keep = None
+        for kind, value, make in (("record_types", self.record_types, lambda: np.isin(cols["record_type"], self.record_types)),
+                                  ("counterparty", self.counterparty, lambda: cols["counterparty"] == self.counterparty),
+                                  ("flag", self.flag, lambda: cols[self.flag].astype(bool))):
+            if not value:
+                continue
+            key = (kind, value)
+            part = shared.get(key)
+            if part is None:
+                part = shared[key] = make()
+            keep = part if keep is None else keep & part
+        if self.weight_column is None:  # weight 1: nothing to clean
+            return np.ones(len(cols["record_type"])) if keep is None else keep.astype(float)
+        w = np.asarray(cols[self.weight_column], dtype=float) * self.scale
+        return np.nan_to_num(w) if keep is None else np.where(keep, np.nan_to_num(w), 0.0)
 
 
 #: The measures, each summed over three horizons.
@@ -138,7 +145,8 @@ def merge_sums(ref_a, sums_a, ref_b, sums_b):
 def event_weights(cols) -> np.ndarray:
     """Each event's weight in every measure (one row per event, ``MEASURES`` order). ``cols`` maps
     Silver column -> array, as for ``Measure.numpy_weights``."""
-    return np.column_stack([spec.numpy_weights(cols) for spec in MEASURES.values()])
+    shared: dict = {}
+    return np.column_stack([spec.numpy_weights(cols, shared) for spec in MEASURES.values()])
 
 
 def event_sums(weights: np.ndarray) -> np.ndarray:

@@ -58,6 +58,8 @@ class FeastSdkReader:
 
 
 _DOUBLE_LIST = 0x7A  # ValueProto field 15 (double_list_val), length-delimited
+_DOUBLE_VAL = 0x29  # ValueProto field 5 (double_val), 64-bit
+_DOUBLE = struct.Struct("<d")
 _PACKED_VALUES = 0x0A  # DoubleList field 1 (val), packed
 
 
@@ -210,6 +212,8 @@ def decode_value(raw: bytes) -> Any:
     >>> decode_value(Value().SerializeToString()) is None
     True
     """
+    if len(raw) == 9 and raw[0] == _DOUBLE_VAL:  # a double scalar (``ref_time``), the common case
+        return _DOUBLE.unpack_from(raw, 1)[0]
     doubles = _double_list(raw)
     if doubles is not None:
         return doubles
@@ -257,6 +261,9 @@ class FeastRedisReader:
         self._keys: OrderedDict[str, bytes] = OrderedDict()
         self._fields: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
         self.key_cache = key_cache
+        # Values decoded by their bytes: the ``covered_offsets`` of every customer pushed in one micro-batch
+        # are the same bytes, and so are many ``active_days`` (a list is decoded varint by varint in Python)
+        self._decoded: dict[bytes, Any] = {}
         self._hmget_many = self.client.register_script(_HMGET_MANY)  # EVALSHA, loaded on first use
 
     @classmethod
@@ -296,9 +303,23 @@ class FeastRedisReader:
                 elif (doubles := _double_list(raw)) is not None:  # the common case, first
                     row[name] = doubles
                 else:
-                    row[name] = decode_value(raw)
+                    row[name] = self._decode(raw)
             rows.append(row)
         return rows
 
+    def _decode(self, raw: bytes) -> Any:
+        """``decode_value(raw)``, remembered for up to ``_DECODED_MAX`` distinct values (a list is returned
+        as a copy of the one remembered)."""
+        value = self._decoded.get(raw, _UNSEEN)
+        if value is _UNSEEN:
+            if len(self._decoded) >= _DECODED_MAX:
+                self._decoded.clear()
+            value = self._decoded[raw] = decode_value(raw)
+        return list(value) if isinstance(value, list) else value
+
     def close(self) -> None:
         self.client.close()
+
+
+_UNSEEN = object()
+_DECODED_MAX = 50_000

@@ -1,5 +1,6 @@
-"""How the scorer runs Faust's worker: without the terminal spinner that sets the root logger to DEBUG, and
-with each record handed to its topic's handler eagerly (no tasks unless the handler waits)."""
+"""How the scorer runs Faust's worker: without the terminal spinner that sets the root logger to DEBUG,
+with each record handed to its topic's handler eagerly (no tasks unless the handler waits), and with
+fetches that wait for more than the first record."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pytest
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streaming.scoring.app import deliver_records_eagerly, faust_worker
+from churn.config import Settings
+from streaming.scoring.app import deliver_records_eagerly, faust_app, faust_worker
 
 
 @pytest.fixture
@@ -116,3 +118,23 @@ def test_each_garbage_collection_pause_is_observed_once_by_generation():
     count_after, total_after = observed()
     assert count_after - count == 2  # two full collections, each observed once
     assert total_after > total
+
+
+def test_faust_creates_its_consumer_to_answer_each_fetch_at_the_first_record():
+    """What ``fetch_in_batches`` replaces: if Faust passes fetch sizes of its own, the patch must follow."""
+    create = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+    source = inspect.getsource(getattr(create, "faust_own", create))
+    assert "fetch_max_wait_ms=1500" in source and "fetch_min_bytes" not in source
+
+
+def test_the_workers_consumer_fetches_with_the_sizes_of_its_settings(tmp_path):
+    settings = Settings(run_dir=tmp_path, scoring={"fetch_min_bytes": 32_768, "fetch_max_wait_ms": 7})
+    app = faust_app(settings)
+
+    async def created():
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        return consumer._fetch_min_bytes, consumer._fetch_max_wait_ms, consumer._max_poll_records
+
+    assert asyncio.run(created()) == (32_768, 7, settings.scoring.batch_max)
+    defaults = Settings(run_dir=tmp_path).scoring
+    assert (defaults.fetch_min_bytes, defaults.fetch_max_wait_ms) == (65_536, 10)

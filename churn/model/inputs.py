@@ -130,7 +130,9 @@ def _sums_of(state: Mapping) -> list[float]:
 
 
 def activity_matrix(states: Sequence[Mapping | None], at_s: Sequence[float]) -> np.ndarray:
-    """``activity_at`` of many rows at once (rows without a state are all NaN)."""
+    """``activity_at`` of many rows at once (rows without a state are all NaN). The ratios and trends are
+    computed for all rows and columns in one operation each (per column, ~70 numpy calls cost ~0.4 ms per
+    call whatever the rows: most of a live batch's input)."""
     n = len(at_s)
     at = np.asarray(at_s, dtype=float)
     out = np.full((n, len(ACTIVITY_FEATURES)), np.nan)
@@ -142,22 +144,24 @@ def activity_matrix(states: Sequence[Mapping | None], at_s: Sequence[float]) -> 
     sums = np.array([_sums_of(states[i]) for i in rows], dtype=float)
     age = np.maximum(at[rows] - ref, 0.0)
     decayed = sums * np.exp(-age[:, None] / _TAUS[None, :])
-    cols = {name: decayed[:, j] for j, name in enumerate(SUM_FEATURES)}
-    for name, (num, den) in RATIOS.items():
-        a, b = cols[num], cols[den]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cols[name] = np.where(~np.isnan(a) & ~np.isnan(b) & (b != 0), a / np.where(b == 0, 1.0, b), 0.0)
+    a, b = decayed[:, _RATIO_NUM], decayed[:, _RATIO_DEN]
+    short, long = decayed[:, _TREND_SHORT], decayed[:, _TREND_LONG]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = np.where(~np.isnan(a) & ~np.isnan(b) & (b != 0), a / np.where(b == 0, 1.0, b), 0.0)
+        trends = np.where(long > 0, (short / HORIZONS["7d"]) / (long / HORIZONS["30d"]), _NAN)
     today = np.floor(at[rows] / 86400.0)
-    cols["active_days_30d"] = np.array([
-        _NAN if states[i].get("active_days") is None else
-        float(sum(1 for d in states[i]["active_days"] if d > t - ACTIVE_DAYS_WINDOW)) for i, t in zip(rows, today)])
-    for m in TREND_MEASURES:
-        short, long = cols[f"{m}_7d"], cols[f"{m}_30d"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cols[f"{m}_trend_7d_30d"] = np.where(long > 0, (short / HORIZONS["7d"]) / (long / HORIZONS["30d"]), _NAN)
-    cols["days_since_last_event"] = age / 86400.0
-    out[rows] = np.column_stack([cols[name] for name in ACTIVITY_FEATURES])
+    active = [_NAN if states[i].get("active_days") is None else
+              float(sum(1 for d in states[i]["active_days"] if d > t - ACTIVE_DAYS_WINDOW)) for i, t in zip(rows, today)]
+    out[rows] = np.concatenate([decayed, ratios, np.array(active)[:, None], trends, (age / 86400.0)[:, None]], axis=1)
     return out
+
+
+# ``ACTIVITY_FEATURES`` is these blocks in this order: sums, ratios, active days, trends, days since the last event
+_RATIO_NUM = np.array([_SUM_INDEX[num] for num, _ in RATIOS.values()])
+_RATIO_DEN = np.array([_SUM_INDEX[den] for _, den in RATIOS.values()])
+_TREND_SHORT = np.array([_SUM_INDEX[f"{m}_7d"] for m in TREND_MEASURES])
+_TREND_LONG = np.array([_SUM_INDEX[f"{m}_30d"] for m in TREND_MEASURES])
+assert ACTIVITY_FEATURES == [*SUM_FEATURES, *RATIOS, "active_days_30d", *TREND_FEATURES, "days_since_last_event"]
 
 
 # -- plain words for reasons -----------------------------------------------------------------

@@ -142,14 +142,32 @@ def deliver_records_eagerly() -> None:
     consumer.wait_first = wait_first
 
 
+def fetch_in_batches(min_bytes: int, max_wait_ms: int) -> None:
+    """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500`` and aiokafka's
+    ``fetch_min_bytes=1``: each fetch returns as soon as any record is there. Fed live, that is a fetch
+    round trip, encoded and decoded in Python on Faust's consumer thread, for every few records. The
+    consumer is created with ``min_bytes`` and ``max_wait_ms`` instead (``scoring.fetch_*``)."""
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    create = getattr(thread._create_worker_consumer, "faust_own", thread._create_worker_consumer)
+
+    def _create_worker_consumer(self, transport):
+        consumer = create(self, transport)
+        consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = min_bytes, max_wait_ms  # read by its start()
+        return consumer
+
+    _create_worker_consumer.faust_own = create
+    thread._create_worker_consumer = _create_worker_consumer
+
+
 def faust_app(settings: Settings, eager: bool = True) -> faust.App:
     """The worker's Faust app, before its agents: group membership and consumption only, with Faust's own
-    offset commits turned off (see the module doc) and records delivered eagerly (``eager``: see
-    ``deliver_records_eagerly``). ``bench/faust_alone.py`` measures it bare, with and without."""
+    offset commits turned off (see the module doc), records delivered eagerly (``eager``: see
+    ``deliver_records_eagerly``) and fetches that wait for more than one record (``fetch_in_batches``). ``bench/faust_alone.py`` measures it bare, with and without."""
     s, cfg = settings, settings.scoring
     disable_faust_offset_commits()
     if eager:
         deliver_records_eagerly()
+    fetch_in_batches(cfg.fetch_min_bytes, cfg.fetch_max_wait_ms)
     datadir = s.run_dir / "faust" / cfg.app_id  # not the working directory
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
