@@ -47,6 +47,7 @@ CDRs after the trigger, and the worker's own previous input plus the trigger is 
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -243,6 +244,7 @@ class ActivityOverlay:
                     day = int(tk // DAY)
                     if day not in days[k]:  # (a day already listed leaves the window as it is)
                         days[k] = merge_active_days(days[k], (day,), ref[k])
+            refs = ref.tolist()
             for k, lo, hi, offset in steps:
                 key = keys[k]
                 pending = self._pending.get(key)
@@ -251,8 +253,8 @@ class ActivityOverlay:
                     cov[k] = max(cov[k], offset + 1)
                 elif newest_offset is not None:
                     cov[k] = max(cov[k], newest_offset + 1)
-                state = None if np.isnan(ref[k]) else {"ref_time": float(ref[k]), "sums": sums[k].tolist(),
-                                                       "active_days": list(days[k])}
+                state = None if math.isnan(refs[k]) else {"ref_time": refs[k], "sums": sums[k].tolist(),
+                                                          "active_days": list(days[k])}
                 missing = self._not_included(key, int(base_cov[k]), bool(own[k]))
                 lacking = missing is None or missing > 0
                 basis = BUFFER_CAP if lacking else (STREAM_AHEAD if ahead[k] else EXACT)
@@ -262,25 +264,26 @@ class ActivityOverlay:
         return out  # type: ignore[return-value]
 
     def _base(self, key, pushed: dict | None, offset: int | None):
-        """Where a key's first decision of the batch starts: ``(covered, ref, sums, days, ahead)`` from the
-        pushed state or this worker's own last input, whichever covers more without passing ``offset``."""
-        candidates = []
+        """Where a key's first decision of the batch starts: ``(covered, ref, sums, days, ahead, own)`` from the
+        pushed state or this worker's own last input, whichever covers more without passing ``offset`` (the
+        pushed one on a tie). Only the one chosen is unpacked."""
+        candidates = []  # (covered, 1 pushed / 0 own)
         if pushed is not None and pushed.get("ref_time") is not None:
             covered = pushed.get("covered_offsets") or ()
-            pushed_cov = int(covered[key[0]]) if key[0] < len(covered) and covered[key[0]] is not None else 0
-            candidates.append((pushed_cov, 1, float(pushed["ref_time"]), np.asarray(pushed["sums"], dtype=float),
-                               [int(d) for d in (pushed.get("active_days") or ())]))
+            candidates.append((int(covered[key[0]]) if key[0] < len(covered) and covered[key[0]] is not None else 0, 1))
         own = self._own.get(key)
         if own is not None:
-            candidates.append((own[0], 0, own[1], own[2], own[3]))
+            candidates.append((own[0], 0))
         if not candidates:
             return None
         usable = [c for c in candidates if offset is None or c[0] <= offset]
-        if usable:
-            best = max(usable, key=lambda c: (c[0], c[1]))
-            return best[0], best[2], best[3], best[4], False, best[1] == 0
-        best = max(candidates, key=lambda c: (c[1], c[0]))  # the stream is ahead of this worker
-        return best[0], best[2], best[3], best[4], True, best[1] == 0
+        ahead = not usable
+        # ahead: the stream is ahead of this worker, and its state is preferred
+        best = max(usable) if usable else max(candidates, key=lambda c: (c[1], c[0]))
+        if best[1] == 1:
+            return (best[0], float(pushed["ref_time"]), np.asarray(pushed["sums"], dtype=float),
+                    [int(d) for d in (pushed.get("active_days") or ())], ahead, False)
+        return own[0], own[1], own[2], own[3], ahead, True
 
     def _not_included(self, key, base_covered: int, own: bool = False) -> int | None:
         """CDRs of ``key`` dropped at the cap that a state starting at ``base_covered`` lacks (an upper
