@@ -43,7 +43,7 @@ from lake_storage import bench_stream_s3  # noqa: E402
 from overlay import bench_overlay, bench_overlay_with_stream  # noqa: E402
 from reliability import bench_broker_restart  # noqa: E402
 from scoring import (bench_echo_latency, bench_faust_alone, bench_latency_vs_echo, bench_score_work_alone,  # noqa: E402
-                     bench_scoring)
+                     bench_score_work_by_batch, bench_scoring)
 from security import bench_security, bench_security_stream  # noqa: E402
 from commit_interval import bench_commit_interval  # noqa: E402
 from fetch_ab import bench_fetch_ab  # noqa: E402
@@ -55,7 +55,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 EARLIER_KEPT = 5  # earlier results of a figure kept in results.json (value, runs, date)
@@ -454,6 +454,7 @@ def main(selector: str = "") -> None:
                "realtime_score": (bench_realtime_score, "stack"),
                "score_vs_echo": (bench_score_vs_echo, "stack"),
                "score_fetch": (bench_score_fetch, "stack"),
+               "score_work_by_batch": (bench_score_work_by_batch, "stack"),
                "api": (bench_api, "stack"),
                "model_selection_telco": (bench_model_selection_telco, "settings"),
                "security": (bench_security, "stack"),

@@ -499,10 +499,11 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     return results
 
 
-def _score_work(s: Settings, producer_topic: str) -> dict:
+def _score_work(s: Settings, producer_topic: str, batch: int | None = None) -> dict:
     """The scoring worker's work per CDR without Faust: the backlog on ``s``'s ``cdr`` topic read into memory
-    first (not timed), then scored in the worker's batches by the worker's ``BatchScorer`` (parse, overlay,
-    lookup, model, alert rule, records) with every score and alert produced to ``producer_topic``."""
+    first (not timed), then scored in the worker's batches (``batch`` CDRs each if given) by the worker's
+    ``BatchScorer`` (parse, overlay, lookup, model, alert rule, records) with every score and alert produced
+    to ``producer_topic``."""
     import gc
 
     from churn.model.online import OnlineChallenger
@@ -523,8 +524,9 @@ def _score_work(s: Settings, producer_topic: str) -> dict:
     gc.set_threshold(10_000, 10, 10)
     scored = 0
     started = time.perf_counter()
-    for i in range(0, len(backlog), cfg.batch_max):
-        result = scorer.score(backlog[i:i + cfg.batch_max], state)
+    size = batch or cfg.batch_max
+    for i in range(0, len(backlog), size):
+        result = scorer.score(backlog[i:i + size], state)
         for rec in result.scored:
             key = rec.customer_id.encode()
             out.produce(producer_topic, rec.score, key)
@@ -534,7 +536,23 @@ def _score_work(s: Settings, producer_topic: str) -> dict:
         scored += len(result.scored)
     out.flush(60)
     seconds = time.perf_counter() - started
-    return {"events": len(backlog), "scored": scored, "seconds": seconds}
+    return {"events": len(backlog), "scored": scored, "seconds": seconds, "batch": size}
+
+
+def _score_work_runs(base: Settings, name: str, batches: list[int | None]) -> list[dict]:
+    """``_score_work`` once per entry of ``batches`` (its batch size; None: the worker's), each in a fresh
+    interpreter, on one backlog of ~150,000 CDRs on topics of their own."""
+    from feast_processor import in_fresh_process
+
+    base, tmp = scoring_setup(base, name, "w")
+    end = time.time() - DAY
+    try:
+        _push_activity(base, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end))
+        s = _topics(base, uuid.uuid4().hex[:6])
+        run_backfill(s, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end))
+        return [in_fresh_process(_score_work, s, s.topics.churn_scores.name, batch) for batch in batches]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def bench_score_work_alone(base: Settings, runs: int = 3) -> tuple[list[float], dict]:
@@ -542,17 +560,21 @@ def bench_score_work_alone(base: Settings, runs: int = 3) -> tuple[list[float], 
     backlog of ~150,000 CDRs held in memory, with no Faust and no transactions, ``runs`` times, each in a
     fresh interpreter. A worker does this work and Faust's, on the same core: ``1 / (1/faust + 1/work)``
     bounds its rate, whatever the tuning of either."""
-    from feast_processor import in_fresh_process
-
-    base, tmp = scoring_setup(base, "work", "w")
-    end = time.time() - DAY
-    try:
-        _push_activity(base, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end))
-        s = _topics(base, uuid.uuid4().hex[:6])
-        run_backfill(s, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end))
-        done = [in_fresh_process(_score_work, s, s.topics.churn_scores.name) for _ in range(runs)]
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    done = _score_work_runs(base, "work", [None] * runs)
     return [d["scored"] / d["seconds"] for d in done], {"events": done[0]["events"], "batch_max": base.scoring.batch_max,
                                                        "overlay": base.scoring.overlay,
                                                        "runs_seconds": [round(d["seconds"], 1) for d in done]}
+
+
+#: Batch sizes of ``bench_score_work_by_batch``: a live worker's batches (tens of CDRs) and a catch-up's.
+WORK_BATCHES = (25, 100, 400, 4000)
+
+
+def bench_score_work_by_batch(base: Settings) -> dict[str, tuple[float, str, dict]]:
+    """What the scoring work costs per CDR by batch size: ``_score_work`` in batches of each of
+    ``WORK_BATCHES`` CDRs, each in a fresh interpreter, on one backlog (~150,000 CDRs). Fed live, a worker's
+    batches hold tens of CDRs, and what a batch costs whatever its size comes back per CDR."""
+    done = _score_work_runs(base, "work-batch", list(WORK_BATCHES))
+    return {f"score_work_us_per_cdr_batch_{d['batch']}": (1e6 * d["seconds"] / d["scored"], "µs", {
+        "batch": d["batch"], "events": d["events"], "scored": d["scored"], "seconds": round(d["seconds"], 2)})
+        for d in done}
