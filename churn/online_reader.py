@@ -309,7 +309,9 @@ class FeastRedisReader:
 
     def _decode(self, raw: bytes) -> Any:
         """``decode_value(raw)``, remembered for up to ``_DECODED_MAX`` distinct values (a list is returned
-        as a copy of the one remembered)."""
+        as a copy of the one remembered); a double scalar, different for each customer, is read at once."""
+        if len(raw) == 9 and raw[0] == _DOUBLE_VAL:
+            return _DOUBLE.unpack_from(raw, 1)[0]
         value = self._decoded.get(raw, _UNSEEN)
         if value is _UNSEEN:
             if len(self._decoded) >= _DECODED_MAX:
