@@ -46,8 +46,10 @@ def bench_fetch_ab(base: Settings, max_rate: float, pairs: int = 2) -> dict[str,
         p99 = statistics.median(r["visible_p99_ms"] for r in detail)
         out[f"score_fetch_{kind}_visible_p99"] = (p99, "ms", {
             "rate_events_per_s": round(rate), "max_rate": round(max_rate), "order": order,
-            "fetch_min_bytes": 1 if kind == "faust" else defaults.fetch_min_bytes,
-            "fetch_max_wait_ms": 1500 if kind == "faust" else defaults.fetch_max_wait_ms,
+            "fetch_min_bytes": int(FAUST_FETCH["CHURN_SCORING__FETCH_MIN_BYTES"]) if kind == "faust"
+            else defaults.fetch_min_bytes,
+            "fetch_max_wait_ms": int(FAUST_FETCH["CHURN_SCORING__FETCH_MAX_WAIT_MS"]) if kind == "faust"
+            else defaults.fetch_max_wait_ms,
             "runs_visible_p50_ms": [r["visible_p50_ms"] for r in detail],
             "runs_visible_p99_ms": [r["visible_p99_ms"] for r in detail],
             "runs_worker_cpu_pct": [r["worker_cpu_pct"] for r in detail],

@@ -365,8 +365,8 @@ class ScoringSettings(BaseModel):
     batch_max: int = 4000
     batch_within_s: float = 0.005
     #: How the worker's consumer fetches from the broker: a fetch returns once it has ``fetch_min_bytes``
-    #: or has waited ``fetch_max_wait_ms`` (Faust's consumer decodes each fetch in Python: answered at the
-    #: first byte, as by default, a live trickle cost a fetch round trip per few CDRs).
+    #: or has waited ``fetch_max_wait_ms``. Faust's consumer encodes and decodes each fetch in Python; with
+    #: Faust's own setting (answer at the first byte) a live trickle cost a fetch per few CDRs.
     fetch_min_bytes: int = 65_536
     fetch_max_wait_ms: int = 10
     #: How often the worker's transaction commits (outputs become visible to read_committed readers).

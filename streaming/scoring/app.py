@@ -162,7 +162,8 @@ def fetch_in_batches(min_bytes: int, max_wait_ms: int) -> None:
 def faust_app(settings: Settings, eager: bool = True) -> faust.App:
     """The worker's Faust app, before its agents: group membership and consumption only, with Faust's own
     offset commits turned off (see the module doc), records delivered eagerly (``eager``: see
-    ``deliver_records_eagerly``) and fetches that wait for more than one record (``fetch_in_batches``). ``bench/faust_alone.py`` measures it bare, with and without."""
+    ``deliver_records_eagerly``) and fetches that wait for more than one record (``fetch_in_batches``).
+    ``bench/faust_alone.py`` measures it bare, with and without eager delivery."""
     s, cfg = settings, settings.scoring
     disable_faust_offset_commits()
     if eager:
