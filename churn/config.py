@@ -364,11 +364,13 @@ class ScoringSettings(BaseModel):
     #: Events per scoring batch, and the longest a batch waits to fill.
     batch_max: int = 4000
     batch_within_s: float = 0.005
-    #: How the worker's consumer fetches from the broker: a fetch returns once it has ``fetch_min_bytes``
-    #: or has waited ``fetch_max_wait_ms``. Faust's consumer encodes and decodes each fetch in Python; with
-    #: Faust's own setting (answer at the first byte) a live trickle cost a fetch per few CDRs.
+    #: How the worker's consumer fetches from the broker. While records flow a fetch returns once it has
+    #: ``fetch_min_bytes`` or has waited ``fetch_max_wait_ms`` (Faust's consumer decodes each fetch in Python,
+    #: so a fetch per few CDRs cost as much CPU as the scoring loop). After an empty fetch the next one
+    #: returns at the first record, or after ``fetch_idle_max_wait_ms``, so an idle worker rarely asks.
     fetch_min_bytes: int = 65_536
     fetch_max_wait_ms: int = 10
+    fetch_idle_max_wait_ms: int = 1500
     #: How often the worker's transaction commits (outputs become visible to read_committed readers).
     commit_interval_s: float = 0.025
     #: Consumer-group session timeout: how soon a dead worker's partitions move.

@@ -121,20 +121,99 @@ def test_each_garbage_collection_pause_is_observed_once_by_generation():
 
 
 def test_faust_creates_its_consumer_to_answer_each_fetch_at_the_first_record():
-    """What ``fetch_in_batches`` replaces: if Faust passes fetch sizes of its own, the patch must follow."""
+    """What ``fetch_adaptively`` replaces: if Faust passes fetch sizes of its own, the patch must follow."""
     create = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
     source = inspect.getsource(getattr(create, "faust_own", create))
     assert "fetch_max_wait_ms=1500" in source and "fetch_min_bytes" not in source
 
 
-def test_the_workers_consumer_fetches_with_the_sizes_of_its_settings(tmp_path):
-    settings = Settings(run_dir=tmp_path, scoring={"fetch_min_bytes": 32_768, "fetch_max_wait_ms": 7})
+def test_aiokafka_builds_each_fetch_request_from_the_sizes_the_adaptive_fetch_sets():
+    """What ``AdaptiveFetch.follow`` relies on: if aiokafka stops reading these per request, it does nothing."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    actions = re.sub(r"\s+", "", inspect.getsource(Fetcher._get_actions_per_node))
+    assert "FetchRequest(self._fetch_max_wait_ms,self._fetch_min_bytes," in actions
+    assert "self._proc_fetch_request(assignment,node_id,request)" in inspect.getsource(
+        Fetcher._fetch_requests_routine).replace(" ", "").replace("\n", "")
+
+
+def test_the_workers_consumer_starts_idle_and_fetches_with_the_sizes_of_its_settings(tmp_path):
+    settings = Settings(run_dir=tmp_path, scoring={"fetch_min_bytes": 32_768, "fetch_max_wait_ms": 7,
+                                                    "fetch_idle_max_wait_ms": 900})
     app = faust_app(settings)
 
     async def created():
         consumer = app.consumer._thread._create_worker_consumer(app.transport)
-        return consumer._fetch_min_bytes, consumer._fetch_max_wait_ms, consumer._max_poll_records
+        fetch = consumer.adaptive_fetch
+        return ((consumer._fetch_min_bytes, consumer._fetch_max_wait_ms, consumer._max_poll_records),
+                fetch.flowing_sizes, fetch.idle_sizes)
 
-    assert asyncio.run(created()) == (32_768, 7, settings.scoring.batch_max)
+    assert asyncio.run(created()) == ((1, 900, settings.scoring.batch_max), (32_768, 7), (1, 900))
     defaults = Settings(run_dir=tmp_path).scoring
-    assert (defaults.fetch_min_bytes, defaults.fetch_max_wait_ms) == (65_536, 10)
+    assert (defaults.fetch_min_bytes, defaults.fetch_max_wait_ms, defaults.fetch_idle_max_wait_ms) == (65_536, 10, 1500)
+
+
+def test_a_fetch_after_records_waits_for_a_batch_and_one_after_an_empty_fetch_answers_at_the_first_record(live_stack):
+    """A real consumer on the broker, fed in bursts with silences between: every request's sizes follow what the
+    fetch before it brought, every record arrives once, and a silence costs a few long fetches, not one per 10 ms."""
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from confluent_kafka.admin import NewTopic
+
+    from churn.transport import admin, producer
+    from streaming.scoring.fetch import AdaptiveFetch
+
+    topic = f"fetch-{uuid.uuid4().hex[:8]}"
+    client = admin(live_stack)
+    client.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    requests: list[tuple[int, int, bool]] = []  # the sizes each fetch was sent with, and whether it brought records
+
+    async def scenario():
+        consumer = AIOKafkaConsumer(bootstrap_servers=live_stack.kafka.bootstrap_servers, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            fetcher = consumer._fetcher
+            proc = fetcher._proc_fetch_request
+
+            async def recorded(assignment, node_id, request):
+                sizes = (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms)
+                got = await proc(assignment, node_id, request)
+                requests.append((*sizes, got))
+                return got
+
+            fetcher._proc_fetch_request = recorded
+            AdaptiveFetch(min_bytes=65_536, max_wait_ms=10, idle_max_wait_ms=300).follow(fetcher)
+            consumer.assign([TopicPartition(topic, 0)])
+            await consumer.seek_to_beginning()
+            received: list[bytes] = []
+
+            async def read_for(seconds: float) -> None:
+                end = asyncio.get_running_loop().time() + seconds
+                while (left := end - asyncio.get_running_loop().time()) > 0:
+                    for records in (await consumer.getmany(timeout_ms=int(left * 1000) + 1)).values():
+                        received.extend(r.value for r in records)
+
+            await read_for(1.5)  # silence
+            silent = len(requests)
+            sent = producer(live_stack)
+            for burst in range(3):
+                for i in range(200):
+                    sent.produce(topic, f"{burst}-{i}".encode())
+                    if i % 20 == 0:
+                        sent.flush()
+                        await read_for(0.003)
+                sent.flush()
+                await read_for(1.0)  # silence after the burst
+            return silent, received
+        finally:
+            await consumer.stop()
+
+    silent, received = asyncio.run(scenario())
+    assert sorted(received) == sorted(f"{b}-{i}".encode() for b in range(3) for i in range(200))
+    assert 2 <= silent <= 8  # 1.5 s of silence: fetches of up to 300 ms, not 150 of 10 ms
+    assert requests[0][:2] == (1, 300)
+    for before, after in zip(requests, requests[1:]):
+        assert after[:2] == ((65_536, 10) if before[2] else (1, 300)), requests
+    flowing = [r for r in requests if r[:2] == (65_536, 10)]
+    assert sum(r[2] for r in requests) >= 3 and len(flowing) >= 3 and not all(r[2] for r in flowing)

@@ -51,6 +51,7 @@ from churn.online_reader import fail_fast_redis
 from churn.security import faust_credentials, redis_options
 from streaming.scoring import metrics
 from streaming.scoring.eager import run_eagerly
+from streaming.scoring.fetch import fetch_adaptively
 from streaming.scoring.liveness import Liveness, die
 from streaming.scoring.lookup import online_features
 from streaming.scoring.scorer import BatchScorer, Incoming
@@ -142,33 +143,16 @@ def deliver_records_eagerly() -> None:
     consumer.wait_first = wait_first
 
 
-def fetch_in_batches(min_bytes: int, max_wait_ms: int) -> None:
-    """Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500`` and aiokafka's
-    ``fetch_min_bytes=1``: each fetch returns as soon as any record is there. Fed live, that is a fetch
-    round trip, encoded and decoded in Python on Faust's consumer thread, for every few records. The
-    consumer is created with ``min_bytes`` and ``max_wait_ms`` instead (``scoring.fetch_*``)."""
-    thread = faust_aiokafka.AIOKafkaConsumerThread
-    create = getattr(thread._create_worker_consumer, "faust_own", thread._create_worker_consumer)
-
-    def _create_worker_consumer(self, transport):
-        consumer = create(self, transport)
-        consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = min_bytes, max_wait_ms  # read by its start()
-        return consumer
-
-    _create_worker_consumer.faust_own = create
-    thread._create_worker_consumer = _create_worker_consumer
-
-
 def faust_app(settings: Settings, eager: bool = True) -> faust.App:
     """The worker's Faust app, before its agents: group membership and consumption only, with Faust's own
     offset commits turned off (see the module doc), records delivered eagerly (``eager``: see
-    ``deliver_records_eagerly``) and fetches that wait for more than one record (``fetch_in_batches``).
+    ``deliver_records_eagerly``) and fetches in batches while records flow (``streaming.scoring.fetch``).
     ``bench/faust_alone.py`` measures it bare, with and without eager delivery."""
     s, cfg = settings, settings.scoring
     disable_faust_offset_commits()
     if eager:
         deliver_records_eagerly()
-    fetch_in_batches(cfg.fetch_min_bytes, cfg.fetch_max_wait_ms)
+    fetch_adaptively(cfg.fetch_min_bytes, cfg.fetch_max_wait_ms, cfg.fetch_idle_max_wait_ms)
     datadir = s.run_dir / "faust" / cfg.app_id  # not the working directory
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
