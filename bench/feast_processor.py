@@ -75,7 +75,9 @@ def _feast_processor_view(s: Settings, batch_path: Path):
         sums = partial_sums_by_executors(df.where(F.col("customer_id").isNotNull()))
         return sums.select("customer_id", F.timestamp_seconds("ref_time").alias("feature_time"), "ref_time",
                            F.col("active_days").cast("array<bigint>").alias("active_days"),
-                           F.array(*[F.col(n) for n in SUM_FEATURES]).alias("sums"))
+                           F.array(*[F.col(n) for n in SUM_FEATURES]).alias("sums"),
+                           # it keeps no Kafka offsets: its states cover none (the scorer's overlay adds every CDR)
+                           F.array().cast("array<bigint>").alias("covered_offsets"))
 
     return customer_activity_feast
 
