@@ -176,3 +176,37 @@ def test_stream_state_merged_batch_by_batch_equals_the_computation_over_all_even
         for i, name in enumerate(SUM_FEATURES):
             assert getattr(row, name) == pytest.approx(want[name], rel=1e-9, abs=1e-12), name
             assert row.sums[i] == getattr(row, name)
+
+
+def test_the_side_by_side_benchs_feast_view_writes_every_field_of_customer_activity(simulated, tmp_path):
+    """``bench/feast_processor.py`` hands Feast's ``SparkKafkaProcessor`` our feature code; Feast writes the
+    view's schema by name, so a field of ``customer_activity`` the transformation lacks fails that bench."""
+    import importlib.util
+
+    import pandas as pd
+
+    from churn.config import PROJECT_ROOT
+    from churn.spark import spark_session
+    from feature_repo.activity import customer_activity
+
+    spec = importlib.util.spec_from_file_location("feast_processor_bench", PROJECT_ROOT / "bench" / "feast_processor.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    spark = spark_session(Settings(), app_name="feast-view")  # first: Feast's view would start one without our jars
+    view = bench._feast_processor_view(Settings(), tmp_path / "activity.parquet")
+
+    _, cols = simulated
+    frame = pd.DataFrame({k: (v if k != "event_time" else
+                              pd.to_datetime(np.round(v * 1e6).astype("int64"), unit="us", utc=True))
+                          for k, v in cols.items()})
+    frame["data_bytes"] = frame["data_bytes"].astype("Int64")
+    rows = {r.customer_id: r.asDict() for r in view.udf(spark.createDataFrame(frame)).collect()}
+    fields = [f.name for f in customer_activity.features]
+    assert fields == [f.name for f in view.features]
+    fast = partial_sums_numpy(cols)
+    assert set(rows) == set(fast) and len(rows) > 100
+    for customer, row in rows.items():
+        assert set(fields) | {"customer_id", "feature_time"} <= set(row)
+        assert row["covered_offsets"] == []  # it keeps no offsets: its states cover none
+        assert row["ref_time"] == pytest.approx(fast[customer]["ref_time"], abs=1e-3)
+        np.testing.assert_allclose(row["sums"], [fast[customer][n] for n in SUM_FEATURES], rtol=1e-9, atol=1e-9)
