@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import time
-import uuid
 from pathlib import Path
 
 from churn.config import ScoringSettings, Settings
 from churn.simulator import Simulator
-from scoring import CHURN, DAY, LIVE_WARM_UP_S, _cpu_s, _env, _push_activity, _topics, live_worker_latency, scoring_setup
+from scoring import (CHURN, DAY, LIVE_WARM_UP_S, _cpu_s, _push_activity, live_worker_latency, scoring_setup,
+                     worker_on_own_topics)
 
 #: Faust's own fetch (answered at the first record), the worker's (its settings' defaults), and one that stays
 #: batched when idle (what the worker did before it told idle from flowing).
@@ -53,22 +51,11 @@ def _session_cpu_s(sid: int) -> float:
 def idle_cpu_pct(base: Settings, log: Path, **env_extra: str) -> float:
     """Share of one core (%) a fresh ``churn score`` worker and its children use with no traffic, measured
     ``IDLE_MEASURED_S`` after ``IDLE_SETTLE_S`` to start and join its group."""
-    tag = uuid.uuid4().hex[:6]
-    s = _topics(base, tag)
-    from conftest import free_ports
-
-    env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0], **env_extra)
-    with open(log, "ab") as output:
-        worker = subprocess.Popen([CHURN, "score"], env=env, stdout=output, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-    try:
+    with worker_on_own_topics(base, [CHURN, "score"], log, **env_extra) as (_, _, worker):
         time.sleep(IDLE_SETTLE_S)
         before, t0 = _session_cpu_s(worker.pid), time.monotonic()
         time.sleep(IDLE_MEASURED_S)
         return round(100 * (_session_cpu_s(worker.pid) - before) / (time.monotonic() - t0), 1)
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(60)
 
 
 def bench_idle_fetch(base: Settings, logs: Path) -> dict[str, list[float]]:

@@ -14,6 +14,7 @@ One run of ``bench_scoring`` on a private stack:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -359,24 +360,33 @@ def live_worker_latency(base: Settings, command: list[str], rates: list[float], 
     feeds the scoring worker: per rate, ``live_latency``'s details (visible p50/p99, CPU shares). ``base``
     comes from ``scoring_setup`` (its registry and Feast project); the worker's output goes to ``log``, and
     ``env_extra`` to its environment (settings to compare)."""
-    tag = uuid.uuid4().hex[:6]
-    s = _topics(base, tag)
-    from conftest import free_ports
-
-    env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0], **env_extra)
     out: dict[float, dict] = {}
-    with open(log, "ab") as output:
-        worker = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    with worker_on_own_topics(base, command, log, **env_extra) as (s, tag, worker):
         seen, left_out, stop, follower, sim, sender = _followed_and_warm(s, tag, rates[len(rates) // 2], warm_up_s)
         for rate in rates:
             out[rate] = live_latency(s, worker.pid, sim, sender, rate, seen, left_out)[1]
         stop.set()
         follower.join(5)
+    return out
+
+
+@contextlib.contextmanager
+def worker_on_own_topics(base: Settings, command: list[str], log: Path, **env_extra: str):
+    """A worker started with ``command`` on topics of its own (``_topics``), with ``base``'s registry and
+    Feast project, its output appended to ``log`` and ``env_extra`` in its environment: yields its settings,
+    topic tag and process, and stops it (SIGTERM) on leaving."""
+    tag = uuid.uuid4().hex[:6]
+    s = _topics(base, tag)
+    from conftest import free_ports
+
+    env = _env(s, tag, base.scoring.registry_dir, base.streaming.lake_dir, free_ports(1)[0], **env_extra)
+    with open(log, "ab") as output:
+        worker = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield s, tag, worker
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
-    return out
 
 
 def echo_latency(base: Settings, rates: list[float], warm_up_s: float, log: Path) -> dict[float, dict]:
