@@ -509,11 +509,60 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     return results
 
 
-def _score_work(s: Settings, producer_topic: str, batch: int | None = None) -> dict:
+#: The stages of the scoring work that ``_score_work`` times: (name, class or module, attribute). ``decide``
+#: holds ``lookup`` to ``reasons``; what it holds besides them is the alert rule and the records.
+STAGES = (("parse", "streaming.scoring.scorer:BatchScorer", "_valid"),
+          ("overlay_admit", "streaming.scoring.scorer:BatchScorer", "_admit"),
+          ("decide", "streaming.scoring.scorer:BatchScorer", "_decide"),
+          ("lookup", "streaming.scoring.lookup:OnlineFeatures", "fetch"),
+          ("overlay_inputs", "streaming.scoring.overlay:ActivityOverlay", "inputs"),
+          ("model_inputs", "streaming.scoring.scorer", "matrix"),
+          ("model", "champion", "predict"),
+          ("drift", "streaming.scoring.scorer:BatchScorer", "_observe_drift"),
+          ("challenger", "churn.model.online:OnlineChallenger", "predict_many"),
+          ("reasons", "champion", "reasons"))
+_INSIDE_DECIDE = ("lookup", "overlay_inputs", "model_inputs", "model", "drift", "challenger", "reasons")
+
+
+@contextlib.contextmanager
+def timed_stages(champion_class: type):
+    """While inside, each of ``STAGES`` accumulates its wall time (seconds) into the dict yielded; the
+    stages' owners are patched (one ``perf_counter`` pair per call) and restored on leaving."""
+    import importlib
+
+    spent: dict[str, float] = dict.fromkeys((name for name, _, _ in STAGES), 0.0)
+    patched = []
+    for name, where, attr in STAGES:
+        if where == "champion":
+            owner = champion_class
+        else:
+            module, _, cls = where.partition(":")
+            owner = importlib.import_module(module)
+            owner = getattr(owner, cls) if cls else owner
+        original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+        fn = original.__func__ if isinstance(original, staticmethod) else original
+
+        def timed(*args, _fn=fn, _name=name, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                spent[_name] += time.perf_counter() - started
+
+        setattr(owner, attr, staticmethod(timed) if isinstance(original, staticmethod) else timed)
+        patched.append((owner, attr, original))
+    try:
+        yield spent
+    finally:
+        for owner, attr, original in reversed(patched):
+            setattr(owner, attr, original)
+
+
+def _score_work(s: Settings, producer_topic: str, batch: int | None = None, stages: bool = False) -> dict:
     """The scoring worker's work per CDR without Faust: the backlog on ``s``'s ``cdr`` topic read into memory
     first (not timed), then scored in the worker's batches (``batch`` CDRs each if given) by the worker's
     ``BatchScorer`` (parse, overlay, lookup, model, alert rule, records) with every score and alert produced
-    to ``producer_topic``."""
+    to ``producer_topic``. With ``stages``, also the time of each of ``STAGES`` (``timed_stages``), per CDR."""
     import gc
 
     from churn.model.online import OnlineChallenger
@@ -532,24 +581,34 @@ def _score_work(s: Settings, producer_topic: str, batch: int | None = None) -> d
     gc.collect()
     gc.freeze()  # as ``streaming.scoring.app.run`` sets the collector up
     gc.set_threshold(10_000, 10, 10)
-    scored = 0
-    started = time.perf_counter()
+    scored = alerts = 0
     size = batch or cfg.batch_max
-    for i in range(0, len(backlog), size):
-        result = scorer.score(backlog[i:i + size], state)
-        for rec in result.scored:
-            key = rec.customer_id.encode()
-            out.produce(producer_topic, rec.score, key)
-            if rec.alert is not None:
-                out.produce(producer_topic, rec.alert, key)
-            out.poll(0)
-        scored += len(result.scored)
-    out.flush(60)
-    seconds = time.perf_counter() - started
-    return {"events": len(backlog), "scored": scored, "seconds": seconds, "batch": size}
+    with timed_stages(type(scorer.models.current())) if stages else contextlib.nullcontext({}) as spent:
+        started = time.perf_counter()
+        produced = 0.0
+        for i in range(0, len(backlog), size):
+            result = scorer.score(backlog[i:i + size], state)
+            producing = time.perf_counter()
+            for rec in result.scored:
+                key = rec.customer_id.encode()
+                out.produce(producer_topic, rec.score, key)
+                if rec.alert is not None:
+                    out.produce(producer_topic, rec.alert, key)
+                    alerts += 1
+                out.poll(0)
+            produced += time.perf_counter() - producing
+            scored += len(result.scored)
+        out.flush(60)
+        seconds = time.perf_counter() - started
+    done = {"events": len(backlog), "scored": scored, "alerts": alerts, "seconds": seconds, "batch": size}
+    if stages:
+        spent = {**spent, "produce": produced}
+        spent["alert_rule_and_records"] = spent["decide"] - sum(spent[name] for name in _INSIDE_DECIDE)
+        done["stages_us_per_cdr"] = {name: round(1e6 * v / max(scored, 1), 1) for name, v in spent.items()}
+    return done
 
 
-def _score_work_runs(base: Settings, name: str, batches: list[int | None]) -> list[dict]:
+def _score_work_runs(base: Settings, name: str, batches: list[int | None], stages: bool = False) -> list[dict]:
     """``_score_work`` once per entry of ``batches`` (its batch size; None: the worker's), each in a fresh
     interpreter, on one backlog of ~150,000 CDRs on topics of their own."""
     from feast_processor import in_fresh_process
@@ -560,7 +619,7 @@ def _score_work_runs(base: Settings, name: str, batches: list[int | None]) -> li
         _push_activity(base, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end))
         s = _topics(base, uuid.uuid4().hex[:6])
         run_backfill(s, Simulator(seed=5, start_s=end - 1.2 * DAY, end_s=end))
-        return [in_fresh_process(_score_work, s, s.topics.churn_scores.name, batch) for batch in batches]
+        return [in_fresh_process(_score_work, s, s.topics.churn_scores.name, batch, stages) for batch in batches]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -583,8 +642,10 @@ WORK_BATCHES = (25, 100, 400, 4000)
 def bench_score_work_by_batch(base: Settings) -> dict[str, tuple[float, str, dict]]:
     """What the scoring work costs per CDR by batch size: ``_score_work`` in batches of each of
     ``WORK_BATCHES`` CDRs, each in a fresh interpreter, on one backlog (~150,000 CDRs). Fed live, a worker's
-    batches hold tens of CDRs, and what a batch costs whatever its size comes back per CDR."""
-    done = _score_work_runs(base, "work-batch", list(WORK_BATCHES))
+    batches hold tens of CDRs, and what a batch costs whatever its size comes back per CDR. Each figure's
+    detail splits it into the stages of ``STAGES`` (the timing adds two clock reads per stage and batch)."""
+    done = _score_work_runs(base, "work-batch", list(WORK_BATCHES), stages=True)
     return {f"score_work_us_per_cdr_batch_{d['batch']}": (1e6 * d["seconds"] / d["scored"], "µs", {
-        "batch": d["batch"], "events": d["events"], "scored": d["scored"], "seconds": round(d["seconds"], 2)})
+        "batch": d["batch"], "events": d["events"], "scored": d["scored"], "alerts": d["alerts"],
+        "seconds": round(d["seconds"], 2), "stages_us_per_cdr": d["stages_us_per_cdr"]})
         for d in done}
