@@ -509,19 +509,22 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
     return results
 
 
-#: The stages of the scoring work that ``_score_work`` times: (name, class or module, attribute). ``decide``
-#: holds ``lookup`` to ``reasons``; what it holds besides them is the alert rule and the records.
+#: The stages of the scoring work that ``_score_work`` times: (name, class or module, attribute); a name
+#: given twice adds both up. ``decide`` holds ``overlay_inputs`` to ``reasons``; what it holds besides them
+#: is the alert rule and the records. ``lookup`` is the time the lookup holds the scorer: asking the store,
+#: and reading its answer once the overlay has admitted the batch.
 STAGES = (("parse", "streaming.scoring.scorer:BatchScorer", "_valid"),
           ("overlay_admit", "streaming.scoring.scorer:BatchScorer", "_admit"),
           ("decide", "streaming.scoring.scorer:BatchScorer", "_decide"),
-          ("lookup", "streaming.scoring.lookup:OnlineFeatures", "fetch"),
+          ("lookup", "streaming.scoring.lookup:OnlineFeatures", "start"),
+          ("lookup", "streaming.scoring.lookup:OnlineFeatures", "_finish"),
           ("overlay_inputs", "streaming.scoring.overlay:ActivityOverlay", "inputs"),
           ("model_inputs", "streaming.scoring.scorer", "matrix"),
           ("model", "champion", "predict"),
           ("drift", "streaming.scoring.scorer:BatchScorer", "_observe_drift"),
           ("challenger", "churn.model.online:OnlineChallenger", "predict_many"),
           ("reasons", "champion", "reasons"))
-_INSIDE_DECIDE = ("lookup", "overlay_inputs", "model_inputs", "model", "drift", "challenger", "reasons")
+_INSIDE_DECIDE = ("overlay_inputs", "model_inputs", "model", "drift", "challenger", "reasons")
 
 
 @contextlib.contextmanager

@@ -2,7 +2,9 @@
 
 Two readers with one interface, ``read(view, names, customer_ids)`` returning one
 row per customer (a dict of the named features, or None where the store holds
-nothing for that customer):
+nothing for that customer), and ``send(reads)``: several such reads asked at once,
+their answers read by ``result()`` later, so that the caller works while the
+store answers:
 
 * ``FeastSdkReader`` calls ``FeatureStore.get_online_features``: Feast's
   general-purpose path, which builds protobuf requests and responses per entity
@@ -39,11 +41,28 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 
+#: One read: a feature view, the names of its features, the customers.
+Read = tuple[str, Sequence[str], Sequence[str]]
+
+
+class ReadLater:
+    """``send``'s answer for a reader that cannot ask ahead: ``result()`` does the reads then."""
+
+    def __init__(self, reader, reads: Sequence[Read]):
+        self.reader, self.reads = reader, reads
+
+    def result(self) -> list[list[dict | None]]:
+        return [self.reader.read(*r) for r in self.reads]
+
+
 class FeastSdkReader:
     """Feast's ``get_online_features`` (the reference the fast reader is tested against)."""
 
     def __init__(self, fs):
         self.fs = fs
+
+    def send(self, reads: Sequence[Read]) -> ReadLater:
+        return ReadLater(self, reads)
 
     def read(self, view: str, names: Sequence[str], customer_ids: Sequence[str]) -> list[dict | None]:
         data = self.fs.get_online_features(
@@ -302,9 +321,29 @@ class FeastRedisReader:
     def read(self, view: str, names: Sequence[str], customer_ids: Sequence[str]) -> list[dict | None]:
         if not customer_ids:
             return []
-        fields = self._hash_fields(view, names)
+        return self._rows(names, self._hmget_many(keys=[self._key(c) for c in customer_ids],
+                                                  args=self._hash_fields(view, names)))
+
+    def send(self, reads: Sequence[Read]) -> "SentReads":
+        """``reads`` asked now, one script call each, pipelined on one connection: one round trip for all.
+        ``SentReads.result()`` reads the answers (if sending failed, or Redis has not loaded the script
+        yet, it reads them as ``read`` does)."""
+        pool = self.client.connection_pool
+        commands = [("EVALSHA", self._hmget_many.sha, len(ids), *(self._key(c) for c in ids),
+                     *self._hash_fields(view, names)) for view, names, ids in reads if ids]
+        conn = None
+        if commands:
+            try:
+                conn = pool.get_connection()
+                conn.send_packed_command(conn.pack_commands(commands))
+            except redis.RedisError:  # ``result()`` reads again, the ordinary way
+                _discard(pool, conn)
+                conn = None
+        return SentReads(self, reads, conn)
+
+    def _rows(self, names: Sequence[str], answer) -> list[dict | None]:
         rows: list[dict | None] = []
-        for values in self._hmget_many(keys=[self._key(c) for c in customer_ids], args=fields):
+        for values in answer:
             if all(v is None for v in values):
                 rows.append(None)
                 continue
@@ -334,6 +373,45 @@ class FeastRedisReader:
 
     def close(self) -> None:
         self.client.close()
+
+
+class SentReads:
+    """Reads sent to Redis on one connection (``FeastRedisReader.send``), answered in order."""
+
+    def __init__(self, reader: FeastRedisReader, reads: Sequence[Read], conn):
+        self.reader, self.reads, self.conn = reader, reads, conn
+
+    def result(self) -> list[list[dict | None]]:
+        """Each read's rows, as ``read`` returns them. Raises what Redis raised (a connection lost, a
+        timeout); the connection goes back to the pool, or is closed if its answers were not all read."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return [self.reader.read(*r) for r in self.reads]
+        pool = self.reader.client.connection_pool
+        answers, unknown_script = [], False
+        try:
+            for view, names, ids in self.reads:
+                if not ids:
+                    answers.append([])
+                    continue
+                try:
+                    answers.append(self.reader._rows(names, conn.read_response()))
+                except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts: ``read`` loads it
+                    unknown_script = True
+        except BaseException:
+            _discard(pool, conn)
+            raise
+        pool.release(conn)
+        if unknown_script:
+            return [self.reader.read(*r) for r in self.reads]
+        return answers
+
+
+def _discard(pool, conn) -> None:
+    """A connection whose answers may not all have been read: closed, then back to ``pool``."""
+    if conn is not None:
+        conn.disconnect()
+        pool.release(conn)
 
 
 _UNSEEN = object()

@@ -482,3 +482,54 @@ def test_direct_redis_reader_returns_what_feast_get_online_features_returns(scor
     profiles = fast.read("customer_profile", PROFILE_COLUMNS, customers)
     assert all(p is not None and p["tenure_months"] is not None for p in profiles[:-1])
     assert profiles[-1] is None
+
+
+def test_the_direct_reader_asks_ahead_in_one_round_trip_and_answers_as_read_does(score_env):
+    """The scorer asks the store before admitting a batch's CDRs to the overlay and reads the answer after
+    (``FeastRedisReader.send``, ``OnlineFeatures.start``): the activity states and the profiles pipelined on
+    one connection. The answers must equal ``read``'s, also after Redis forgot its scripts (as after a
+    restart), and a connection lost before the answer is read must cost a retry, not a degraded lookup."""
+    import redis
+
+    from churn.feature_store import ACTIVITY_ONLINE
+    from churn.model.inputs import PROFILE_COLUMNS
+    from churn.online_reader import FeastRedisReader, fail_fast_redis
+    from churn.security import redis_options
+    from streaming.scoring.lookup import OnlineFeatures
+
+    _, s = score_env
+    end = recent_evening()
+    sim = Simulator(seed=44, start_s=end - 20 * DAY, end_s=end, customers=40)
+    cols = sim.silver_columns(slice_s=6 * 3600.0)
+    pushed = list(dict.fromkeys(cols["customer_id"]))[:6]
+    for c in pushed:
+        _push(s, c, _states_for(cols, c, [end])[0])
+    profile_only = [c for c in sim.pop.customer_id if c not in pushed][:3]
+    customers = [*pushed, *profile_only, "no-such-customer"]
+    reader = FeastRedisReader.from_settings(s)
+    reads = [("customer_activity", ACTIVITY_ONLINE, customers), ("customer_profile", PROFILE_COLUMNS, customers[2:]),
+             ("customer_profile", PROFILE_COLUMNS, [])]
+    expected = [reader.read(*r) for r in reads]
+    assert expected[0][0]["sums"] and expected[1][0]["tenure_months"] is not None and expected[2] == []
+    assert reader.send(reads).result() == expected
+
+    fail_fast_redis(redis_options(s, "admin")).script_flush()  # as after a restart of Redis: NOSCRIPT first
+    assert reader.send(reads).result() == expected
+    assert reader.send(reads).result() == expected  # the script is loaded again
+
+    sent = reader.send(reads)
+    sent.conn.disconnect()  # the connection lost before the answer is read
+    with pytest.raises(redis.ConnectionError):
+        sent.result()
+    assert reader.send(reads).result() == expected  # the pool serves a healthy connection again
+
+    features = OnlineFeatures(reader, attempts=2, backoff_s=0.0)
+    pending = features.start(customers)
+    pending.sent.conn.disconnect()
+    looked = pending.finish()  # the first attempt fails, the retry asks again
+    assert not looked.degraded and looked.errors == []
+    assert [looked.states[c] is not None for c in customers] == [True] * len(pushed) + [False] * 4
+    again = features.fetch(customers)  # profiles now cached: the activity states alone are asked
+    assert again.states == looked.states
+    assert all((again.profiles[c] is None) == (c == "no-such-customer") for c in customers)
+    assert all(np.array_equal(again.profiles[c], looked.profiles[c]) for c in customers[:-1])

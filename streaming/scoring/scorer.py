@@ -2,9 +2,9 @@
 
 ``BatchScorer.score`` is plain logic over already-consumed messages: it parses
 and validates each CDR (invalid ones are counted and skipped; the streaming
-path dead-letters them), hands the valid ones to the overlay
-(``streaming.scoring.overlay``), fetches all of the batch's customers from the
-online store at once, and builds each CDR's model input from the pushed state
+path dead-letters them), asks the online store for all of the batch's customers
+at once, hands the valid CDRs to the overlay (``streaming.scoring.overlay``)
+while the store answers, and builds each CDR's model input from the pushed state
 plus the CDRs the store does not cover yet, up to and including this one. It
 scores every event with the champion (and the challenger in shadow) and walks
 the events in order through each customer's band, hysteresis and cooldown.
@@ -32,6 +32,7 @@ from churn.features import INPUT_COLUMNS, event_weights
 from churn.model.drift import DriftMonitor, observed_days
 from churn.model.inputs import MODEL_FEATURES, matrix
 from streaming.scoring.bands import BANDS, AlertRule, with_hysteresis
+from streaming.scoring.lookup import Lookup
 from streaming.scoring.overlay import EXACT, ActivityOverlay, Input
 from streaming.scoring.transactions import CustomerState
 
@@ -99,11 +100,12 @@ class BatchScorer:
         valid = self._valid(events, result.invalid)
         if not valid:
             return result
-        if self.cfg.overlay:
-            self._admit(valid)
         decisions = [(ev.partition, cdr["customer_id"], ev.offset) for ev, cdr, _ in valid]
+        lookup = self.features.start(list(dict.fromkeys(c for _, c, _ in decisions)))
+        if self.cfg.overlay:  # while the online store answers
+            self._admit(valid)
         triggers = [(ev, cdr["event_id"], cdr["event_time"], t) for ev, cdr, t in valid]
-        return self._decide(result, decisions, triggers, state)
+        return self._decide(result, decisions, triggers, state, lookup.finish())
 
     def rescore(self, due: list[tuple[int, str]], state: dict[int, dict[str, CustomerState]]) -> BatchResult:
         """Customers ``(partition, customer)`` that went quiet, scored at the current time."""
@@ -112,7 +114,8 @@ class BatchScorer:
             return result
         now = self.clock()
         decisions = [(p, c, None) for p, c in due]
-        return self._decide(result, decisions, [(None, None, None, now)] * len(due), state)
+        looked = self.features.fetch(list(dict.fromkeys(c for _, c, _ in decisions)))
+        return self._decide(result, decisions, [(None, None, None, now)] * len(due), state, looked)
 
     def admit(self, events: list[Incoming]) -> int:
         """CDRs already scored, to the overlay only (a worker taking a partition over reloads those the
@@ -145,13 +148,12 @@ class BatchScorer:
             self.overlay.admit(partition, [valid[i][0].offset for i in rows], [valid[i][1]["customer_id"] for i in rows],
                                [valid[i][1]["event_id"] for i in rows], [valid[i][2] for i in rows], weights[rows])
 
-    def _decide(self, result: BatchResult, decisions, triggers, state) -> BatchResult:
+    def _decide(self, result: BatchResult, decisions, triggers, state, looked: Lookup) -> BatchResult:
         """Score ``decisions`` ``(partition, customer, offset or None)``, each with its trigger
-        ``(incoming or None, event id, event time text, time)``, and walk them through the alert rule."""
+        ``(incoming or None, event id, event time text, time)``, on the online features ``looked`` up for
+        their customers, and walk them through the alert rule."""
         model = self.models.current()
         result.model_version = model.meta["version"]
-        customers = list(dict.fromkeys(c for _, c, _ in decisions))
-        looked = self.features.fetch(customers)
         result.degraded, result.lookup_s = looked.degraded, looked.seconds
         inputs = (self.overlay.inputs(decisions, looked.states) if self.cfg.overlay
                   else [Input(looked.states.get(c)) for _, c, _ in decisions])
