@@ -326,20 +326,20 @@ class FeastRedisReader:
 
     def send(self, reads: Sequence[Read]) -> "SentReads":
         """``reads`` asked now, one script call each, pipelined on one connection: one round trip for all.
-        ``SentReads.result()`` reads the answers (if sending failed, or Redis has not loaded the script
-        yet, it reads them as ``read`` does)."""
+        ``SentReads.result()`` reads the answers (raising what sending raised, if it failed; if Redis has
+        not loaded the script yet, it reads them as ``read`` does, which loads it)."""
         pool = self.client.connection_pool
         commands = [("EVALSHA", self._hmget_many.sha, len(ids), *(self._key(c) for c in ids),
                      *self._hash_fields(view, names)) for view, names, ids in reads if ids]
-        conn = None
+        conn = error = None
         if commands:
             try:
                 conn = pool.get_connection()
                 conn.send_packed_command(conn.pack_commands(commands))
-            except redis.RedisError:  # ``result()`` reads again, the ordinary way
+            except redis.RedisError as exc:  # raised by ``result()``: the caller's retries ask again
                 _discard(pool, conn)
-                conn = None
-        return SentReads(self, reads, conn)
+                conn, error = None, exc
+        return SentReads(self, reads, conn, error)
 
     def _rows(self, names: Sequence[str], answer) -> list[dict | None]:
         rows: list[dict | None] = []
@@ -378,14 +378,16 @@ class FeastRedisReader:
 class SentReads:
     """Reads sent to Redis on one connection (``FeastRedisReader.send``), answered in order."""
 
-    def __init__(self, reader: FeastRedisReader, reads: Sequence[Read], conn):
-        self.reader, self.reads, self.conn = reader, reads, conn
+    def __init__(self, reader: FeastRedisReader, reads: Sequence[Read], conn, error: Exception | None = None):
+        self.reader, self.reads, self.conn, self.error = reader, reads, conn, error
 
     def result(self) -> list[list[dict | None]]:
         """Each read's rows, as ``read`` returns them. Raises what Redis raised (a connection lost, a
         timeout); the connection goes back to the pool, or is closed if its answers were not all read."""
         conn, self.conn = self.conn, None
-        if conn is None:
+        if self.error is not None:
+            raise self.error
+        if conn is None:  # nothing to ask, or already answered
             return [self.reader.read(*r) for r in self.reads]
         pool = self.reader.client.connection_pool
         answers, unknown_script = [], False

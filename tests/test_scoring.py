@@ -523,6 +523,11 @@ def test_the_direct_reader_asks_ahead_in_one_round_trip_and_answers_as_read_does
         sent.result()
     assert reader.send(reads).result() == expected  # the pool serves a healthy connection again
 
+    nowhere = FeastRedisReader(s.feast.project, {"host": "127.0.0.1", "port": free_ports(1)[0]}, socket_timeout_s=0.5)
+    unsent = nowhere.send(reads)  # nothing listens: sending fails, and the answer raises it
+    with pytest.raises(redis.ConnectionError):
+        unsent.result()
+
     features = OnlineFeatures(reader, attempts=2, backoff_s=0.0)
     pending = features.start(customers)
     pending.sent.conn.disconnect()
