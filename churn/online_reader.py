@@ -388,7 +388,7 @@ class SentReads:
         if self.error is not None:
             raise self.error
         if conn is None:  # nothing to ask, or already answered
-            return [self.reader.read(*r) for r in self.reads]
+            return ReadLater(self.reader, self.reads).result()
         pool = self.reader.client.connection_pool
         answers, unknown_script = [], False
         try:
@@ -405,7 +405,7 @@ class SentReads:
             raise
         pool.release(conn)
         if unknown_script:
-            return [self.reader.read(*r) for r in self.reads]
+            return ReadLater(self.reader, self.reads).result()
         return answers
 
 
