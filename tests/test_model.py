@@ -88,6 +88,22 @@ def _model(seed: int = 0) -> TreeModel:
     return TreeModel.fit(X[:300], y[:300], X[300:], y[300:], MODEL_FEATURES, params={"n_estimators": 20})
 
 
+def test_the_direct_margin_call_equals_xgboosts_own_at_every_size_with_missing_values():
+    model = TreeModel.from_bytes(_model(seed=4).to_bytes())  # as the worker loads it: one thread
+    rng = np.random.default_rng(5)
+    for rows in (1, 3, 25, 64, 65, 700):  # XGBoost predicts in blocks of 64 rows
+        X = rng.normal(size=(rows, len(MODEL_FEATURES))).astype(np.float32)
+        X[rng.random(X.shape) < 0.3] = np.nan
+        own = model.booster.inplace_predict(X, predict_type="margin", missing=np.nan)
+        direct = model.margin(X)
+        assert direct.dtype == np.float32 and direct.shape == (rows,)
+        assert np.array_equal(direct, own)
+        assert np.array_equal(model.margin(np.asfortranarray(X)), own)  # any memory layout
+        assert np.array_equal(model.margin(X.astype(np.float64)), own)
+    assert len(set(model.margin(X[:5]).tolist())) > 1  # the rows' margins differ: the inputs are read
+    assert model.margin(np.zeros((0, len(MODEL_FEATURES)), dtype=np.float32)).shape == (0,)
+
+
 def test_promotion_is_atomic_and_a_watcher_switches_without_restart(tmp_path):
     registry = ModelRegistry(tmp_path)
     model = _model()

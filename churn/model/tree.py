@@ -66,6 +66,41 @@ def import_xgboost_without_sklearn() -> None:
         del sys.modules["sklearn"]
 
 
+#: ``XGBoosterPredictFromDense``'s arguments for margins over every tree, NaN as missing (what
+#: ``Booster.inplace_predict(X, predict_type="margin", missing=np.nan)`` passes)
+_MARGIN_ARGS = json.dumps({"type": 1, "training": False, "iteration_begin": 0, "iteration_end": 0,
+                           "missing": float("nan"), "strict_shape": False, "cache_id": 0}).encode()
+
+
+def dense_margin(booster, X: np.ndarray) -> np.ndarray:
+    """``booster.inplace_predict(X, predict_type="margin", missing=np.nan)`` for a 2-D float32 ``X``, by
+    XGBoost's C API directly. The Python wrapper's checks and conversions cost ~200-300 µs a call, about as
+    much as predicting 25 rows, and a live scoring batch holds tens of CDRs.
+
+    >>> import xgboost as xgb
+    >>> rng = np.random.default_rng(1)
+    >>> X = rng.normal(size=(50, 4)).astype(np.float32); X[::7, 2] = np.nan
+    >>> b = xgb.train({"max_depth": 3}, xgb.DMatrix(X, label=(X[:, 0] > 0)), num_boost_round=5)
+    >>> bool(np.array_equal(dense_margin(b, X), b.inplace_predict(X, predict_type="margin", missing=np.nan)))
+    True
+    """
+    import ctypes
+
+    from xgboost.core import _LIB, _check_call, c_bst_ulong
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[0] == 0:
+        return booster.inplace_predict(X, predict_type="margin", missing=np.nan)
+    interface = b'{"data": [%d, true], "shape": [%d, %d], "typestr": "<f4", "version": 3, "strides": null}' % (
+        X.ctypes.data, X.shape[0], X.shape[1])
+    shape, dims, out = ctypes.POINTER(c_bst_ulong)(), c_bst_ulong(), ctypes.POINTER(ctypes.c_float)()
+    _check_call(_LIB.XGBoosterPredictFromDense(booster.handle, interface, _MARGIN_ARGS, ctypes.c_void_p(),
+                                               ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(out)))
+    if dims.value != 1 or shape[0] != X.shape[0]:  # not one margin per row (a multi-output model): as the wrapper does
+        return booster.inplace_predict(X, predict_type="margin", missing=np.nan)
+    return np.ctypeslib.as_array(out, shape=(X.shape[0],)).copy()  # XGBoost reuses its buffer on the next call
+
+
 @dataclass
 class TreeModel:
     booster: object  # xgboost.Booster
@@ -120,7 +155,7 @@ class TreeModel:
 
     def margin(self, X) -> np.ndarray:
         # in-place prediction: no DMatrix built per call (that cost ~10 % of the scorer's time)
-        return self.booster.inplace_predict(self.aligned(X), predict_type="margin", missing=np.nan)
+        return dense_margin(self.booster, self.aligned(X))
 
     def predict(self, X) -> np.ndarray:
         """Calibrated churn probability of each row."""
