@@ -40,6 +40,7 @@ from chaos import bench_chaos  # noqa: E402
 from feast_processor import bench_stream_vs_feast_processor, in_fresh_process, stream_catch_up  # noqa: E402
 from gold import bench_gold  # noqa: E402
 from lake_storage import bench_stream_s3  # noqa: E402
+from model_call import bench_model_call  # noqa: E402
 from overlay import bench_overlay, bench_overlay_with_stream  # noqa: E402
 from reliability import bench_broker_restart  # noqa: E402
 from scoring import (bench_echo_latency, bench_faust_alone, bench_latency_vs_echo, bench_score_work_alone,  # noqa: E402
@@ -457,6 +458,7 @@ def main(selector: str = "") -> None:
                "score_work_by_batch": (bench_score_work_by_batch, "stack"),
                "api": (bench_api, "stack"),
                "model_selection_telco": (bench_model_selection_telco, "settings"),
+               "model_call": (bench_model_call, "settings"),
                "security": (bench_security, "stack"),
                "stream_s3": (bench_stream_s3, "stack"),
                "chaos": (bench_chaos, None),
