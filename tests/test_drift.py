@@ -95,3 +95,40 @@ def test_batches_queued_then_binned_together_give_what_binning_each_at_once_give
     assert queued.observed == each.observed == 500
     assert queued.psi() == each.psi() and set(each.psi()) == {"a", "b", RISK}
     assert np.array_equal(queued._bins, each._bins) and queued._slot == each._slot
+
+
+def test_psi_read_on_another_thread_while_batches_are_observed_equals_reading_it_after_them():
+    import threading
+
+    rng = np.random.default_rng(7)
+    features = ["a", "b"]
+    train = rng.normal(size=(4000, 2))
+    baseline = DriftBaseline.fit(train, features, rng.random(4000))
+    batches = [([f"c{rng.integers(0, 3000)}" for _ in range(25)], rng.normal(0.3, 1.2, size=(25, 2)), rng.random(25))
+               for _ in range(2000)]
+    # a short queue: the observing thread bins too, while the reading thread does
+    threaded, sequential = DriftMonitor(baseline, window=2000, queue_rows=100), DriftMonitor(baseline, window=2000)
+    reads, done = [], threading.Event()
+
+    def reader():  # the worker's report thread
+        while not done.is_set():
+            reads.append(threaded.psi())
+
+    import sys
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns as often as the interpreter allows: races show
+    thread = threading.Thread(target=reader)
+    try:
+        thread.start()
+        for customers, X, risk in batches:  # the event loop
+            threaded.observe(customers, X, risk)
+            sequential.observe(customers, X, risk)
+    finally:
+        done.set()
+        thread.join()
+        sys.setswitchinterval(switching)
+    assert len(reads) > 1  # the reports did run while batches came in
+    assert threaded.observed == sequential.observed == 2000
+    assert threaded.psi() == sequential.psi()
+    assert threaded.psi()["a"] > 0.1  # the live rows did move: not a comparison of empty windows
