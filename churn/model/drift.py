@@ -42,7 +42,6 @@ Both sides are sampled alike, so that a pipeline that behaves like the training 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,11 +151,7 @@ class DriftMonitor:
 
     ``observe`` only queues a batch: the rows are binned together when ``observed`` or ``psi`` is next
     read (every few seconds), so a live worker's many small batches do not each pay the binning's
-    fixed cost. At most ``queue_rows`` rows wait; past that they are binned at once.
-
-    ``observed`` and ``psi`` may run on another thread than ``observe`` (the worker reads them on a thread
-    of their own: binning a few seconds of inputs and the PSI take tens of milliseconds, which the event
-    loop would otherwise wait). ``observe`` takes no lock unless the queue is full."""
+    fixed cost. At most ``queue_rows`` rows wait; past that they are binned at once."""
 
     def __init__(self, baseline: DriftBaseline, window: int = 20_000, queue_rows: int = 50_000):
         self.baseline = baseline
@@ -169,7 +164,6 @@ class DriftMonitor:
         self._filled = 0
         self._queued: list[tuple] = []  # (customers, X, risk, observed) not binned yet, oldest first
         self._queued_rows = 0
-        self._binning = threading.Lock()  # one thread at a time bins and reads the window
 
     def observe(self, customers, X: np.ndarray, risk, observed: np.ndarray | None = None) -> None:
         """Add scored inputs: per row its customer, ``X`` in the baseline's feature order (without the
@@ -180,11 +174,6 @@ class DriftMonitor:
             self._bin_queued()
 
     def _bin_queued(self) -> None:
-        with self._binning:
-            self._bin_locked()
-
-    def _bin_locked(self) -> None:
-        # a batch queued meanwhile by another thread lands in the list taken here or in the new one
         queued, self._queued, self._queued_rows = self._queued, [], 0
         if not queued:
             return
@@ -225,15 +214,14 @@ class DriftMonitor:
         live values are left out. Missing values are not drift of the distribution: training rows
         include customers without streaming features yet, live scores rarely do; the degraded and
         freshness alerts watch missing features."""
-        with self._binning:
-            self._bin_locked()
-            live = self._bins[: self._filled]
-            out = {}
-            for j, (name, base) in enumerate(zip(self.baseline.features, self.baseline.counts)):
-                now = np.bincount(live[:, j], minlength=len(base))[:-1]
-                if now.sum() and base[:-1].sum():
-                    out[name] = psi(base[:-1], now)
-            return out
+        self._bin_queued()
+        live = self._bins[: self._filled]
+        out = {}
+        for j, (name, base) in enumerate(zip(self.baseline.features, self.baseline.counts)):
+            now = np.bincount(live[:, j], minlength=len(base))[:-1]
+            if now.sum() and base[:-1].sum():
+                out[name] = psi(base[:-1], now)
+        return out
 
 
 def _edges(values: np.ndarray, bins: int) -> np.ndarray:

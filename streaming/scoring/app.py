@@ -249,7 +249,6 @@ class ScoringWorker:
         self._owned_ready: asyncio.Event | None = None
         self._taken: TakenBatches | None = None
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-        self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift")
         self._broker_ends: dict[int, int] = {}  # cdr partition -> end offset, asked every 5 s (report_lag)
         self._commit_task: asyncio.Future | None = None
         # a commit retries for COMMIT_DEADLINE_S, its last call may then take CALL_TIMEOUT_S: past both, it hangs
@@ -337,10 +336,7 @@ class ScoringWorker:
 
         @app.timer(interval=5.0)
         async def report_drift():
-            # binning 5 s of scored inputs and the PSI of every feature take 25-60 ms at a few thousand CDRs/s:
-            # on a thread of their own, the event loop gets the interpreter back every switch interval (5 ms)
-            # and goes on scoring, where it used to wait for the whole report
-            await asyncio.get_running_loop().run_in_executor(self._reporter, self._guarded, "drift", self._report_drift)
+            self._guarded("drift", self._report_drift)
 
         @app.on_partitions_revoked.connect
         async def on_revoked(sender, revoked, **kwargs):
