@@ -102,6 +102,24 @@ def test_the_direct_margin_call_equals_xgboosts_own_at_every_size_with_missing_v
         assert np.array_equal(model.margin(X.astype(np.float64)), own)
     assert len(set(model.margin(X[:5]).tolist())) > 1  # the rows' margins differ: the inputs are read
     assert model.margin(np.zeros((0, len(MODEL_FEATURES)), dtype=np.float32)).shape == (0,)
+    # nothing left to the garbage collector (XGBoost's wrapper leaves ~27 objects in cycles per call)
+    import gc
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            model.margin(X[:25])
+        gc.collect()
+        left = len(gc.garbage)
+        for _ in range(20):
+            model.booster.inplace_predict(X[:25], predict_type="margin", missing=np.nan)
+        gc.collect()
+        left_by_wrapper = len(gc.garbage) - left
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == 0 and left_by_wrapper > 0
 
 
 def test_promotion_is_atomic_and_a_watcher_switches_without_restart(tmp_path):

@@ -75,7 +75,9 @@ _MARGIN_ARGS = json.dumps({"type": 1, "training": False, "iteration_begin": 0, "
 def dense_margin(booster, X: np.ndarray) -> np.ndarray:
     """``booster.inplace_predict(X, predict_type="margin", missing=np.nan)`` for a 2-D float32 ``X``, by
     XGBoost's C API directly. The Python wrapper's checks and conversions cost ~200-300 µs a call, about as
-    much as predicting 25 rows, and a live scoring batch holds tens of CDRs.
+    much as predicting 25 rows, and a live scoring batch holds tens of CDRs; and each of its calls leaves
+    ~27 objects in reference cycles (a class made per call for its output) to the garbage collector, this
+    one none.
 
     >>> import xgboost as xgb
     >>> rng = np.random.default_rng(1)
@@ -98,7 +100,9 @@ def dense_margin(booster, X: np.ndarray) -> np.ndarray:
                                                ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(out)))
     if dims.value != 1 or shape[0] != X.shape[0]:  # not one margin per row (a multi-output model): as the wrapper does
         return booster.inplace_predict(X, predict_type="margin", missing=np.nan)
-    return np.ctypeslib.as_array(out, shape=(X.shape[0],)).copy()  # XGBoost reuses its buffer on the next call
+    # copied out of XGBoost's buffer (reused on the next call) as bytes: ``np.ctypeslib.as_array`` casts the
+    # pointer, and each cast leaves a reference cycle for the garbage collector
+    return np.frombuffer(ctypes.string_at(out, 4 * X.shape[0]), dtype=np.float32).copy()
 
 
 @dataclass
