@@ -91,18 +91,18 @@ def dense_margin(booster, X: np.ndarray) -> np.ndarray:
     from xgboost.core import _LIB, _check_call, c_bst_ulong
 
     X = np.ascontiguousarray(X, dtype=np.float32)
-    if X.ndim != 2 or X.shape[0] == 0:
-        return booster.inplace_predict(X, predict_type="margin", missing=np.nan)
-    interface = b'{"data": [%d, true], "shape": [%d, %d], "typestr": "<f4", "version": 3, "strides": null}' % (
-        X.ctypes.data, X.shape[0], X.shape[1])
-    shape, dims, out = ctypes.POINTER(c_bst_ulong)(), c_bst_ulong(), ctypes.POINTER(ctypes.c_float)()
-    _check_call(_LIB.XGBoosterPredictFromDense(booster.handle, interface, _MARGIN_ARGS, ctypes.c_void_p(),
-                                               ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(out)))
-    if dims.value != 1 or shape[0] != X.shape[0]:  # not one margin per row (a multi-output model): as the wrapper does
-        return booster.inplace_predict(X, predict_type="margin", missing=np.nan)
-    # copied out of XGBoost's buffer (reused on the next call) as bytes: ``np.ctypeslib.as_array`` casts the
-    # pointer, and each cast leaves a reference cycle for the garbage collector
-    return np.frombuffer(ctypes.string_at(out, 4 * X.shape[0]), dtype=np.float32).copy()
+    if X.ndim == 2 and X.shape[0]:
+        interface = b'{"data": [%d, true], "shape": [%d, %d], "typestr": "<f4", "version": 3, "strides": null}' % (
+            X.ctypes.data, X.shape[0], X.shape[1])
+        shape, dims, out = ctypes.POINTER(c_bst_ulong)(), c_bst_ulong(), ctypes.POINTER(ctypes.c_float)()
+        _check_call(_LIB.XGBoosterPredictFromDense(booster.handle, interface, _MARGIN_ARGS, ctypes.c_void_p(),
+                                                   ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(out)))
+        if dims.value == 1 and shape[0] == X.shape[0]:
+            # copied out of XGBoost's buffer (reused on the next call) as bytes: ``np.ctypeslib.as_array``
+            # casts the pointer, and each cast leaves a reference cycle for the garbage collector
+            return np.frombuffer(ctypes.string_at(out, 4 * X.shape[0]), dtype=np.float32).copy()
+    # no rows, or not one margin per row (a multi-output model): as the wrapper answers
+    return booster.inplace_predict(X, predict_type="margin", missing=np.nan)
 
 
 @dataclass
