@@ -12,7 +12,7 @@ from churn.config import Settings
 from churn.features import DAY, SUM_FEATURES, partial_sums_numpy
 from churn.model.inputs import MODEL_FEATURES, matrix, vector
 from churn.model.registry import ChampionWatcher, ModelRegistry
-from churn.model.tree import TreeModel
+from churn.model.tree import TreeModel, dense_contributions
 from churn.simulator import Simulator
 
 END = 1.79e9
@@ -120,6 +120,40 @@ def test_the_direct_margin_call_equals_xgboosts_own_at_every_size_with_missing_v
         gc.set_debug(0)
         gc.garbage.clear()
     assert left == 0 and left_by_wrapper > 0
+
+
+def test_the_direct_contributions_call_equals_xgboosts_own_and_leaves_no_garbage():
+    import gc
+
+    import xgboost as xgb
+
+    model = TreeModel.from_bytes(_model(seed=4).to_bytes())
+    rng = np.random.default_rng(6)
+    n = len(MODEL_FEATURES)
+    for rows in (1, 3, 25, 64, 65, 300):
+        X = rng.normal(size=(rows, n)).astype(np.float32)
+        X[rng.random(X.shape) < 0.3] = np.nan
+        own = model.booster.predict(xgb.DMatrix(X, missing=np.nan), pred_contribs=True, validate_features=False)
+        direct = dense_contributions(model.booster, X)
+        assert direct.dtype == np.float32 and direct.shape == (rows, n + 1)
+        assert np.array_equal(direct, own)
+        assert np.array_equal(dense_contributions(model.booster, np.asfortranarray(X)), own)
+        assert np.array_equal(dense_contributions(model.booster, X.astype(np.float64)), own)
+        # a row's contributions add up to its margin: the calibrated ones to the calibrated log-odds
+        assert np.allclose(direct.sum(axis=1), model.margin(X), atol=1e-4)
+        assert np.allclose(model.contributions(X).sum(axis=1), model.a * model.margin(X) + model.b, atol=1e-4)
+    assert dense_contributions(model.booster, np.zeros((0, n), dtype=np.float32)).shape[0] == 0
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            model.reasons(X[:25])
+        gc.collect()
+        left = len(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == 0
 
 
 def test_promotion_is_atomic_and_a_watcher_switches_without_restart(tmp_path):

@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -70,6 +71,30 @@ def import_xgboost_without_sklearn() -> None:
 #: ``Booster.inplace_predict(X, predict_type="margin", missing=np.nan)`` passes)
 _MARGIN_ARGS = json.dumps({"type": 1, "training": False, "iteration_begin": 0, "iteration_end": 0,
                            "missing": float("nan"), "strict_shape": False, "cache_id": 0}).encode()
+#: ``XGBoosterPredictFromDMatrix``'s arguments for exact per-feature contributions over every tree (what
+#: ``Booster.predict(d, pred_contribs=True)`` passes), and ``XGDMatrixCreateFromDense``'s for its
+#: DMatrix: NaN as missing, one thread (with its default, every core, a DMatrix of a few rows cost 6-12 ms
+#: in OpenMP's start-up on two busy cores, against 0.1 ms)
+_CONTRIBUTION_ARGS = json.dumps({"type": 2, "training": False, "iteration_begin": 0, "iteration_end": 0,
+                                 "strict_shape": False}).encode()
+_DMATRIX_ARGS = json.dumps({"missing": float("nan"), "nthread": 1, "data_split_mode": 0}).encode()
+
+
+def _dense_interface(X: np.ndarray) -> bytes:
+    """The array interface XGBoost's C API reads a C-contiguous float32 matrix through."""
+    return b'{"data": [%d, true], "shape": [%d, %d], "typestr": "<f4", "version": 3, "strides": null}' % (
+        X.ctypes.data, X.shape[0], X.shape[1])
+
+
+def _copied(out, shape, dims, expected: tuple[int, ...]) -> np.ndarray | None:
+    """XGBoost's output buffer (reused on its next call) copied out if its shape is ``expected``; else None.
+    Copied as bytes: ``np.ctypeslib.as_array`` casts the pointer, and each cast leaves a reference cycle
+    for the garbage collector."""
+    import ctypes
+
+    if dims.value != len(expected) or any(shape[i] != n for i, n in enumerate(expected)):
+        return None
+    return np.frombuffer(ctypes.string_at(out, 4 * math.prod(expected)), dtype=np.float32).reshape(expected).copy()
 
 
 def dense_margin(booster, X: np.ndarray) -> np.ndarray:
@@ -92,17 +117,50 @@ def dense_margin(booster, X: np.ndarray) -> np.ndarray:
 
     X = np.ascontiguousarray(X, dtype=np.float32)
     if X.ndim == 2 and X.shape[0]:
-        interface = b'{"data": [%d, true], "shape": [%d, %d], "typestr": "<f4", "version": 3, "strides": null}' % (
-            X.ctypes.data, X.shape[0], X.shape[1])
         shape, dims, out = ctypes.POINTER(c_bst_ulong)(), c_bst_ulong(), ctypes.POINTER(ctypes.c_float)()
-        _check_call(_LIB.XGBoosterPredictFromDense(booster.handle, interface, _MARGIN_ARGS, ctypes.c_void_p(),
-                                                   ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(out)))
-        if dims.value == 1 and shape[0] == X.shape[0]:
-            # copied out of XGBoost's buffer (reused on the next call) as bytes: ``np.ctypeslib.as_array``
-            # casts the pointer, and each cast leaves a reference cycle for the garbage collector
-            return np.frombuffer(ctypes.string_at(out, 4 * X.shape[0]), dtype=np.float32).copy()
+        _check_call(_LIB.XGBoosterPredictFromDense(booster.handle, _dense_interface(X), _MARGIN_ARGS,
+                                                   ctypes.c_void_p(), ctypes.byref(shape), ctypes.byref(dims),
+                                                   ctypes.byref(out)))
+        margins = _copied(out, shape, dims, (X.shape[0],))
+        if margins is not None:
+            return margins
     # no rows, or not one margin per row (a multi-output model): as the wrapper answers
     return booster.inplace_predict(X, predict_type="margin", missing=np.nan)
+
+
+def dense_contributions(booster, X: np.ndarray) -> np.ndarray:
+    """``booster.predict(xgb.DMatrix(X, missing=np.nan), pred_contribs=True)`` for a 2-D float32 ``X`` (rows
+    by features plus the base column), by XGBoost's C API directly, as ``dense_margin``: without the
+    wrapper's per-call classes, which the garbage collector must find in cycles and free.
+
+    >>> import xgboost as xgb
+    >>> rng = np.random.default_rng(1)
+    >>> X = rng.normal(size=(50, 4)).astype(np.float32); X[::7, 2] = np.nan
+    >>> b = xgb.train({"max_depth": 3}, xgb.DMatrix(X, label=(X[:, 0] > 0)), num_boost_round=5)
+    >>> own = b.predict(xgb.DMatrix(X, missing=np.nan), pred_contribs=True)
+    >>> bool(np.array_equal(dense_contributions(b, X), own)), own.shape
+    (True, (50, 5))
+    """
+    import ctypes
+
+    import xgboost as xgb
+    from xgboost.core import _LIB, _check_call, c_bst_ulong
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim == 2 and X.shape[0]:
+        dmatrix = ctypes.c_void_p()
+        _check_call(_LIB.XGDMatrixCreateFromDense(_dense_interface(X), _DMATRIX_ARGS, ctypes.byref(dmatrix)))
+        try:
+            shape, dims, out = ctypes.POINTER(c_bst_ulong)(), c_bst_ulong(), ctypes.POINTER(ctypes.c_float)()
+            _check_call(_LIB.XGBoosterPredictFromDMatrix(booster.handle, dmatrix, _CONTRIBUTION_ARGS,
+                                                         ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(out)))
+            contributions = _copied(out, shape, dims, (X.shape[0], X.shape[1] + 1))
+        finally:
+            _check_call(_LIB.XGDMatrixFree(dmatrix))
+        if contributions is not None:
+            return contributions
+    # no rows, or not one row of contributions per row (a multi-output model): as the wrapper answers
+    return booster.predict(xgb.DMatrix(X, missing=np.nan, nthread=1), pred_contribs=True, validate_features=False)
 
 
 @dataclass
@@ -150,13 +208,6 @@ class TreeModel:
         """``X`` with this model's columns (``churn.model.explain.align``)."""
         return align(X, self.features)
 
-    def _dmatrix(self, X):
-        import xgboost as xgb
-
-        # one thread: with its default (every core) a DMatrix of a few rows costs 6-12 ms in OpenMP's
-        # start-up on two busy cores, against 0.1 ms; columns are ours already (``aligned``), so no names
-        return xgb.DMatrix(self.aligned(X), missing=np.nan, nthread=1)
-
     def margin(self, X) -> np.ndarray:
         # in-place prediction: no DMatrix built per call (that cost ~10 % of the scorer's time)
         return dense_margin(self.booster, self.aligned(X))
@@ -168,7 +219,7 @@ class TreeModel:
     def contributions(self, X) -> np.ndarray:
         """Each feature's contribution to each row's calibrated log-odds (last column: the base, so a
         row sums to the log-odds)."""
-        out = self.a * self.booster.predict(self._dmatrix(X), pred_contribs=True, validate_features=False)
+        out = self.a * dense_contributions(self.booster, self.aligned(X))
         out[:, -1] += self.b
         return out
 
