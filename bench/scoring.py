@@ -44,6 +44,9 @@ PRODUCER_LINGER_MS = 5
 LIVE_TICK_S = 0.01
 #: Seconds of live feed before the latency phase is measured (see ``bench_scoring``).
 LIVE_WARM_UP_S = 90
+#: Live latency runs per rate below saturation (``median_live_latency``); the rate past the worker's
+#: capacity (75 % of its catch-up max) runs once, as the backlog it builds would carry into a next run
+LATENCY_RUNS = 3
 
 
 def _rss_mb(pid: int) -> float:
@@ -333,6 +336,19 @@ def live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProdu
                   "machine_idle_pct": round(100 * (cpu_after[2] - cpu_before[2]) / (cpu_after[3] - cpu_before[3]), 1)}
 
 
+def median_live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProducer, rate: float,
+                        seen: dict, left_out: dict, runs: int = LATENCY_RUNS) -> tuple[np.ndarray, dict]:
+    """``live_latency`` ``runs`` times in a row (30 s each) on the same worker: the run with the median visible
+    p99, its details carrying every run's visible p50/p99 (``runs_visible_p50_ms``, ``runs_visible_p99_ms``).
+    One 30 s run's p99 rests on its slowest ~1 % of CDRs, a few hundred milliseconds of the run, and moved
+    from 102 to 214 ms between runs of the same worker at the same rate in one hour on this machine."""
+    measured = [live_latency(s, worker_pid, sim, sender, rate, seen, left_out) for _ in range(runs)]
+    by_p99 = sorted(measured, key=lambda m: m[1]["visible_p99_ms"])
+    emit, detail = by_p99[len(by_p99) // 2]
+    return emit, {**detail, "runs": runs, "runs_visible_p50_ms": [m[1]["visible_p50_ms"] for m in measured],
+                  "runs_visible_p99_ms": [m[1]["visible_p99_ms"] for m in measured]}
+
+
 def _followed_and_warm(s: Settings, tag: str, rate: float, warm_up_s: float):
     """For a worker just started on ``s``'s topics: a ``follow_scores`` follower, a live simulator and a
     real-time feed's producer (5 ms linger: the simulator's backfill default, 20 ms, favours throughput),
@@ -354,17 +370,18 @@ ECHO_WORKER = [sys.executable, str(Path(__file__).resolve().parent / "echo_worke
 
 
 def live_worker_latency(base: Settings, command: list[str], rates: list[float], warm_up_s: float,
-                        log: Path, **env_extra: str) -> dict[float, dict]:
+                        log: Path, runs: int = 1, **env_extra: str) -> dict[float, dict]:
     """A worker started with ``command`` (``churn score``, or ``ECHO_WORKER``) on topics of its own, warmed up
     with ``warm_up_s`` of live feed at the middle rate, then fed live at each of ``rates`` as ``bench_scoring``
-    feeds the scoring worker: per rate, ``live_latency``'s details (visible p50/p99, CPU shares). ``base``
+    feeds the scoring worker: per rate, ``live_latency``'s details (visible p50/p99, CPU shares; with ``runs``
+    above 1, ``median_live_latency``'s). ``base``
     comes from ``scoring_setup`` (its registry and Feast project); the worker's output goes to ``log``, and
     ``env_extra`` to its environment (settings to compare)."""
     out: dict[float, dict] = {}
     with worker_on_own_topics(base, command, log, **env_extra) as (s, tag, worker):
         seen, left_out, stop, follower, sim, sender = _followed_and_warm(s, tag, rates[len(rates) // 2], warm_up_s)
         for rate in rates:
-            out[rate] = live_latency(s, worker.pid, sim, sender, rate, seen, left_out)[1]
+            out[rate] = median_live_latency(s, worker.pid, sim, sender, rate, seen, left_out, runs)[1]
         stop.set()
         follower.join(5)
     return out
@@ -389,19 +406,20 @@ def worker_on_own_topics(base: Settings, command: list[str], log: Path, **env_ex
         worker.wait(60)
 
 
-def echo_latency(base: Settings, rates: list[float], warm_up_s: float, log: Path) -> dict[float, dict]:
+def echo_latency(base: Settings, rates: list[float], warm_up_s: float, log: Path, runs: int = 1) -> dict[float, dict]:
     """``live_worker_latency`` of the echo worker, without the overlay's figures (its records name no input)."""
-    out = live_worker_latency(base, ECHO_WORKER, rates, warm_up_s, log)
+    out = live_worker_latency(base, ECHO_WORKER, rates, warm_up_s, log, runs)
     return {rate: {k: v for k, v in detail.items() if k not in ("cdrs_not_included_total", "decisions_lacking_cdrs")}
             for rate, detail in out.items()}
 
 
 def bench_echo_latency(base: Settings, rates: list[float], warm_up_s: float = 30.0) -> dict[float, dict]:
     """The latency floor of the worker's parts (``bench/echo_worker.py``: the worker with its scoring taken out,
-    one small record per CDR into the same transactions) fed live at each of ``rates``."""
+    one small record per CDR into the same transactions) fed live at each of ``rates``, ``LATENCY_RUNS`` runs
+    each (``median_live_latency``)."""
     base, tmp = scoring_setup(base, "echo", "e")
     try:
-        return echo_latency(base, rates, warm_up_s, tmp / "echo.log")
+        return echo_latency(base, rates, warm_up_s, tmp / "echo.log", LATENCY_RUNS)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -478,7 +496,8 @@ def bench_scoring(base: Settings) -> dict[str, tuple[float, str, dict]]:
                                                                          LIVE_WARM_UP_S)
         for frac in (0.25, 0.5, 0.75):
             pct = int(frac * 100)
-            emit, detail = live_latency(s, worker.pid, sim, sender, frac * rates["batched"], seen, left_out)
+            emit, detail = median_live_latency(s, worker.pid, sim, sender, frac * rates["batched"], seen, left_out,
+                                               runs=LATENCY_RUNS if frac < 0.75 else 1)
             detail["batch_within_ms"] = base.scoring.batch_within_s * 1000
             results[f"score_latency_p50_at_{pct}pct"] = (float(np.percentile(emit, 50)), "ms", detail)
             results[f"score_latency_p99_at_{pct}pct"] = (float(np.percentile(emit, 99)), "ms", detail)
