@@ -103,28 +103,28 @@ def test_the_direct_margin_call_equals_xgboosts_own_at_every_size_with_missing_v
     assert len(set(model.margin(X[:5]).tolist())) > 1  # the rows' margins differ: the inputs are read
     assert model.margin(np.zeros((0, len(MODEL_FEATURES)), dtype=np.float32)).shape == (0,)
     # nothing left to the garbage collector (XGBoost's wrapper leaves ~27 objects in cycles per call)
+    assert _cyclic_garbage_left_by(lambda: model.margin(X[:25])) == 0
+    assert _cyclic_garbage_left_by(lambda: model.booster.inplace_predict(X[:25], predict_type="margin",
+                                                                         missing=np.nan)) > 0
+
+
+def _cyclic_garbage_left_by(call, times: int = 20) -> int:
+    """How many objects ``times`` calls of ``call`` leave in reference cycles, for the collector to find."""
     import gc
 
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        for _ in range(20):
-            model.margin(X[:25])
+        for _ in range(times):
+            call()
         gc.collect()
-        left = len(gc.garbage)
-        for _ in range(20):
-            model.booster.inplace_predict(X[:25], predict_type="margin", missing=np.nan)
-        gc.collect()
-        left_by_wrapper = len(gc.garbage) - left
+        return len(gc.garbage)
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-    assert left == 0 and left_by_wrapper > 0
 
 
 def test_the_direct_contributions_call_equals_xgboosts_own_and_leaves_no_garbage():
-    import gc
-
     import xgboost as xgb
 
     model = TreeModel.from_bytes(_model(seed=4).to_bytes())
@@ -143,17 +143,9 @@ def test_the_direct_contributions_call_equals_xgboosts_own_and_leaves_no_garbage
         assert np.allclose(direct.sum(axis=1), model.margin(X), atol=1e-4)
         assert np.allclose(model.contributions(X).sum(axis=1), model.a * model.margin(X) + model.b, atol=1e-4)
     assert dense_contributions(model.booster, np.zeros((0, n), dtype=np.float32)).shape[0] == 0
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        for _ in range(20):
-            model.reasons(X[:25])
-        gc.collect()
-        left = len(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    assert left == 0
+    assert _cyclic_garbage_left_by(lambda: model.reasons(X[:25])) == 0
+    assert _cyclic_garbage_left_by(lambda: model.booster.predict(xgb.DMatrix(X[:25], missing=np.nan),
+                                                                 pred_contribs=True)) > 0
 
 
 def test_promotion_is_atomic_and_a_watcher_switches_without_restart(tmp_path):
