@@ -305,6 +305,50 @@ def follow_scores(s: Settings, tag: str):
     return seen, left_out, stop, follower
 
 
+#: The worker's histograms whose long observations stop its event loop (or, for commits, hold its outputs back)
+STOP_HISTOGRAMS = {"batch": "churn_score_batch_seconds", "lookup": "churn_score_lookup_seconds",
+                   "commit": "churn_score_commit_seconds", "gc": "churn_score_gc_pause_seconds"}
+
+
+def _worker_histograms(worker_pid: int) -> dict[tuple[str, str], float] | None:
+    """The cumulative bucket counts ``(series, le)`` of ``STOP_HISTOGRAMS`` from the worker's own ``/metrics``
+    (its port read from the process's environment); None if it cannot be read. The garbage collector's series
+    are named by generation (``gc0``, ``gc1``, ``gc2``)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        env = Path(f"/proc/{worker_pid}/environ").read_bytes().split(b"\0")
+        port = next(int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"CHURN_SCORING__METRICS_PORT="))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except (OSError, StopIteration, ValueError):
+        return None
+    names = {v: k for k, v in STOP_HISTOGRAMS.items()}
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        kind = names.get(family.name)
+        for sample in family.samples if kind else ():
+            if sample.name.endswith("_bucket"):
+                series = kind + sample.labels.get("generation", "")
+                out[(series, sample.labels["le"])] = sample.value
+    return out
+
+
+def _stops(before: dict | None, after: dict | None) -> dict[str, dict[str, int]] | None:
+    """Per series, how many observations between two ``_worker_histograms`` took over 50, 100 and 250 ms."""
+    if before is None or after is None:
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for series in sorted({k[0] for k in after}):
+        def count(le: str) -> float:
+            return after.get((series, le), 0.0) - before.get((series, le), 0.0)
+        total = count("+Inf")
+        out[series] = {"all": int(total), **{f"over_{ms}ms": int(total - count(le))
+                                             for ms, le in ((50, "0.05"), (100, "0.1"), (250, "0.25"))}}
+    return out
+
+
 def live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProducer, rate: float,
                  seen: dict, left_out: dict) -> tuple[np.ndarray, dict]:
     """A worker (process ``worker_pid``) fed ``rate`` CDRs/s for 30 s (``feed_prepared``), its scores followed
@@ -316,8 +360,15 @@ def live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProdu
         return _cpu_s(worker_pid), _cpu_s(broker) if broker else 0.0, *_machine_idle_s()
 
     cpu_before: list[float] = []
-    t0, t1 = feed_prepared(sim, sender, rate, duration_s=30, on_start=lambda: cpu_before.extend(cpu_now()))
+    histograms: list = []
+
+    def started() -> None:
+        cpu_before.extend(cpu_now())
+        histograms.append(_worker_histograms(worker_pid))
+
+    t0, t1 = feed_prepared(sim, sender, rate, duration_s=30, on_start=started)
     cpu_after = cpu_now()
+    histograms.append(_worker_histograms(worker_pid))
     time.sleep(5)
     produced = _produce_times(s)
     window = [k for k, t in produced.items() if t0 + 5 <= t <= t1 and k in seen]  # skip the ramp-up
@@ -333,7 +384,9 @@ def live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProdu
                   # while fed: share of one core (%), and of the machine left idle
                   "worker_cpu_pct": round(100 * (cpu_after[0] - cpu_before[0]) / (t1 - t0), 1),
                   "broker_cpu_pct": round(100 * (cpu_after[1] - cpu_before[1]) / (t1 - t0), 1) if broker else None,
-                  "machine_idle_pct": round(100 * (cpu_after[2] - cpu_before[2]) / (cpu_after[3] - cpu_before[3]), 1)}
+                  "machine_idle_pct": round(100 * (cpu_after[2] - cpu_before[2]) / (cpu_after[3] - cpu_before[3]), 1),
+                  # while fed, from the worker's own histograms: what stopped its event loop, and for how long
+                  "stops": _stops(*histograms)}
 
 
 def median_live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProducer, rate: float,
@@ -346,7 +399,8 @@ def median_live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: St
     by_p99 = sorted(measured, key=lambda m: m[1]["visible_p99_ms"])
     emit, detail = by_p99[len(by_p99) // 2]
     return emit, {**detail, "runs": runs, "runs_visible_p50_ms": [m[1]["visible_p50_ms"] for m in measured],
-                  "runs_visible_p99_ms": [m[1]["visible_p99_ms"] for m in measured]}
+                  "runs_visible_p99_ms": [m[1]["visible_p99_ms"] for m in measured],
+                  "runs_stops": [m[1]["stops"] for m in measured]}
 
 
 def _followed_and_warm(s: Settings, tag: str, rate: float, warm_up_s: float):
