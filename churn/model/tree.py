@@ -143,7 +143,6 @@ def dense_contributions(booster, X: np.ndarray) -> np.ndarray:
     """
     import ctypes
 
-    import xgboost as xgb
     from xgboost.core import _LIB, _check_call, c_bst_ulong
 
     X = np.ascontiguousarray(X, dtype=np.float32)
@@ -160,6 +159,8 @@ def dense_contributions(booster, X: np.ndarray) -> np.ndarray:
         if contributions is not None:
             return contributions
     # no rows, or not one row of contributions per row (a multi-output model): as the wrapper answers
+    import xgboost as xgb
+
     return booster.predict(xgb.DMatrix(X, missing=np.nan, nthread=1), pred_contribs=True, validate_features=False)
 
 
