@@ -339,14 +339,13 @@ def _stops(before: dict | None, after: dict | None) -> dict[str, dict[str, int]]
     """Per series, how many observations between two ``_worker_histograms`` took over 50, 100 and 250 ms."""
     if before is None or after is None:
         return None
-    out: dict[str, dict[str, int]] = {}
-    for series in sorted({k[0] for k in after}):
-        def count(le: str) -> float:
-            return after.get((series, le), 0.0) - before.get((series, le), 0.0)
-        total = count("+Inf")
-        out[series] = {"all": int(total), **{f"over_{ms}ms": int(total - count(le))
-                                             for ms, le in ((50, "0.05"), (100, "0.1"), (250, "0.25"))}}
-    return out
+    def count(series: str, le: str) -> int:  # observations up to ``le`` seconds between the two
+        return int(after.get((series, le), 0.0) - before.get((series, le), 0.0))
+
+    return {series: {"all": count(series, "+Inf"),
+                     **{f"over_{ms}ms": count(series, "+Inf") - count(series, le)
+                        for ms, le in ((50, "0.05"), (100, "0.1"), (250, "0.25"))}}
+            for series in sorted({k[0] for k in after})}
 
 
 def live_latency(s: Settings, worker_pid: int, sim: Simulator, sender: StepProducer, rate: float,
