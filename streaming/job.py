@@ -9,7 +9,8 @@ Three queries, each with its own stable checkpoint:
 * **silver**: records parsed and validated by the contract's validator
   (``streaming.parse``), de-duplicated on ``event_id`` in Spark's state store
   (state kept for ``dedup_window_s`` of processing time, so it stays bounded and
-  no row is ever dropped by Spark as late), then in ``foreachBatch``: events
+  no row is ever dropped by Spark as late), then in ``foreachBatch`` (whose one Spark job brings the
+  batch to the driver, which writes the tables through delta-rs and the dead letters with a producer): events
   older than the event-time watermark (newest event time of earlier batches
   minus ``allowed_lateness_s``, per Kafka partition) are marked ``late_event``; valid on-time events
   go to Silver, the rest to the quarantine table and to ``cdr.dlq`` with their
@@ -18,7 +19,7 @@ Three queries, each with its own stable checkpoint:
   state held in memory (``streaming.feature_state``) and pushed to Feast's online
   store while the batch's Delta writes run, so freshness does not wait for them;
   the new state rows are also appended to ``feature_history`` (Feast's offline source).
-  Every Delta write is tagged with the writer and the batch id (``_write``), so a
+  Every Delta write is tagged with the writer and the batch id (``_append``), so a
   batch replayed after a crash changes nothing it already wrote.
 
 * **profiles**: upserts from ``customer-profiles`` (CDC style), each validated with the
@@ -143,6 +144,20 @@ def _committed(settings: Settings, path: str, tag: str, recent: int = 100) -> bo
     return any(c.get("userMetadata") == tag for c in table.history(recent))
 
 
+#: Silver's columns: the contract's, where each record came from, and the batch that wrote it.
+SILVER_COLUMNS = [*(name for name, _, _ in CONTRACT_COLUMNS), "kafka_partition", "kafka_offset", "kafka_timestamp",
+                  "ingest_time", "batch_id", "event_date"]
+#: The quarantine's: the record as it arrived, why it was rejected, and what of it could be read.
+QUARANTINE_COLUMNS = ["kafka_key", "value", "kafka_partition", "kafka_offset", "kafka_timestamp", "reason",
+                      "reason_detail", "event_id", "event_time", "ingest_time", "batch_id", "quarantine_date"]
+
+
+def _nullable(table: pa.Table) -> pa.Table:
+    """``table`` with every column nullable, as Spark's Delta writer declares a table's columns (some of Spark's
+    columns come out of ``toArrow`` as not null)."""
+    return table.cast(pa.schema([f.with_nullable(True) for f in table.schema]))
+
+
 #: The ``batches`` table: one accounting row per micro-batch.
 ACCOUNTING_SCHEMA = pa.schema([
     ("batch_id", pa.int64()), ("rows", pa.int64()), ("silver_rows", pa.int64()), ("quarantined_rows", pa.int64()),
@@ -162,13 +177,13 @@ class StreamingJob:
         self.lake = LakePaths(storage.lake_url(settings))
         self.checkpoints = storage.checkpoints_url(settings)
         self.silver_writer = _app_id(settings, self.checkpoints, "silver")
-        # batches at most this old may have run (and written) before this process: see ``_write``
+        # batches at most this old may have run (and written) before this process: see ``_append``
         self._may_replay_upto = last_planned_batch(settings, storage.join(self.checkpoints, "silver"))
         self._max_event_time: dict[int, dict[int, float]] = {}
         self._lock = threading.Lock()
         self._feature_store = None
         self._profiles_store = None
-        self._profiles_dlq = None  # producer to customer-profiles.dlq, opened on the first invalid upsert
+        self._dlq_producer = None  # to cdr.dlq and customer-profiles.dlq, opened on the first dead letter
         self._redis = None
         self._online_writer = None  # churn.online_writer.FeastRedisWriter, opened on the first push
         self._feature_state: FeatureState | None = None
@@ -283,20 +298,27 @@ class StreamingJob:
     def _dead_letter_profiles(self, topic: str, invalid) -> None:
         """Invalid upserts to ``customer-profiles.dlq``, original bytes and the reason in headers (at least
         once, like ``cdr.dlq``)."""
+        self._send_dead_letters(self.settings.topics.customer_profiles_dlq.name, topic, [
+            (None if bad.customer_id is None else bad.customer_id, bad.record["value"].encode(), bad.reason,
+             bad.detail, bad.record["partition"], bad.record["offset"]) for bad in invalid])
+
+    def _send_dead_letters(self, dlq: str, topic: str, letters) -> None:
+        """Records to the dead-letter topic ``dlq``: each ``(key, value, reason, detail, partition, offset)``, the
+        original key and bytes with the reason, its detail and where the record came from in headers; delivered
+        before this returns. A producer of the job's own (thread safe: both queries' threads use it)."""
         from churn.transport import producer
 
-        if self._profiles_dlq is None:
-            self._profiles_dlq = producer(self.settings, role="stream")
-        p = self._profiles_dlq
-        for bad in invalid:
-            rec = bad.record
-            p.produce(self.settings.topics.customer_profiles_dlq.name, value=rec["value"].encode(),
-                      key=None if bad.customer_id is None else bad.customer_id.encode(),
-                      headers=[("reason", bad.reason.encode()), ("reason_detail", (bad.detail or "").encode()),
-                               ("source_topic", topic.encode()), ("source_partition", str(rec["partition"]).encode()),
-                               ("source_offset", str(rec["offset"]).encode())])
+        with self._lock:
+            if self._dlq_producer is None:
+                self._dlq_producer = producer(self.settings, role="stream")
+        p = self._dlq_producer
+        for key, value, reason, detail, partition, offset in letters:
+            p.produce(dlq, value=value, key=None if key is None else key.encode(),
+                      headers=[("reason", reason.encode()), ("reason_detail", (detail or "").encode()),
+                               ("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
+                               ("source_offset", str(offset).encode())])
         if p.flush(30):
-            raise RuntimeError("profiles dead letters not delivered within 30 s")
+            raise RuntimeError(f"dead letters to {dlq} not delivered within 30 s")
 
     def _load_progress(self) -> None:
         """Newest event time per Kafka partition of every batch already accounted for."""
@@ -323,30 +345,17 @@ class StreamingJob:
         lateness = self.settings.streaming.allowed_lateness_s
         return {p: t - lateness for p, t in newest.items()}
 
-    def _write(self, df, path: str, sink: str, batch_id: int, partition_by: str | None = None,
-               merge_schema: bool = False) -> None:
-        """Append ``df`` as one Delta commit tagged ``<writer>-<sink>:<batch>`` (its ``userMetadata``).
+    def _append(self, table: pa.Table, path: str, sink: str, batch_id: int, partition_by: str | None = None,
+                merge_schema: bool = False) -> None:
+        """Append ``table`` as one Delta commit tagged ``<writer>-<sink>:<batch>`` (its ``userMetadata``), written
+        by delta-rs from the driver.
 
         Idempotent per batch: a batch that may have run before this process started (see
         ``last_planned_batch``) is first looked up by its tag in the table's recent commits and
         skipped if it is there. Later batches are new by construction, so they pay nothing:
-        Delta's own ``txnAppId``/``txnVersion`` check rebuilds the table's state with three Spark
-        jobs on every write, which cost ~0.5 s per table and batch here.
+        Delta's own ``txnAppId``/``txnVersion`` check (Spark's writer) rebuilds the table's state with
+        three Spark jobs on every write, which cost ~0.5 s per table and batch here.
         """
-        tag = self._tag_unless_written(path, sink, batch_id)
-        if tag is None:
-            return
-        writer = df.write.format("delta").mode("append").option("userMetadata", tag) \
-            .option("delta.checkpointInterval", str(CHECKPOINT_INTERVAL[sink]))
-        if merge_schema:  # tables whose columns grow with the feature definitions
-            writer = writer.option("mergeSchema", "true")
-        (writer.partitionBy(partition_by) if partition_by else writer).save(path)
-
-    def _append(self, table: pa.Table, path: str, sink: str, batch_id: int, partition_by: str | None = None,
-                merge_schema: bool = False) -> None:
-        """``_write`` for a table the driver already holds (Arrow): the same tagged, idempotent commit, written
-        by delta-rs with no Spark job. Through Spark, a frame built on the driver cost two Spark jobs (the
-        frame, then the write) competing with Silver's for the cores, per table and batch."""
         from deltalake import CommitProperties
 
         tag = self._tag_unless_written(path, sink, batch_id)
@@ -360,7 +369,7 @@ class StreamingJob:
 
     def _tag_unless_written(self, path: str, sink: str, batch_id: int) -> str | None:
         """The batch's commit tag in the table (its ``userMetadata``: the writer, the table, the batch), or None
-        if a batch that may have run before this process (see ``_write``) already committed it there."""
+        if a batch that may have run before this process (see ``_append``) already committed it there."""
         tag = f"{self.silver_writer}-{sink}:{batch_id}"
         if batch_id <= self._may_replay_upto and _committed(self.settings, path, tag):
             log.info("batch %d: %s already committed to %s, not written again", batch_id, sink, path)
@@ -368,85 +377,81 @@ class StreamingJob:
         return tag
 
     def _silver_batch(self, df, batch_id: int) -> None:
-        """One micro-batch: verdicts, features pushed to Feast first (freshness), then the Delta writes."""
+        """One micro-batch: one Spark job brings its verdicts and rows to the driver; from there the features are
+        pushed to Feast first (freshness) while the Delta writes and dead letters run beside them."""
         import pyarrow.compute as pc
         from pyspark.sql import functions as F
 
         clock = _PhaseClock()
-        df = df.persist()
+        wm = self.watermark_before(batch_id)
+        wm_col = F.create_map(*[x for p, t in sorted(wm.items()) for x in (F.lit(p), F.lit(t))]) \
+            if wm else F.create_map().cast("map<int,double>")
+        partition_wm = F.element_at(wm_col, F.col("kafka_partition")).cast("timestamp")
+        late = F.col("reason").isNull() & F.coalesce(F.col("event_time") < partition_wm, F.lit(False))
+        reason = F.when(late, F.lit(LATE_EVENT)).otherwise(F.col("reason"))
+        kept = reason.isNull()
+        # The batch's only Spark job (Kafka read, validation, de-duplication): every column a table needs, to the
+        # driver as Arrow; the raw key and bytes only of the records quarantined. Everything after runs here:
+        # the counts, the features (numpy), and the writes through delta-rs and a Kafka producer. As Spark
+        # jobs of their own, the Silver write, the quarantine write and the dead letters cost 0.3-1.0 s each
+        # per batch on two cores, whatever its size, competing with each other and the next batch for the cores.
+        local = df.select(
+            *(c for c in SILVER_COLUMNS if c not in ("batch_id", "event_date")),
+            F.when(kept, F.lit(None)).otherwise(F.col("kafka_key")).alias("kafka_key"),
+            F.when(kept, F.lit(None)).otherwise(F.col("value")).alias("value"),
+            reason.alias("reason"),
+            F.when(late, F.concat(F.lit("event_time older than its partition's watermark "),
+                                  partition_wm.cast("string"))).otherwise(F.col("reason_detail")).alias("reason_detail"),
+            F.lit(batch_id).cast("long").alias("batch_id"), F.to_date("event_time").alias("event_date"),
+            F.to_date("ingest_time").alias("quarantine_date"),
+        ).toArrow()
+        total = local.num_rows
+        if total == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
+            return
+        is_good = pc.is_null(local.column("reason"))
+        on_time = local.filter(is_good)
+        rejected = local.filter(pc.invert(is_good))
+        good = on_time.num_rows
+        bad = Counter(rejected.column("reason").to_pylist())
+        max_by_partition = _newest_by_partition(on_time)
+        clock.mark("validate+dedup")
+        max_t = max(max_by_partition.values(), default=None)
+        recorded_at = datetime.now(timezone.utc)
+        accounting = pa.Table.from_pylist([{
+            "batch_id": batch_id, "rows": total, "silver_rows": good, "quarantined_rows": total - good,
+            "quarantined_by_reason": json.dumps(dict(bad)),
+            "max_event_time": None if max_t is None else datetime.fromtimestamp(max_t, timezone.utc),
+            "max_event_time_by_partition": json.dumps(max_by_partition), "watermark_by_partition": json.dumps(wm),
+            "recorded_at": recorded_at, "day": recorded_at.date()}], schema=ACCOUNTING_SCHEMA)
+        # The Delta writes and dead letters are independent and each idempotent per batch: started now, they
+        # overlap the feature work below. The batch ends when all of them are done.
+        writes = [lambda: self._append(_nullable(on_time.select(SILVER_COLUMNS)), self.lake.silver, "silver",
+                                       batch_id, "event_date"),
+                  lambda: self._append(accounting, self.lake.batches, "batches", batch_id, "day")]
+        if bad:
+            quarantine = _nullable(rejected.select(QUARANTINE_COLUMNS))
+            writes.append(lambda: self._append(quarantine, self.lake.quarantine, "quarantine", batch_id,
+                                               "quarantine_date"))
+            writes.append(lambda: self._dead_letter(quarantine))
+        pending = [self._writers.submit(write) for write in writes]
         try:
-            wm = self.watermark_before(batch_id)
-            wm_col = F.create_map(*[x for p, t in sorted(wm.items()) for x in (F.lit(p), F.lit(t))]) \
-                if wm else F.create_map().cast("map<int,double>")
-            partition_wm = F.element_at(wm_col, F.col("kafka_partition")).cast("timestamp")
-            late = F.col("reason").isNull() & F.coalesce(F.col("event_time") < partition_wm, F.lit(False))
-            rows = df.withColumn("reason", F.when(late, F.lit(LATE_EVENT)).otherwise(F.col("reason"))).withColumn(
-                "reason_detail",
-                F.when(late, F.concat(F.lit("event_time older than its partition's watermark "),
-                                      partition_wm.cast("string"))).otherwise(F.col("reason_detail")),
-            ).withColumn("batch_id", F.lit(batch_id).cast("long"))
-
-            contract = [name for name, _, _ in CONTRACT_COLUMNS]
-            silver = rows.filter(F.col("reason").isNull()).select(
-                *contract, "kafka_partition", "kafka_offset", "kafka_timestamp", "ingest_time", "batch_id",
-                F.to_date("event_time").alias("event_date"))
-            quarantine = rows.filter(F.col("reason").isNotNull()).select(
-                "kafka_key", "value", "kafka_partition", "kafka_offset", "kafka_timestamp", "reason",
-                "reason_detail", "event_id", "event_time", "ingest_time", "batch_id",
-                F.to_date("ingest_time").alias("quarantine_date"))
-
-            # One Spark job: the columns the verdict and the features need, to the driver as Arrow. The
-            # counts by reason, the newest good event time per partition and the customers' partial sums are
-            # computed from it here (numpy, ``partial_sums_table``): a Spark job of their own each cost
-            # 0.3-0.8 s of fixed overhead per batch on two cores, whatever the batch's size.
-            local = rows.select("kafka_partition", "reason", *(c for c in INPUT_COLUMNS)).toArrow()
-            total = local.num_rows
-            if total == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
-                return
-            is_good = pc.is_null(local.column("reason"))
-            on_time = local.filter(is_good)
-            good = on_time.num_rows
-            bad = Counter(r for r in local.column("reason").to_pylist() if r is not None)
-            max_by_partition = _newest_by_partition(on_time)
-            clock.mark("validate+dedup")
-            max_t = max(max_by_partition.values(), default=None)
-            recorded_at = datetime.now(timezone.utc)
-            accounting = pa.Table.from_pylist([{
-                "batch_id": batch_id, "rows": total, "silver_rows": good, "quarantined_rows": total - good,
-                "quarantined_by_reason": json.dumps(dict(bad)),
-                "max_event_time": None if max_t is None else datetime.fromtimestamp(max_t, timezone.utc),
-                "max_event_time_by_partition": json.dumps(max_by_partition), "watermark_by_partition": json.dumps(wm),
-                "recorded_at": recorded_at, "day": recorded_at.date()}], schema=ACCOUNTING_SCHEMA)
-            # The Delta writes and dead letters are independent and each idempotent per batch, so Spark runs
-            # them as concurrent jobs, started now: they overlap the feature work below (a Spark job, then
-            # Python on the driver). The batch ends when all of them are done.
-            writes = [lambda: self._write(silver, self.lake.silver, "silver", batch_id, "event_date"),
-                      lambda: self._append(accounting, self.lake.batches, "batches", batch_id, "day")]
-            if bad:
-                writes.append(lambda: self._write(quarantine, self.lake.quarantine, "quarantine", batch_id,
-                                                  "quarantine_date"))
-                writes.append(lambda: self._dead_letter(quarantine))
-            pending = [self._writers.submit(write) for write in writes]
-            try:
-                if good:
-                    rows, replay = self._state_after(on_time.select(INPUT_COLUMNS), batch_id, clock)
-                    covered = self.covered_offsets(batch_id)
-                    rows["covered_offsets"] = [covered] * len(rows)
-                    if not replay:  # recorded alongside the push
-                        pending.append(self._writers.submit(self._record_features, rows, batch_id))
-                    self._push_features(rows, clock, covered)
-            finally:  # never leave a write running into the next batch, even when the push failed
-                wait(pending)
-            for future in pending:
-                future.result()  # raises the first failure: the batch fails and is replayed on restart
-            clock.mark("delta writes+dlq (after the push)")
-            with self._lock:
-                self._max_event_time[batch_id] = max_by_partition
-            metrics.record_batch(good, dict(bad))
-            log.info("batch %d: %d rows, %d to silver, %d quarantined in %s", batch_id, total, good,
-                     total - good, clock)
-        finally:
-            df.unpersist()
+            if good:
+                rows, replay = self._state_after(on_time.select(INPUT_COLUMNS), batch_id, clock)
+                covered = self.covered_offsets(batch_id)
+                rows["covered_offsets"] = [covered] * len(rows)
+                if not replay:  # recorded alongside the push
+                    pending.append(self._writers.submit(self._record_features, rows, batch_id))
+                self._push_features(rows, clock, covered)
+        finally:  # never leave a write running into the next batch, even when the push failed
+            wait(pending)
+        for future in pending:
+            future.result()  # raises the first failure: the batch fails and is replayed on restart
+        clock.mark("delta writes+dlq (after the push)")
+        with self._lock:
+            self._max_event_time[batch_id] = max_by_partition
+        metrics.record_batch(good, dict(bad))
+        log.info("batch %d: %d rows, %d to silver, %d quarantined in %s", batch_id, total, good,
+                 total - good, clock)
 
     # -- features --------------------------------------------------------------------------
     @property
@@ -558,27 +563,15 @@ class StreamingJob:
         feature_store.ensure_applied(self.settings, role="stream")
         return feature_store.store(self.settings, role="stream")
 
-    def _dead_letter(self, quarantine) -> None:
+    def _dead_letter(self, quarantine: pa.Table) -> None:
         """Quarantined records to ``cdr.dlq``: original key and bytes, the reason in headers.
 
         At least once: a replayed batch may send its dead letters again; the headers
         ``source_partition``/``source_offset`` identify each original record.
         """
-        from pyspark.sql import functions as F
-
-        s = self.settings
-        headers = F.array(
-            F.struct(F.lit("reason").alias("key"), F.col("reason").cast("binary").alias("value")),
-            F.struct(F.lit("reason_detail").alias("key"), F.col("reason_detail").cast("binary").alias("value")),
-            F.struct(F.lit("source_topic").alias("key"), F.lit(s.topics.cdr.name).cast("binary").alias("value")),
-            F.struct(F.lit("source_partition").alias("key"),
-                     F.col("kafka_partition").cast("string").cast("binary").alias("value")),
-            F.struct(F.lit("source_offset").alias("key"),
-                     F.col("kafka_offset").cast("string").cast("binary").alias("value")),
-        )
-        (quarantine.select(F.col("kafka_key").alias("key"), "value", headers.alias("headers"))
-         .write.format("kafka").options(**spark_kafka_options(s, "stream"))
-         .option("topic", s.topics.cdr_dlq.name).save())
+        columns = ["kafka_key", "value", "reason", "reason_detail", "kafka_partition", "kafka_offset"]
+        self._send_dead_letters(self.settings.topics.cdr_dlq.name, self.settings.topics.cdr.name,
+                                zip(*(quarantine.column(c).to_pylist() for c in columns)))
 
     # -- running ---------------------------------------------------------------------------
     def prepare(self) -> None:

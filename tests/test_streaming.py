@@ -384,9 +384,11 @@ def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(str
 
 
 def test_a_batch_replayed_after_a_restart_is_written_once_and_new_batches_always(tmp_path):
-    """The Delta writes' idempotence (``StreamingJob._write``) on real Delta tables: a batch that may
+    """The Delta writes' idempotence (``StreamingJob._append``) on real Delta tables: a batch that may
     have run before the restart (its offsets are logged) and was committed is skipped; one that was not
     committed, a new batch, and another checkpoint's (writer's) batch of the same id are written."""
+    import pyarrow as pa
+
     from churn.config import Settings
     from churn.spark import spark_session
     from streaming.job import StreamingJob
@@ -400,26 +402,26 @@ def test_a_batch_replayed_after_a_restart_is_written_once_and_new_batches_always
     path = str(lake / "silver")
 
     def rows(batch_id: int, n: int = 3):
-        return spark.createDataFrame([(batch_id, i) for i in range(n)], "batch_id long, i long")
+        return pa.table({"batch_id": [batch_id] * n, "i": list(range(n))})
 
     def written() -> Counter:
         return Counter(table(path, ["batch_id"]).column("batch_id").to_pylist())
 
     first = StreamingJob(s, spark=spark)
     assert first._may_replay_upto == 3
-    first._write(rows(2), path, "silver", 2)
-    first._write(rows(3), path, "silver", 3)
+    first._append(rows(2), path, "silver", 2)
+    first._append(rows(3), path, "silver", 3)
     assert written() == {2: 3, 3: 3}
 
     restarted = StreamingJob(s, spark=spark)  # same checkpoint, so the same writer
     assert restarted.silver_writer == first.silver_writer
-    restarted._write(rows(3), path, "silver", 3)  # the replayed batch: already committed, skipped
-    restarted._write(rows(1, 2), path, "silver", 1)  # logged but never committed: written
-    restarted._write(rows(4), path, "silver", 4)  # new
+    restarted._append(rows(3), path, "silver", 3)  # the replayed batch: already committed, skipped
+    restarted._append(rows(1, 2), path, "silver", 1)  # logged but never committed: written
+    restarted._append(rows(4), path, "silver", 4)  # new
     assert written() == {1: 2, 2: 3, 3: 3, 4: 3}
 
     other = StreamingJob(s.model_copy(update={"streaming": s.streaming.model_copy(
         update={"checkpoint_dir": tmp_path / "fresh-checkpoints"})}), spark=spark)
     assert other.silver_writer != first.silver_writer and other._may_replay_upto == -1
-    other._write(rows(3), path, "silver", 3)  # a fresh start's batch 3 is not the old writer's
+    other._append(rows(3), path, "silver", 3)  # a fresh start's batch 3 is not the old writer's
     assert written() == {1: 2, 2: 3, 3: 6, 4: 3}
