@@ -115,7 +115,8 @@ def apply(settings: Settings, load_profiles: bool = True, role: str = "admin") -
     """Register every definition in ``feature_repo/``, write ``feature_store.yaml`` under the run directory,
     and (``load_profiles``) load the extract of the settings ``profiles.source`` / ``profiles.mapping``
     (default: the bundled Telco sample) into the profile history and online."""
-    from churn import profiles
+    from churn import profiles, storage
+    from churn.lake import LakePaths
     from churn.simulator.population import telco_csv_path
     from feature_repo.activity import activity_history, activity_push, customer_activity, customer_activity_named
     from feature_repo.entities import customer
@@ -123,6 +124,12 @@ def apply(settings: Settings, load_profiles: bool = True, role: str = "admin") -
 
     fs = store(settings, role)
     feature_store_yaml_path(settings).write_text(feature_store_yaml(settings))
+    # the repo's sources name the tables of the process's settings; these settings' lake may be another
+    lake = LakePaths.of(settings)
+    for source, table in ((profile_source, lake.profile_history), (activity_history, lake.feature_history)):
+        options = storage.feast_file_source(settings, table)
+        source.file_options.uri = options["path"]
+        source.file_options.s3_endpoint_override = options.get("s3_endpoint_override", "")
     if load_profiles:
         profiles.load(settings, settings.profiles.source or telco_csv_path(), settings.profiles.mapping,
                       fs=fs, materialize=False)

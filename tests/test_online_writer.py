@@ -105,3 +105,20 @@ def test_the_writer_leaves_the_hashes_feasts_push_leaves_and_feast_reads_them(li
         assert row["covered_offsets"] == list(newest.loc[c, "covered_offsets"])
     writer.close()
     admin.close()
+
+
+def test_apply_registers_the_settings_own_tables_as_feasts_offline_sources(live_stack, live_env, tmp_path):
+    """Feast's offline sources name the tables of the settings given to ``apply``, not those of the process's
+    own settings (which ``feature_repo/`` reads when imported): a lake elsewhere is the one registered."""
+    from churn import feature_store
+    from churn.config import get_settings
+    from churn.lake import LakePaths
+
+    s = settings_from({**live_env, "CHURN_FEAST__PROJECT": f"a{uuid.uuid4().hex[:6]}",
+                       "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake")})
+    lake, process_lake = LakePaths.of(s), LakePaths.of(get_settings())
+    assert str(lake.profile_history) != str(process_lake.profile_history)
+    feature_store.apply(s, load_profiles=False)
+    fs = feature_store.store(s)
+    assert fs.get_data_source("customer_profile_source").path == str(lake.profile_history)
+    assert fs.get_data_source("customer_activity_history").path == str(lake.feature_history)
