@@ -299,8 +299,8 @@ class StreamingJob:
         """Invalid upserts to ``customer-profiles.dlq``, original bytes and the reason in headers (at least
         once, like ``cdr.dlq``)."""
         self._send_dead_letters(self.settings.topics.customer_profiles_dlq.name, topic, [
-            (None if bad.customer_id is None else bad.customer_id, bad.record["value"].encode(), bad.reason,
-             bad.detail, bad.record["partition"], bad.record["offset"]) for bad in invalid])
+            (bad.customer_id, bad.record["value"].encode(), bad.reason, bad.detail, bad.record["partition"],
+             bad.record["offset"]) for bad in invalid])
 
     def _send_dead_letters(self, dlq: str, topic: str, letters) -> None:
         """Records to the dead-letter topic ``dlq``: each ``(key, value, reason, detail, partition, offset)``, the
