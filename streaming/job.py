@@ -56,6 +56,8 @@ from streaming.feature_state import HISTORY_SCHEMA, FeatureState
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
 
 LATE_EVENT = "late_event:event_time"
+#: How long a dead letter may take to be delivered (Spark's Kafka sink: the Java producer's 120 s default).
+DLQ_DELIVERY_TIMEOUT_S = 120.0
 #: Every Delta table writes a checkpoint of its log when its version is a multiple of its
 #: ``delta.checkpointInterval`` (10 by default), inside the write that made that version. Here a
 #: checkpoint costs 2-5 s even for a tiny table (an append: 0.2-0.5 s), and the job writes each of
@@ -304,21 +306,34 @@ class StreamingJob:
 
     def _send_dead_letters(self, dlq: str, topic: str, letters) -> None:
         """Records to the dead-letter topic ``dlq``: each ``(key, value, reason, detail, partition, offset)``, the
-        original key and bytes with the reason, its detail and where the record came from in headers; delivered
-        before this returns. A producer of the job's own (thread safe: both queries' threads use it)."""
+        original key and bytes with the reason, its detail and where the record came from in headers.
+
+        Delivered before this returns, or it raises (the batch fails and is replayed on restart, so no dead
+        letter is lost): each is given ``DLQ_DELIVERY_TIMEOUT_S``, as long as Spark's Kafka sink gives a
+        record. One producer of the job's own, thread safe: both queries' threads use it.
+        """
         from churn.transport import producer
 
         with self._lock:
             if self._dlq_producer is None:
-                self._dlq_producer = producer(self.settings, role="stream")
+                self._dlq_producer = producer(self.settings, role="stream",
+                                              **{"message.timeout.ms": int(DLQ_DELIVERY_TIMEOUT_S * 1000)})
         p = self._dlq_producer
+        failed: list = []
+
+        def delivered(err, _msg) -> None:
+            if err is not None:
+                failed.append(err)
+
         for key, value, reason, detail, partition, offset in letters:
-            p.produce(dlq, value=value, key=None if key is None else key.encode(),
+            p.produce(dlq, value=value, key=None if key is None else key.encode(), on_delivery=delivered,
                       headers=[("reason", reason.encode()), ("reason_detail", (detail or "").encode()),
                                ("source_topic", topic.encode()), ("source_partition", str(partition).encode()),
                                ("source_offset", str(offset).encode())])
-        if p.flush(30):
-            raise RuntimeError(f"dead letters to {dlq} not delivered within 30 s")
+        left = p.flush(DLQ_DELIVERY_TIMEOUT_S + 10)
+        if left or failed:
+            raise RuntimeError(f"dead letters to {dlq} not delivered: {len(failed)} failed, {left} still queued"
+                               + (f" ({failed[0]})" if failed else ""))
 
     def _load_progress(self) -> None:
         """Newest event time per Kafka partition of every batch already accounted for."""

@@ -425,3 +425,21 @@ def test_a_batch_replayed_after_a_restart_is_written_once_and_new_batches_always
     assert other.silver_writer != first.silver_writer and other._may_replay_upto == -1
     other._append(rows(3), path, "silver", 3)  # a fresh start's batch 3 is not the old writer's
     assert written() == {1: 2, 2: 3, 3: 6, 4: 3}
+
+
+def test_dead_letters_the_broker_never_takes_fail_the_batch_instead_of_being_lost(tmp_path, monkeypatch):
+    """``cdr.dlq`` is at least once: a dead letter not delivered within its timeout (here: no broker at all)
+    raises, so its batch fails and is replayed on restart, rather than the letter being dropped."""
+    from streaming import job as job_module
+    from streaming.job import StreamingJob
+
+    (port,) = free_ports(1)  # nothing listens there
+    s = settings_from({"CHURN_KAFKA__PORT": str(port), "CHURN_STREAMING__LAKE_DIR": str(tmp_path / "lake"),
+                       "CHURN_STREAMING__CHECKPOINT_DIR": str(tmp_path / "checkpoints")})
+    monkeypatch.setattr(job_module, "DLQ_DELIVERY_TIMEOUT_S", 1.0)
+    job = StreamingJob(s, spark=object())  # the dead letters need no Spark
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"dead letters to cdr\.dlq not delivered: 2 failed, 0 still queued"):
+        job._send_dead_letters("cdr.dlq", "cdr", [("c1", b"{", "malformed_json", "not JSON", 0, 7),
+                                                  (None, b"", "malformed_json", None, 1, 9)])
+    assert time.monotonic() - started < 15
