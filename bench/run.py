@@ -239,7 +239,7 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
         warm_up.start()
         warm_up.join()
         deadline = time.time() + 120
-        while lag() > 0 and time.time() < deadline:
+        while max(lag(), lag("bronze") if bronze else 0) > 0 and time.time() < deadline:  # both warm
             time.sleep(1)
         for figure, rate in rates.items():
             producer = feed(rate, SUSTAINED_SECONDS)
@@ -278,9 +278,12 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
             if not steady and stop_when_behind:
                 break
             held = rate if steady else held
-            deadline = time.time() + 120
+            drain_started = time.time()
+            deadline = drain_started + 120
             while max(lag(), lag("bronze") if bronze else 0) > 0 and time.time() < deadline:  # drain first
                 time.sleep(1)
+            # how long Bronze (which yields the cores to Silver) took to catch up once the traffic stopped
+            out[figure][2]["drained_after_s"] = round(time.time() - drain_started) if time.time() < deadline else None
     finally:
         job.stop()
         job.spark.stop()

@@ -4,8 +4,9 @@ one rate, A then B, ``pairs`` times, so that each pair shares the machine's stat
     .venv/bin/python bench/run.py stream_ab_online_writer    # the direct Feast writer vs Feast's push
     .venv/bin/python bench/run.py stream_ab_bronze_trigger   # Bronze every 30 s vs every 5 s
     .venv/bin/python bench/run.py stream_ab_scheduler        # Bronze in the background pool vs FIFO (every 5 s)
+    .venv/bin/python bench/run.py stream_ab_bronze_process   # Bronze in its own process at nice 19 vs in the job's JVM
 
-Each run is ``bench_stream_sustained`` at ``RATE`` (a 30 s warm-up, then 60 s measured): feature freshness
+Each run is ``bench_stream_sustained`` at ``RATE`` (or the change's own in ``RATES``; a 30 s warm-up, then 60 s measured): feature freshness
 p50/p99 and Silver's batch duration p50, per variant the median over the pairs, every run in the detail.
 """
 
@@ -15,7 +16,9 @@ import statistics
 
 from churn.config import Settings
 
-RATE = 14_500  # events/s: about 25 % of the Bronze-alone ceiling on two cores
+RATE = 14_500  # events/s: about 25 % of the Bronze-alone ceiling on two cores (on a fast day)
+#: change -> its own rate: 25 % of the ceiling measured on 2026-12-02 (34,882 events/s)
+RATES = {"bronze_process": 9_000}
 PAIRS = 2
 
 #: change -> (A, B): settings overrides as (section, field, value)
@@ -24,8 +27,11 @@ CHANGES: dict[str, tuple[tuple[str, list], tuple[str, list]]] = {
                       ("feast", [("streaming", "online_writer", "feast")])),
     "bronze_trigger": (("30s", [("streaming", "bronze_trigger_s", 30.0)]),
                        ("5s", [("streaming", "bronze_trigger_s", 5.0)])),
-    "scheduler": (("background_pool", [("streaming", "bronze_trigger_s", 5.0)]),
-                  ("fifo", [("streaming", "bronze_trigger_s", 5.0), ("spark", "conf", {"spark.scheduler.mode": "FIFO"})])),
+    "bronze_process": (("own_process", [("streaming", "bronze_nice", 19)]),
+                       ("same_jvm", [("streaming", "bronze_nice", None)])),
+    "scheduler": (("background_pool", [("streaming", "bronze_trigger_s", 5.0), ("streaming", "bronze_nice", None)]),
+                  ("fifo", [("streaming", "bronze_trigger_s", 5.0), ("streaming", "bronze_nice", None),
+                            ("spark", "conf", {"spark.scheduler.mode": "FIFO"})])),
 }
 
 
@@ -40,13 +46,15 @@ def bench_stream_ab(s: Settings, change: str) -> dict:
     """One change, A and B alternating (``CHANGES``): freshness p50/p99 and batch p50 of each variant."""
     from run import bench_stream_sustained
 
+    rate = RATES.get(change, RATE)
     runs: dict[str, list[dict]] = {name: [] for name, _ in CHANGES[change]}
     for _ in range(PAIRS):
         for name, overrides in CHANGES[change]:
-            out = bench_stream_sustained(_variant(s, overrides), {"run": RATE}, stop_when_behind=False)
+            out = bench_stream_sustained(_variant(s, overrides), {"run": rate}, stop_when_behind=False)
             p99, _, detail = out["run"]
             runs[name].append({"freshness_p99_s": p99, "freshness_p50_s": detail["freshness_p50_s"],
-                               "batch_duration_p50_s": detail["batch_duration_p50_s"], "lag_steady": detail["lag_steady"]})
+                               "batch_duration_p50_s": detail["batch_duration_p50_s"], "lag_steady": detail["lag_steady"],
+                               "bronze_lag_max": detail["bronze_lag_max"], "drained_after_s": detail.get("drained_after_s")})
             print(f"{change} {name}: {runs[name][-1]}", flush=True)
     out = {}
     for name, results in runs.items():
@@ -54,8 +62,9 @@ def bench_stream_ab(s: Settings, change: str) -> dict:
             values = [r[figure] for r in results if r[figure] is not None]
             out[f"stream_ab_{change}_{name}_{figure[:-2]}"] = (
                 statistics.median(values) if values else -1.0, "s",
-                {"rate": RATE, "pairs": PAIRS, "runs_in_order": [r[figure] for r in results],
-                 "lag_steady": [r["lag_steady"] for r in results], "variants": [n for n, _ in CHANGES[change]]})
+                {"rate": rate, "pairs": PAIRS, "runs_in_order": [r[figure] for r in results],
+                 "lag_steady": [r["lag_steady"] for r in results], "bronze_lag_max": [r["bronze_lag_max"] for r in results],
+                 "drained_after_s": [r["drained_after_s"] for r in results], "variants": [n for n, _ in CHANGES[change]]})
     return out
 
 
@@ -65,5 +74,5 @@ def bench_for(change: str):
         return bench_stream_ab(s, change)
 
     a, b = (name for name, _ in CHANGES[change])
-    run.__doc__ = f"{bench_stream_ab.__doc__} Change: {change}, {a} (A) against {b} (B), at {RATE:,} events/s."
+    run.__doc__ = f"{bench_stream_ab.__doc__} Change: {change}, {a} (A) against {b} (B), at {RATES.get(change, RATE):,} events/s."
     return run

@@ -315,9 +315,14 @@ class StreamingSettings(BaseModel):
     checkpoint_dir: Path | None = None
     #: Micro-batch trigger interval of the Silver query (validation, features to Feast).
     trigger_s: float = 1.0
-    #: Bronze is not on the freshness path: a slower trigger (fewer, larger batches, which wait for cores
-    #: while Silver's tasks run) leaves the cores to Silver. Bronze's rows land up to this much later.
+    #: Bronze is not on the freshness path: a slower trigger (fewer, larger batches) spreads its fixed cost
+    #: per batch (a Delta commit) and leaves the cores to Silver. Bronze's rows land up to this much later.
     bronze_trigger_s: float = 30.0
+    #: With a local master (``local[N]``), Bronze runs as a Spark application of its own in a child process
+    #: at this OS niceness (0-19), so that the kernel gives the silver query, which makes the features fresh,
+    #: the cores first and Bronze what is left (``streaming.bronze_process``). ``None``: Bronze runs in the
+    #: job's own application, in Spark's background pool.
+    bronze_nice: int | None = Field(19, ge=0, le=19)
     #: Most Kafka records per micro-batch (bounds batch duration when catching up).
     max_offsets_per_trigger: int = 200_000
     #: The same for Bronze, which is not on the freshness path: larger batches when catching up

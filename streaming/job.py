@@ -52,7 +52,7 @@ from churn.features import INPUT_COLUMNS, SUM_FEATURES, partial_sums_table
 from churn.lake import LakePaths
 from churn.security import redis_options, spark_kafka_options
 from churn.spark import BACKGROUND_POOL
-from streaming import metrics
+from streaming import bronze_process, metrics
 from streaming.feature_state import HISTORY_SCHEMA, FeatureState
 from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
 
@@ -623,7 +623,10 @@ class StreamingJob:
     def start(self) -> None:
         self.prepare()
         self.spark.streams.addListener(metrics.MetricsListener())
-        self.start_bronze()
+        if bronze_process.runs_apart(self.settings, self.available_now):
+            self.queries.append(bronze_process.BronzeProcess(self.settings))
+        else:
+            self.start_bronze()
         self.start_silver()
         self.start_profiles()
 

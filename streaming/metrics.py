@@ -6,6 +6,7 @@ local stack's Prometheus (job ``streaming``).
 
 from __future__ import annotations
 
+import json
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -37,6 +38,11 @@ NEWEST_PUSHED = Gauge(
     "Event time (epoch s) of the newest event whose features were pushed to Feast (freshness = time() - this)",
 )
 QUERY_UP = Gauge("churn_stream_query_active", "1 while the query runs", ["query"])
+END_OFFSETS = Gauge(
+    "churn_stream_source_end_offsets",
+    "Sum over its Kafka partitions of the offsets a query's last batch read up to: the difference between "
+    "two queries of the same topic is how many records one is behind the other", ["query"],
+)
 
 
 class MetricsListener(StreamingQueryListener):
@@ -51,17 +57,7 @@ class MetricsListener(StreamingQueryListener):
         QUERY_UP.labels(event.name or str(event.id)).set(1)
 
     def onQueryProgress(self, event) -> None:
-        p = event.progress
-        name = p.name or str(p.id)
-        INPUT_RATE.labels(name).set(p.inputRowsPerSecond or 0.0)
-        PROCESSED_RATE.labels(name).set(p.processedRowsPerSecond or 0.0)
-        INPUT_ROWS.labels(name).inc(p.numInputRows)
-        BATCH_DURATION.labels(name).observe(p.batchDuration / 1000.0)
-        LAST_BATCH.labels(name).set(p.batchId)
-        for op in p.stateOperators:
-            dropped = (op.customMetrics or {}).get("numDroppedDuplicateRows")
-            if dropped:
-                DUPLICATES.labels(name).inc(dropped)
+        record_progress(json.loads(event.progress.json))
 
     def onQueryIdle(self, event) -> None:
         """No new data: nothing arrives (a stalled query reports neither progress nor idleness)."""
@@ -71,6 +67,51 @@ class MetricsListener(StreamingQueryListener):
 
     def onQueryTerminated(self, event) -> None:
         QUERY_UP.labels(self._names.get(str(event.id), str(event.id))).set(0)
+
+
+def record_progress(progress: dict) -> None:
+    """One query progress (Spark's ``StreamingQueryProgress`` as JSON) into the gauges and histograms: the
+    listener's events, and those a query in another process (``streaming.bronze_process``) sends back."""
+    name = progress.get("name") or str(progress["id"])
+    INPUT_RATE.labels(name).set(_rate(progress.get("inputRowsPerSecond")))
+    PROCESSED_RATE.labels(name).set(_rate(progress.get("processedRowsPerSecond")))
+    INPUT_ROWS.labels(name).inc(progress["numInputRows"])
+    BATCH_DURATION.labels(name).observe(progress["batchDuration"] / 1000.0)
+    LAST_BATCH.labels(name).set(progress["batchId"])
+    ends = [source_end_offsets(source.get("endOffset")) for source in progress.get("sources") or []]
+    if any(end is not None for end in ends):
+        END_OFFSETS.labels(name).set(sum(end or 0 for end in ends))
+    for op in progress.get("stateOperators") or []:
+        dropped = (op.get("customMetrics") or {}).get("numDroppedDuplicateRows")
+        if dropped:
+            DUPLICATES.labels(name).inc(dropped)
+
+
+def source_end_offsets(end) -> int | None:
+    """The sum of a Kafka source's end offsets in a progress report (``{topic: {partition: offset}}``, as an
+    object or as JSON text); ``None`` for another kind of source.
+
+    >>> source_end_offsets({"cdr": {"0": 10, "1": 32}})
+    42
+    >>> source_end_offsets('{"cdr": {"0": 5}}'), source_end_offsets(None)
+    (5, None)
+    """
+    if isinstance(end, str):
+        try:
+            end = json.loads(end)
+        except ValueError:
+            return None
+    if not isinstance(end, dict) or not all(isinstance(parts, dict) for parts in end.values()):
+        return None
+    return sum(int(offset) for parts in end.values() for offset in parts.values())
+
+
+def _rate(value) -> float:
+    """Spark writes a rate it could not compute (no time elapsed) as ``NaN`` or leaves it out."""
+    try:
+        return float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def record_batch(silver_rows: int, quarantined: dict[str, int]) -> None:
