@@ -139,13 +139,16 @@ def _run(settings: Settings, events, stop, parent: int) -> None:
         from streaming.job import StreamingJob
 
         job = StreamingJob(settings, spark=spark_session(settings, "churn-stream-bronze"))
-        job.spark.streams.addListener(_Forward(events))
+        forward = _Forward(events)
+        job.spark.streams.addListener(forward)
         query = job.start_bronze()
         while query.isActive and not stop.wait(0.2):
             pass
         job.stop()
         failure = query.exception()
         error = str(failure) if failure is not None else None
+        # no more calls from the JVM into this process, which is about to end
+        job.spark.streams.removeListener(forward)
     except BaseException as e:  # Spark could not start, the lake is unreachable, ...
         error = f"{type(e).__name__}: {e}"
     events.put(("ended", error))
