@@ -86,10 +86,14 @@ class BronzeProcess:
     def recentProgress(self) -> list[dict]:  # noqa: N802
         return list(self._recent)
 
+    def request_stop(self) -> None:
+        """Ask the process to end its query between two batches, without waiting (``stop`` waits)."""
+        self._stop.set()
+
     def stop(self, within_s: float = 60.0) -> None:
         """End the query between two of its batches and the process with it; killed after ``within_s``
         (its checkpoint makes either resumable)."""
-        self._stop.set()
+        self.request_stop()
         self._process.join(within_s)
         if self._process.is_alive():
             self._process.kill()

@@ -636,7 +636,10 @@ class StreamingJob:
         the silver query's thread when stopped during a large batch). A query still busy after
         ``between_batches_within_s`` is stopped anyway; its checkpoint makes either way resumable."""
         deadline = time.monotonic() + between_batches_within_s
-        for q in self.queries:
+        apart = [q for q in self.queries if isinstance(q, bronze_process.BronzeProcess)]
+        for q in apart:  # a query in a process of its own stops by itself meanwhile, waited for last
+            q.request_stop()
+        for q in [q for q in self.queries if q not in apart] + apart:
             while q.isActive and time.monotonic() < deadline:
                 try:
                     if not q.status.get("isTriggerActive", False):
