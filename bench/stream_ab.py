@@ -5,6 +5,7 @@ one rate, A then B, ``pairs`` times, so that each pair shares the machine's stat
     .venv/bin/python bench/run.py stream_ab_bronze_trigger   # Bronze every 30 s vs every 5 s
     .venv/bin/python bench/run.py stream_ab_scheduler        # Bronze in the background pool vs FIFO (every 5 s)
     .venv/bin/python bench/run.py stream_ab_bronze_process   # Bronze in its own process at nice 19 vs in the job's JVM
+    .venv/bin/python bench/run.py stream_ab_jit              # the JVMs' JIT as shipped vs its first tier (C1) only
 
 Each run is ``bench_stream_sustained`` at ``RATE`` (or the change's own in ``RATES``; a 30 s warm-up, then 60 s measured): feature freshness
 p50/p99 and Silver's batch duration p50, per variant the median over the pairs, every run in the detail.
@@ -18,7 +19,7 @@ from churn.config import Settings
 
 RATE = 14_500  # events/s: about 25 % of the Bronze-alone ceiling on two cores (on a fast day)
 #: change -> its own rate: 25 % of the ceiling measured on 2026-12-02 (34,882 events/s)
-RATES = {"bronze_process": 9_000}
+RATES = {"bronze_process": 9_000, "jit": 9_000}
 PAIRS = 2
 
 #: change -> (A, B): settings overrides as (section, field, value)
@@ -29,6 +30,7 @@ CHANGES: dict[str, tuple[tuple[str, list], tuple[str, list]]] = {
                        ("5s", [("streaming", "bronze_trigger_s", 5.0)])),
     "bronze_process": (("own_process", [("streaming", "bronze_nice", 19)]),
                        ("same_jvm", [("streaming", "bronze_nice", None)])),
+    "jit": (("c2", []), ("c1_only", [("spark", "conf", {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"})])),
     "scheduler": (("background_pool", [("streaming", "bronze_trigger_s", 5.0), ("streaming", "bronze_nice", None)]),
                   ("fifo", [("streaming", "bronze_trigger_s", 5.0), ("streaming", "bronze_nice", None),
                             ("spark", "conf", {"spark.scheduler.mode": "FIFO"})])),
