@@ -283,7 +283,8 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
             while max(lag(), lag("bronze") if bronze else 0) > 0 and time.time() < deadline:  # drain first
                 time.sleep(1)
             # how long Bronze (which yields the cores to Silver) took to catch up once the traffic stopped
-            out[figure][2]["drained_after_s"] = round(time.time() - drain_started) if time.time() < deadline else None
+            drained = time.time()
+            out[figure][2]["drained_after_s"] = round(drained - drain_started) if drained < deadline else None
     finally:
         job.stop()
         job.spark.stop()

@@ -30,6 +30,7 @@ import threading
 from pyspark.sql.streaming import StreamingQueryListener
 
 from churn.config import Settings
+from streaming import metrics
 
 #: How many progress reports ``recentProgress`` keeps, as Spark's ``spark.sql.streaming.numRecentProgressUpdates``.
 RECENT_PROGRESS = 100
@@ -48,9 +49,6 @@ class BronzeProcess:
     name = "bronze"
 
     def __init__(self, settings: Settings):
-        from streaming import metrics
-
-        self._metrics = metrics
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no Spark state inherited
         self._events = context.Queue()
         self._stop = context.Event()
@@ -114,19 +112,18 @@ class BronzeProcess:
                     break
                 continue
             if kind == "started":
-                self._metrics.QUERY_UP.labels(self.name).set(1)
+                metrics.QUERY_UP.labels(self.name).set(1)
             elif kind == "progress":
                 progress = json.loads(body)
                 self.lastProgress = progress
                 self._recent.append(progress)
-                self._metrics.record_progress(progress)
+                metrics.record_progress(progress)
             elif kind == "idle":
-                self._metrics.INPUT_RATE.labels(self.name).set(0.0)
-                self._metrics.PROCESSED_RATE.labels(self.name).set(0.0)
+                metrics.record_idle(self.name)
             elif kind == "ended":
                 self._error = body
                 break
-        self._metrics.QUERY_UP.labels(self.name).set(0)
+        metrics.QUERY_UP.labels(self.name).set(0)
         self._ended.set()
 
 

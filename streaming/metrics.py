@@ -60,10 +60,7 @@ class MetricsListener(StreamingQueryListener):
         record_progress(json.loads(event.progress.json))
 
     def onQueryIdle(self, event) -> None:
-        """No new data: nothing arrives (a stalled query reports neither progress nor idleness)."""
-        name = self._names.get(str(event.id), str(event.id))
-        INPUT_RATE.labels(name).set(0.0)
-        PROCESSED_RATE.labels(name).set(0.0)
+        record_idle(self._names.get(str(event.id), str(event.id)))
 
     def onQueryTerminated(self, event) -> None:
         QUERY_UP.labels(self._names.get(str(event.id), str(event.id))).set(0)
@@ -73,8 +70,8 @@ def record_progress(progress: dict) -> None:
     """One query progress (Spark's ``StreamingQueryProgress`` as JSON) into the gauges and histograms: the
     listener's events, and those a query in another process (``streaming.bronze_process``) sends back."""
     name = progress.get("name") or str(progress["id"])
-    INPUT_RATE.labels(name).set(_rate(progress.get("inputRowsPerSecond")))
-    PROCESSED_RATE.labels(name).set(_rate(progress.get("processedRowsPerSecond")))
+    INPUT_RATE.labels(name).set(progress.get("inputRowsPerSecond") or 0.0)  # left out when not computable
+    PROCESSED_RATE.labels(name).set(progress.get("processedRowsPerSecond") or 0.0)
     INPUT_ROWS.labels(name).inc(progress["numInputRows"])
     BATCH_DURATION.labels(name).observe(progress["batchDuration"] / 1000.0)
     LAST_BATCH.labels(name).set(progress["batchId"])
@@ -106,12 +103,10 @@ def source_end_offsets(end) -> int | None:
     return sum(int(offset) for parts in end.values() for offset in parts.values())
 
 
-def _rate(value) -> float:
-    """Spark writes a rate it could not compute (no time elapsed) as ``NaN`` or leaves it out."""
-    try:
-        return float(value or 0.0)
-    except (TypeError, ValueError):
-        return 0.0
+def record_idle(name: str) -> None:
+    """No new data for query ``name``: nothing arrives (a stalled query reports neither progress nor idleness)."""
+    INPUT_RATE.labels(name).set(0.0)
+    PROCESSED_RATE.labels(name).set(0.0)
 
 
 def record_batch(silver_rows: int, quarantined: dict[str, int]) -> None:

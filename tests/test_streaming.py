@@ -53,26 +53,6 @@ def start_stream(env: dict, *args: str, log=None) -> subprocess.Popen:
 rows = table_rows  # cheap enough to poll
 
 
-def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux ``/proc``)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
              log_path: Path | None = None) -> None:
     """Polls ``predicate`` until it holds; fails at ``timeout_s``, or at once if ``proc`` has exited (with the
@@ -373,12 +353,15 @@ def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(str
         wait_for(lambda: metrics().get('churn_stream_input_rows_total{query="bronze"}', 0) >= report.cdr_messages,
                  120, "Bronze's batches in the metrics")
         assert metrics()['churn_stream_query_active{query="bronze"}'] == 1
-        bronze = [pid for pid in child_pids(proc.pid) if "spawn_main" in cmdline(pid)]
-        assert len(bronze) == 1, [cmdline(pid) for pid in child_pids(proc.pid)]
-        assert os.getpriority(os.PRIO_PROCESS, bronze[0]) == s.streaming.bronze_nice == 19
-        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 0
-        jvm = [pid for pid in child_pids(bronze[0]) if "java" in cmdline(pid)]
-        assert len(jvm) == 1 and os.getpriority(os.PRIO_PROCESS, jvm[0]) == 19
+        import psutil
+
+        job = psutil.Process(proc.pid)
+        bronze = [c for c in job.children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(bronze) == 1, [c.cmdline() for c in job.children()]
+        assert bronze[0].nice() == s.streaming.bronze_nice == 19
+        assert job.nice() == 0
+        jvm = [c for c in bronze[0].children() if "java" in " ".join(c.cmdline())]
+        assert len(jvm) == 1 and jvm[0].nice() == 19
     finally:
         proc.send_signal(signal.SIGTERM)  # graceful stop
         assert proc.wait(timeout=120) == 0, (tmp_path / "stream.log").read_text()[-3000:]
