@@ -47,6 +47,7 @@ from scoring import (bench_echo_latency, bench_faust_alone, bench_latency_vs_ech
                      bench_score_work_by_batch, bench_scoring)
 from security import bench_security, bench_security_stream  # noqa: E402
 from commit_interval import bench_commit_interval  # noqa: E402
+from dedup import bench_dedup_state  # noqa: E402
 from fetch_ab import bench_fetch_ab  # noqa: E402
 from simulator_auc import bench_simulator_behaviour_auc  # noqa: E402
 from stream_ab import CHANGES, bench_for  # noqa: E402
@@ -56,7 +57,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, "stream_dedup_state": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 EARLIER_KEPT = 5  # earlier results of a figure kept in results.json (value, runs, date)
@@ -468,6 +469,7 @@ def main(selector: str = "") -> None:
                "chaos": (bench_chaos, None),
                "security_stream": (bench_security_stream, "stack"),
                "score_commit_interval": (bench_commit_interval, "stack"),
+               "stream_dedup_state": (bench_dedup_state, "settings"),
                **{f"stream_ab_{change}": (bench_for(change), "stack") for change in CHANGES}}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
     exact = selector.endswith("$")

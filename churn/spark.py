@@ -1,7 +1,8 @@
 """The Spark session, configured from the settings: any master, Delta Lake, the Kafka source.
 
-Jars come from ``<cache_dir>/jars/spark`` (fetched by Maven from ``jvm/spark/pom.xml``)
-and are given to Spark as local paths: nothing is resolved at run time.
+Jars come from ``<cache_dir>/jars/spark`` (fetched by Maven from ``jvm/spark/pom.xml``) and
+``<cache_dir>/jars/churn`` (the project's own operators, ``jvm/churn-spark``, compiled by
+``scripts/build_jvm.sh``), and are given to Spark as local paths: nothing is resolved at run time.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from churn.config import Settings
 
 
 def spark_jars(settings: Settings) -> list[str]:
-    """Delta Lake and the Kafka source; with the lake on S3, Hadoop's S3A connector and the AWS SDK."""
+    """Delta Lake, the Kafka source and the project's own operators; with the lake on S3, Hadoop's S3A
+    connector and the AWS SDK."""
     folder = settings.jars_dir / "spark"
     jars = sorted(str(p) for p in folder.glob("*.jar"))
     if not any("delta-spark" in j for j in jars):
         raise RuntimeError(f"Delta/Kafka jars missing in {folder}: run `make setup`")
+    own = settings.jars_dir / "churn" / "churn-spark.jar"
+    if not own.is_file():
+        raise RuntimeError(f"{own} missing: run `make setup`")
+    jars.append(str(own))
     if settings.s3.enabled:
         s3a = sorted(str(p) for p in (settings.jars_dir / "s3a").glob("*.jar"))
         if not any("hadoop-aws" in j for j in s3a):

@@ -2,7 +2,8 @@
 # Install everything the project needs on a fresh Debian machine, idempotently:
 #   1. system packages (apt): redis-server, prometheus (with promtool), prometheus-pushgateway, prometheus-blackbox-exporter, kcat, chromium and its driver, hey, a JDK and Maven if missing
 #   2. Python: .venv with exactly requirements.lock, plus this project (editable)
-#   3. JVM jars: each jvm/*/pom.xml fetched by Maven into .cache/jars/<name>
+#   3. JVM jars: each jvm/*/pom.xml fetched by Maven into .cache/jars/<name>, and the project's own
+#      JVM code (jvm/churn-spark) compiled into .cache/jars/churn by scripts/build_jvm.sh
 #   4. with --airflow only (make airflow, make test): .venv-airflow with exactly requirements-airflow.txt,
 #      Apache Airflow for the nightly DAG in an environment of its own (its pins conflict with ours)
 # Each part records a stamp (a hash of its inputs) and is skipped when nothing changed,
@@ -30,7 +31,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
 command -v prometheus-blackbox-exporter >/dev/null || need+=(prometheus-blackbox-exporter)
 [ -x /usr/bin/kcat ] || need+=(kcat)  # not `command -v`: .venv/bin/kcat (below) wraps this one
-command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)  # javac: scripts/build_jvm.sh
 command -v mvn >/dev/null || need+=(maven)
 # the dashboard's browser test (Selenium drives Debian's chromium through its chromedriver)
 command -v chromium >/dev/null || need+=(chromium)
@@ -92,6 +93,15 @@ for pom in jvm/*/pom.xml; do
   fi
   echo "$want" > "$dest/.stamp"
 done
+dest=.cache/jars/churn
+want=$(hash_of scripts/build_jvm.sh $(find jvm/churn-spark/src -name '*.java' | sort) requirements.lock)
+if [ -f "$dest/.stamp" ] && [ "$(cat "$dest/.stamp")" = "$want" ] && [ -f "$dest/churn-spark.jar" ]; then
+  say "jars churn up to date"
+else
+  say "jars churn: compiling jvm/churn-spark"
+  bash scripts/build_jvm.sh .venv/bin/python "$dest"
+  echo "$want" > "$dest/.stamp"
+fi
 # 4. Apache Airflow, only when asked ---------------------------------------------------------
 if [ "$AIRFLOW" = 1 ]; then
   stamp=.venv-airflow/.setup-stamp

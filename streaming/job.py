@@ -125,6 +125,37 @@ def last_planned_batch(settings: Settings, checkpoint: str) -> int:
     return max(_batch_ids(settings, storage.join(checkpoint, "offsets")), default=-1)
 
 
+def dedup_kind(settings: Settings, checkpoint: str) -> str:
+    """How the silver query whose checkpoint is ``checkpoint`` de-duplicates (``StreamingSettings.dedup``):
+    the kind its checkpoint's state was written by (Spark cannot resume a query's state with another
+    operator), or, for a new checkpoint, the settings' kind."""
+    state = storage.join(checkpoint, "state", "0", "_metadata")
+    if storage.exists(settings, storage.join(state, "v2")):  # transformWithState writes its metadata as v2
+        return "timers"
+    v1 = storage.join(state, "metadata")
+    if storage.exists(settings, v1) and '"dedupeWithinWatermark"' in storage.read_text(settings, v1):
+        if settings.streaming.dedup != "spark":
+            log.warning("the silver checkpoint %s de-duplicates with Spark's dropDuplicatesWithinWatermark (its "
+                        "cost per batch grows with the window); it keeps it. A new checkpoint uses timers.",
+                        checkpoint)
+        return "spark"
+    return settings.streaming.dedup
+
+
+def drop_duplicates_within_window(rows, key: str, time: str, window_s: float):
+    """``rows`` (a streaming DataFrame with a watermark on ``time``) less every row whose ``key`` arrived in the
+    ``window_s`` before it, by ``time``: ``churn.spark.DropDuplicatesWithinWindow`` (``jvm/churn-spark``), whose
+    cost per batch follows the batch rather than the number of keys remembered. Returns the DataFrame and a
+    counter of the rows dropped so far (a JVM ``LongAccumulator``: ``.value()``)."""
+    from pyspark.sql import DataFrame
+
+    session = rows.sparkSession
+    dropped = session.sparkContext._jsc.sc().longAccumulator("silver duplicates dropped")
+    deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.apply(rows._jdf, key, time, int(window_s * 1000),
+                                                                        dropped)
+    return DataFrame(deduped, session), dropped
+
+
 def committed_offsets(settings: Settings, checkpoint: str, topic: str) -> dict[int, int]:
     """Kafka offsets up to which a query's batches are committed (read from its checkpoint)."""
     commits = _batch_ids(settings, storage.join(checkpoint, "commits"))
@@ -216,6 +247,8 @@ class StreamingJob:
         self._writers = ThreadPoolExecutor(5, thread_name_prefix="delta-write")
         self.last_pushed_ref_time = 0.0
         self.queries = []
+        self._duplicates = None  # the silver query's count of duplicates dropped (timers: see start_silver)
+        self._duplicates_counted = 0
 
     # -- sources ---------------------------------------------------------------------------
     def _kafka(self, max_offsets: int, topic: str | None = None):
@@ -270,20 +303,21 @@ class StreamingJob:
         records = self._kafka(st.max_offsets_per_trigger).select("key", "value", "partition", "offset", "timestamp")
         if st.validate_tasks > 0:
             records = records.coalesce(st.validate_tasks)
-        parsed = records.mapInArrow(validate_arrow, SPARK_DDL)
-        deduped = (
-            parsed.withColumn(
-                "dedup_key",
-                F.when(F.col("reason").isNull(), F.col("event_id")).otherwise(
-                    F.concat(F.lit("invalid:"), F.col("kafka_partition"), F.lit(":"), F.col("kafka_offset"))),
-            )
-            .withColumn("ingest_time", F.current_timestamp())
-            .withWatermark("ingest_time", f"{int(st.dedup_window_s)} seconds")
-            .dropDuplicatesWithinWatermark(["dedup_key"])
-        )
+        parsed = records.mapInArrow(validate_arrow, SPARK_DDL).withColumn(
+            "dedup_key",
+            F.when(F.col("reason").isNull(), F.col("event_id")).otherwise(
+                F.concat(F.lit("invalid:"), F.col("kafka_partition"), F.lit(":"), F.col("kafka_offset"))),
+        ).withColumn("ingest_time", F.current_timestamp())  # the batch's time, the same when it is replayed
+        checkpoint = storage.join(self.checkpoints, "silver")
+        if dedup_kind(self.settings, checkpoint) == "spark":
+            deduped = parsed.withWatermark("ingest_time", f"{int(st.dedup_window_s)} seconds") \
+                .dropDuplicatesWithinWatermark(["dedup_key"])
+        else:
+            deduped, self._duplicates = drop_duplicates_within_window(
+                parsed.withWatermark("ingest_time", "0 seconds"), "dedup_key", "ingest_time", st.dedup_window_s)
         writer = (
             deduped.writeStream.queryName("silver").foreachBatch(self._silver_batch)
-            .option("checkpointLocation", storage.join(self.checkpoints, "silver"))
+            .option("checkpointLocation", checkpoint)
             .trigger(**self._trigger(st.trigger_s))
         )
         with _session_conf(self.spark, SILVER_QUERY_CONF):
@@ -446,6 +480,7 @@ class StreamingJob:
             F.lit(batch_id).cast("long").alias("batch_id"), F.to_date("event_time").alias("event_date"),
             F.to_date("ingest_time").alias("quarantine_date"),
         ).toArrow()
+        self._count_duplicates()
         total = local.num_rows
         if total == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
             return
@@ -493,6 +528,15 @@ class StreamingJob:
         metrics.record_batch(good, dict(bad))
         log.info("batch %d: %d rows, %d to silver, %d quarantined in %s", batch_id, total, good,
                  total - good, clock)
+
+    def _count_duplicates(self) -> None:
+        """Duplicates the batch's job dropped, into ``churn_stream_duplicates_dropped_total`` (with Spark's
+        operator, ``metrics.record_progress`` counts them from its progress instead)."""
+        if self._duplicates is None:
+            return
+        total = self._duplicates.value()
+        metrics.DUPLICATES.labels("silver").inc(total - self._duplicates_counted)
+        self._duplicates_counted = total
 
     # -- features --------------------------------------------------------------------------
     @property

@@ -313,3 +313,13 @@ def test_the_image_drops_the_jars_pyspark_ships_wherever_setup_does():
     assert trimmed_by_setup == {"spark", "s3a"}
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     assert set(re.findall(r"drop_shipped_jars\.py /app/\.cache/jars/(\w+)", dockerfile)) == trimmed_by_setup
+
+
+def test_the_image_builds_the_projects_own_spark_operators_as_setup_does():
+    """The streaming job needs ``.cache/jars/churn/churn-spark.jar`` (``churn.spark.spark_jars``): the image compiles
+    it with the same script as setup.sh, with a JDK (javac), not a JRE."""
+    setup = (PROJECT_ROOT / "scripts" / "setup.sh").read_text()
+    dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
+    assert "bash scripts/build_jvm.sh .venv/bin/python \"$dest\"" in setup and "dest=.cache/jars/churn" in setup
+    assert "bash scripts/build_jvm.sh python /app/.cache/jars/churn" in dockerfile
+    assert "openjdk-17-jdk-headless" in dockerfile and "jre" not in dockerfile

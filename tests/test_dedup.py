@@ -1,0 +1,96 @@
+"""The silver query's de-duplication (``streaming.job.drop_duplicates_within_window``: event-time timers in
+``jvm/churn-spark``) on real Spark with the RocksDB state store, and which operator a checkpoint keeps."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from churn.config import Settings
+
+WINDOW_S = 10.0  # longer than a cold first batch takes
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory):
+    from churn.spark import spark_session
+
+    s = Settings(streaming={"lake_dir": str(tmp_path_factory.mktemp("lake"))})
+    session = spark_session(s, "test-dedup")
+    yield session
+    session.stop()
+
+
+def _file(folder, name: str, ids: list[str]) -> None:
+    """A file of ``ids``; Spark's file source takes files in the order of their modification times."""
+    path = folder / f"{name}.parquet"
+    pq.write_table(pa.table({"event_id": ids, "n": list(range(len(ids)))}), path)
+    at = time.time() + int(name)  # later files later, even within the file system's time resolution
+    os.utime(path, (at, at))
+
+
+def _run(spark, folder, checkpoint, kind: str = "timers") -> tuple[list[list[str]], int]:
+    """One run to the end of ``folder``'s files, a file per batch, from ``checkpoint``: each batch's ids kept
+    (sorted), and the rows the operator counted as dropped."""
+    from pyspark.sql import functions as F
+
+    from streaming.job import drop_duplicates_within_window
+
+    rows = (spark.readStream.schema("event_id string, n long").option("maxFilesPerTrigger", 1).parquet(str(folder))
+            .withColumn("ingest_time", F.current_timestamp()))
+    dropped = None
+    if kind == "timers":
+        deduped, dropped = drop_duplicates_within_window(rows.withWatermark("ingest_time", "0 seconds"), "event_id",
+                                                         "ingest_time", WINDOW_S)
+    else:
+        deduped = rows.withWatermark("ingest_time", f"{int(WINDOW_S)} seconds").dropDuplicatesWithinWatermark(
+            ["event_id"])
+    kept: list[list[str]] = []
+
+    def batch(df, _batch_id) -> None:
+        ids = sorted(df.toArrow().column("event_id").to_pylist())
+        if ids:
+            kept.append(ids)
+
+    query = (deduped.writeStream.foreachBatch(batch).trigger(availableNow=True)
+             .option("checkpointLocation", str(checkpoint)).start())
+    query.awaitTermination()
+    return kept, (dropped.value() if dropped is not None else -1)
+
+
+def test_a_key_is_dropped_while_its_window_lasts_and_kept_again_after_it_across_a_restart(spark, tmp_path):
+    files, checkpoint = tmp_path / "files", tmp_path / "checkpoint"
+    files.mkdir()
+    _file(files, "0", ["a", "b", "a", "c", "b"])  # duplicates within one batch
+    _file(files, "1", ["c", "d", "e"])  # and across batches
+    kept, dropped = _run(spark, files, checkpoint)
+    assert kept == [["a", "b", "c"], ["d", "e"]]
+    assert dropped == 3
+
+    time.sleep(WINDOW_S + 1)  # the window of every id so far has passed, but no batch's watermark says so yet
+    _file(files, "2", ["e", "f"])  # this batch's watermark is still the last one's time: "e" is remembered
+    _file(files, "3", ["a", "f", "g", "g"])  # its watermark is past a's window, not past f's
+    kept, dropped = _run(spark, files, checkpoint)  # restarted from the checkpoint: the memory survived
+    assert kept == [["f"], ["a", "g"]]
+    assert dropped == 3  # e, f, and the second g (the counter is this run's)
+
+    from streaming.job import dedup_kind
+
+    assert dedup_kind(Settings(streaming={"dedup": "spark"}), str(checkpoint)) == "timers"
+
+
+def test_a_checkpoint_keeps_the_operator_it_was_started_with(spark, tmp_path):
+    from streaming.job import dedup_kind
+
+    files, checkpoint = tmp_path / "files", tmp_path / "checkpoint"
+    files.mkdir()
+    _file(files, "0", ["a", "a", "b"])
+    kept, _ = _run(spark, files, checkpoint, kind="spark")
+    assert kept == [["a", "b"]]
+    assert dedup_kind(Settings(), str(checkpoint)) == "spark"  # the default is timers, the checkpoint says spark
+    assert dedup_kind(Settings(), str(tmp_path / "new")) == "timers"
+    assert dedup_kind(Settings(streaming={"dedup": "spark"}), str(tmp_path / "new")) == "spark"
