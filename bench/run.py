@@ -47,7 +47,7 @@ from scoring import (bench_echo_latency, bench_faust_alone, bench_latency_vs_ech
                      bench_score_work_by_batch, bench_scoring)
 from security import bench_security, bench_security_stream  # noqa: E402
 from commit_interval import bench_commit_interval  # noqa: E402
-from dedup import bench_dedup_state  # noqa: E402
+from dedup import bench_dedup_live, bench_dedup_state  # noqa: E402
 from fetch_ab import bench_fetch_ab  # noqa: E402
 from simulator_auc import bench_simulator_behaviour_auc  # noqa: E402
 from stream_ab import CHANGES, bench_for  # noqa: E402
@@ -57,7 +57,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, "stream_dedup_state": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, "stream_dedup_state": 1, "stream_dedup_live": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 EARLIER_KEPT = 5  # earlier results of a figure kept in results.json (value, runs, date)
@@ -192,13 +192,14 @@ def _live_feed(s: Settings, rate: float, seconds: float) -> None:
 
 
 def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, stop_when_behind: bool = True,
-                           bronze: bool = True) -> dict:
+                           bronze: bool = True, seconds: float = SUSTAINED_SECONDS) -> dict:
     """Streaming job under live traffic at fixed rates (wall-clock event times; Bronze, Silver,
     features to Feast): for each rate, whether the consumer lag stays steady, micro-batch duration
     p50/p99 and feature freshness p50/p99 (now minus the newest event time pushed to Feast, sampled
     every second once the job has caught up with the start), after a 30 s warm-up at 2,000/s. The
     figure is the highest rate held. ``rates``: figure name -> rate (default: ``SUSTAINED_RATES``).
-    ``bronze=False``: the job without its Bronze query (the silver and profiles queries only)."""
+    ``bronze=False``: the job without its Bronze query (the silver and profiles queries only). ``seconds``: how
+    long each rate is fed (its freshness p99 per minute is in the detail)."""
     rates = rates or {f"stream_sustained_{rate}_freshness_p99": rate for rate in SUSTAINED_RATES}
     from churn import feature_store
     from churn.transport import end_offsets
@@ -243,10 +244,11 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
         while max(lag(), lag("bronze") if bronze else 0) > 0 and time.time() < deadline:  # both warm
             time.sleep(1)
         for figure, rate in rates.items():
-            producer = feed(rate, SUSTAINED_SECONDS)
+            producer = feed(rate, seconds)
             first_batch = silver.lastProgress["batchId"]  # (recentProgress keeps the last 100 only)
             producer.start()
             lags, bronze_lags, fresh = [], [], []
+            minutes: dict[int, list[float]] = {}  # minute of the run -> freshness samples
             started = time.time()
             while producer.is_alive():
                 time.sleep(1)
@@ -254,6 +256,7 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
                 bronze_lags.append(lag("bronze") if bronze else 0)
                 if job.last_pushed_ref_time > started:
                     fresh.append(time.time() - job.last_pushed_ref_time)
+                    minutes.setdefault(int((time.time() - started) // 60), []).append(fresh[-1])
             producer.join()
             progress = [p for p in silver.recentProgress if p["batchId"] > first_batch and p["numInputRows"]]
             batches = sorted(p["batchDuration"] / 1000 for p in progress)
@@ -267,12 +270,13 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
             pct = lambda xs, q: round(xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None  # noqa: E731
             fresh.sort()
             out[figure] = (pct(fresh, 0.99) if fresh else -1.0, "s", {
-                "rate": rate, "seconds": SUSTAINED_SECONDS, "lag_steady": steady, "lag_growth_second_half": round(growth), "lag_end": lags[-1] if lags else None,
+                "rate": rate, "seconds": seconds, "lag_steady": steady, "lag_growth_second_half": round(growth), "lag_end": lags[-1] if lags else None,
                 "lag_max": max(lags) if lags else None, "bronze_lag_growth_second_half": round(bronze_growth),
                 "bronze_lag_max": max(bronze_lags) if bronze_lags else None, "freshness_p50_s": pct(fresh, 0.5),
                 "batch_duration_p50_s": pct(batches, 0.5), "batch_duration_p99_s": pct(batches, 0.99),
                 "batch_rows_p50": batch_rows[len(batch_rows) // 2] if batch_rows else None,
-                "batches": len(batches)})
+                "batches": len(batches),
+                "freshness_p99_s_by_minute": [pct(sorted(minutes[m]), 0.99) for m in sorted(minutes)]})
             print(f"rate {rate}/s: steady={steady} (growth {growth:,.0f}) lag end {lags[-1] if lags else None} max {max(lags) if lags else None}, "
                   f"freshness p50 {pct(fresh, 0.5)} p99 {pct(fresh, 0.99)} s, batches p50 {pct(batches, 0.5)} "
                   f"p99 {pct(batches, 0.99)} s", flush=True)
@@ -290,7 +294,7 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
         job.stop()
         job.spark.stop()
     out["stream_sustained_rate"] = (held, "events/s", {"rates_tried": list(rates.values())[:len(out)],
-                                                       "seconds_each": SUSTAINED_SECONDS})
+                                                       "seconds_each": seconds})
     return out
 
 
@@ -470,6 +474,7 @@ def main(selector: str = "") -> None:
                "security_stream": (bench_security_stream, "stack"),
                "score_commit_interval": (bench_commit_interval, "stack"),
                "stream_dedup_state": (bench_dedup_state, "settings"),
+               "stream_dedup_live": (bench_dedup_live, "stack"),
                **{f"stream_ab_{change}": (bench_for(change), "stack") for change in CHANGES}}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
     exact = selector.endswith("$")

@@ -143,16 +143,16 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
 
 
 def drop_duplicates_within_window(rows, key: str, time: str, window_s: float):
-    """``rows`` (a streaming DataFrame with a watermark on ``time``) less every row whose ``key`` arrived in the
-    ``window_s`` before it, by ``time``: ``churn.spark.DropDuplicatesWithinWindow`` (``jvm/churn-spark``), whose
-    cost per batch follows the batch rather than the number of keys remembered. Returns the DataFrame and a
-    counter of the rows dropped so far (a JVM ``LongAccumulator``: ``.value()``)."""
+    """``rows`` (a streaming DataFrame) less every row whose ``key`` came within ``window_s`` before it, by
+    ``time`` (a watermark on it, its delay the window, is set here): ``churn.spark.DropDuplicatesWithinWindow``
+    (``jvm/churn-spark``), whose cost per batch follows the batch rather than the number of keys remembered.
+    Returns the DataFrame and a counter of the rows dropped so far (a JVM ``LongAccumulator``: ``.value()``)."""
     from pyspark.sql import DataFrame
 
     session = rows.sparkSession
-    dropped = session.sparkContext._jsc.sc().longAccumulator("silver duplicates dropped")
-    deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.apply(rows._jdf, key, time, int(window_s * 1000),
-                                                                        dropped)
+    dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
+    watermarked = rows.withWatermark(time, f"{round(window_s * 1000)} milliseconds")
+    deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.apply(watermarked._jdf, key, time, dropped)
     return DataFrame(deduped, session), dropped
 
 
@@ -313,8 +313,8 @@ class StreamingJob:
             deduped = parsed.withWatermark("ingest_time", f"{int(st.dedup_window_s)} seconds") \
                 .dropDuplicatesWithinWatermark(["dedup_key"])
         else:
-            deduped, self._duplicates = drop_duplicates_within_window(
-                parsed.withWatermark("ingest_time", "0 seconds"), "dedup_key", "ingest_time", st.dedup_window_s)
+            deduped, self._duplicates = drop_duplicates_within_window(parsed, "dedup_key", "ingest_time",
+                                                                      st.dedup_window_s)
         writer = (
             deduped.writeStream.queryName("silver").foreachBatch(self._silver_batch)
             .option("checkpointLocation", checkpoint)

@@ -44,8 +44,7 @@ def _run(spark, folder, checkpoint, kind: str = "timers") -> tuple[list[list[str
             .withColumn("ingest_time", F.current_timestamp()))
     dropped = None
     if kind == "timers":
-        deduped, dropped = drop_duplicates_within_window(rows.withWatermark("ingest_time", "0 seconds"), "event_id",
-                                                         "ingest_time", WINDOW_S)
+        deduped, dropped = drop_duplicates_within_window(rows, "event_id", "ingest_time", WINDOW_S)
     else:
         deduped = rows.withWatermark("ingest_time", f"{int(WINDOW_S)} seconds").dropDuplicatesWithinWatermark(
             ["event_id"])
@@ -72,8 +71,10 @@ def test_a_key_is_dropped_while_its_window_lasts_and_kept_again_after_it_across_
     assert dropped == 3
 
     time.sleep(WINDOW_S + 1)  # the window of every id so far has passed, but no batch's watermark says so yet
-    _file(files, "2", ["e", "f"])  # this batch's watermark is still the last one's time: "e" is remembered
-    _file(files, "3", ["a", "f", "g", "g"])  # its watermark is past a's window, not past f's
+    # the next batch's watermark is the last batch's time minus the window: "e" is remembered
+    _file(files, "2", ["e", "f"])
+    # this one's is that batch's time minus the window: past a's time (more than the window before), not f's
+    _file(files, "3", ["a", "f", "g", "g"])
     kept, dropped = _run(spark, files, checkpoint)  # restarted from the checkpoint: the memory survived
     assert kept == [["f"], ["a", "g"]]
     assert dropped == 3  # e, f, and the second g (the counter is this run's)

@@ -19,41 +19,41 @@ import scala.collection.Iterator$;
 /**
  * Streaming de-duplication whose cost per micro-batch follows the batch, not the state.
  *
- * <p>A row is dropped if a row with its key was kept less than {@code windowMillis} before the batch's
- * watermark (by the time column the watermark is on), and kept otherwise. A kept key is remembered by
- * nothing but an event-time timer at its time plus the window: a key whose timer the watermark has not
- * passed is a duplicate; once it has, the key is forgotten and Spark removes the timer.
- * Spark keeps timers in an index ordered by time, so a batch reads the keys it brings and the keys that
- * expire, nothing else. Spark's own {@code dropDuplicatesWithinWatermark} iterates over its whole state
- * on every batch to find expired keys, so its cost per batch grows with the window times the rate.
+ * <p>The window is the watermark's delay on the time column: a row is dropped if a row with its key was
+ * kept less than the window before the newest time of the batches before it, and kept otherwise. A kept
+ * key is remembered by nothing but an event-time timer at its own time: a key whose timer the watermark
+ * (that newest time minus the window) has not passed is a duplicate; once it has, the key is forgotten
+ * and Spark removes the timer. Spark keeps timers in an index ordered by time, so a batch reads the keys
+ * it brings and the timers that expire, nothing else. Spark's own {@code dropDuplicatesWithinWatermark}
+ * iterates over its whole state on every batch to find expired keys, so its cost per batch grows with
+ * the window times the rate.
  *
- * <p>Called from Python through {@link #apply(Dataset, String, String, long, LongAccumulator)}, which also
- * counts the rows dropped. Needs the RocksDB state store and a watermark on the time column; with a delay
- * of zero no row is ever late when the column is the batch's own time ({@code current_timestamp()}).
+ * <p>Called from Python through {@link #apply(Dataset, String, String, LongAccumulator)}, which also counts
+ * the rows dropped. Needs the RocksDB state store. Rows older than the watermark are dropped by Spark as
+ * late: with the batch's own time as the time column ({@code current_timestamp()}), only if the clock
+ * went back by more than the window.
  */
 public final class DropDuplicatesWithinWindow extends StatefulProcessor<String, Row, Row> {
     private static final long serialVersionUID = 1L;
 
     private final int timeColumn;
-    private final long windowMillis;
     private final LongAccumulator dropped;
 
-    private DropDuplicatesWithinWindow(int timeColumn, long windowMillis, LongAccumulator dropped) {
+    private DropDuplicatesWithinWindow(int timeColumn, LongAccumulator dropped) {
         this.timeColumn = timeColumn;
-        this.windowMillis = windowMillis;
         this.dropped = dropped;
     }
 
     /**
-     * {@code rows} less those whose {@code keyColumn} came in the {@code windowMillis} before, by
-     * {@code timeColumn}; {@code dropped} counts the rows left out.
+     * {@code rows} (with a watermark on {@code timeColumn}, its delay the window) less those whose
+     * {@code keyColumn} came within the window before; {@code dropped} counts the rows left out.
      */
-    public static Dataset<Row> apply(Dataset<Row> rows, String keyColumn, String timeColumn, long windowMillis,
+    public static Dataset<Row> apply(Dataset<Row> rows, String keyColumn, String timeColumn,
                                      LongAccumulator dropped) {
         int time = rows.schema().fieldIndex(timeColumn);
         return rows
             .groupBy(rows.col(keyColumn)).as(Encoders.STRING(), Encoders.row(rows.schema()))
-            .transformWithState(new DropDuplicatesWithinWindow(time, windowMillis, dropped), TimeMode.EventTime(),
+            .transformWithState(new DropDuplicatesWithinWindow(time, dropped), TimeMode.EventTime(),
                                 OutputMode.Append(), Encoders.row(rows.schema()));
     }
 
@@ -75,7 +75,7 @@ public final class DropDuplicatesWithinWindow extends StatefulProcessor<String, 
         }
         Row first = rows.next();
         dropped.add(rows.size());
-        getHandle().registerTimer(millis(first.get(timeColumn)) + windowMillis);
+        getHandle().registerTimer(millis(first.get(timeColumn)));
         return Iterator$.MODULE$.single(first);
     }
 
