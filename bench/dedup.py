@@ -99,11 +99,11 @@ def bench_dedup_state(s: Settings) -> dict:
 
 
 LIVE_RATE = 9_000  # events/s: about 25 % of the Bronze-alone ceiling on two cores (as stream_ab's)
-LIVE_SECONDS = 480
+LIVE_SECONDS = 360
 
 
 def bench_dedup_live(s: Settings) -> dict:
-    """The whole streaming job live at 9,000 events/s for 8 minutes with each de-duplication operator (one run
+    """The whole streaming job live at 9,000 events/s for 6 minutes with each de-duplication operator (one run
     each, Spark's first, on one stack): feature freshness p99 over the run, in its first and in its last minute
     (the ids remembered grow by 540,000 a minute), and the Silver batches' p50 over the last 100."""
     from run import bench_stream_sustained
