@@ -181,9 +181,9 @@ def bench_stream_alone(s: Settings) -> dict:
 
 
 def _live_feed(s: Settings, rate: float, seconds: float) -> None:
-    """CDRs of 2,000 customers with wall-clock event times at ``rate`` events/s for ``seconds``. (Their simulated
-    time moves on by each event's share of the customers' daily rate: a year of it, where 30 days held about
-    a million CDRs, two minutes at 9,000/s.)"""
+    """CDRs of 2,000 customers with wall-clock event times at ``rate`` events/s for ``seconds``. Each CDR moves
+    the simulation's own clock on by its share of the customers' daily rate, so the simulation spans a year:
+    30 days held about a million CDRs, two minutes at 9,000/s."""
     import threading
 
     from churn.simulator.produce import run_live
