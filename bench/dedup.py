@@ -40,7 +40,7 @@ def _files(folder: Path, remembered: int) -> None:
 
 
 def _run(s: Settings, folder: Path, kind: str, remembered: int) -> dict:
-    """One operator over ``folder``'s files: seconds per measured batch, and the state's rows at the end."""
+    """One operator over ``folder``'s files: seconds per measured batch, and for the fill."""
     from pyspark.sql import functions as F
 
     from churn.spark import spark_session
@@ -51,12 +51,7 @@ def _run(s: Settings, folder: Path, kind: str, remembered: int) -> dict:
         schema = spark.read.parquet(str(folder)).schema
         rows = (spark.readStream.schema(schema).option("maxFilesPerTrigger", 1).parquet(str(folder))
                 .withColumn("ingest_time", F.current_timestamp()))
-        window = s.streaming.dedup_window_s
-        if kind == "spark":
-            deduped = rows.withWatermark("ingest_time", f"{int(window)} seconds").dropDuplicatesWithinWatermark(
-                ["event_id"])
-        else:
-            deduped, _ = drop_duplicates_within_window(rows, "event_id", "ingest_time", window)
+        deduped, _ = drop_duplicates_within_window(rows, "event_id", "ingest_time", s.streaming.dedup_window_s, kind)
         seconds: list[tuple[int, float]] = []
 
         fill_files = -(-remembered // FILL_BATCH)
@@ -71,11 +66,9 @@ def _run(s: Settings, folder: Path, kind: str, remembered: int) -> dict:
             query = (deduped.writeStream.foreachBatch(batch).trigger(availableNow=True)
                      .option("checkpointLocation", tempfile.mkdtemp(prefix="churn-bench-dedup-")).start())
         query.awaitTermination()
-        state = (query.lastProgress or {}).get("stateOperators") or [{}]
         measured = [t for n, t in seconds if n == BATCH_ROWS][1:]
         return {"batch_s": statistics.median(measured), "runs": [round(t, 3) for t in measured],
-                "fill_s": round(sum(t for n, t in seconds if n != BATCH_ROWS), 1),
-                "state_rows": state[0].get("numRowsTotal")}
+                "fill_s": round(sum(t for n, t in seconds if n != BATCH_ROWS), 1)}
     finally:
         spark.stop()
 

@@ -142,16 +142,20 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
     return settings.streaming.dedup
 
 
-def drop_duplicates_within_window(rows, key: str, time: str, window_s: float):
+def drop_duplicates_within_window(rows, key: str, time: str, window_s: float, kind: str = "timers"):
     """``rows`` (a streaming DataFrame) less every row whose ``key`` came within ``window_s`` before it, by
-    ``time`` (a watermark on it, its delay the window, is set here): ``churn.spark.DropDuplicatesWithinWindow``
-    (``jvm/churn-spark``), whose cost per batch follows the batch rather than the number of keys remembered.
-    Returns the DataFrame and a counter of the rows dropped so far (a JVM ``LongAccumulator``: ``.value()``)."""
+    ``time`` (a watermark on it, its delay the window, is set here), with the operator ``kind``
+    (``StreamingSettings.dedup``): ``timers``, ``churn.spark.DropDuplicatesWithinWindow`` (``jvm/churn-spark``),
+    whose cost per batch follows the batch rather than the number of keys remembered; ``spark``, Spark's
+    ``dropDuplicatesWithinWatermark``. Returns the DataFrame and, for ``timers``, a counter of the rows dropped
+    so far (a JVM ``LongAccumulator``: ``.value()``); Spark's operator reports them in its progress (None)."""
     from pyspark.sql import DataFrame
 
+    watermarked = rows.withWatermark(time, f"{round(window_s * 1000)} milliseconds")
+    if kind == "spark":
+        return watermarked.dropDuplicatesWithinWatermark([key]), None
     session = rows.sparkSession
     dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
-    watermarked = rows.withWatermark(time, f"{round(window_s * 1000)} milliseconds")
     deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.apply(watermarked._jdf, key, time, dropped)
     return DataFrame(deduped, session), dropped
 
@@ -309,12 +313,8 @@ class StreamingJob:
                 F.concat(F.lit("invalid:"), F.col("kafka_partition"), F.lit(":"), F.col("kafka_offset"))),
         ).withColumn("ingest_time", F.current_timestamp())  # the batch's time, the same when it is replayed
         checkpoint = storage.join(self.checkpoints, "silver")
-        if dedup_kind(self.settings, checkpoint) == "spark":
-            deduped = parsed.withWatermark("ingest_time", f"{int(st.dedup_window_s)} seconds") \
-                .dropDuplicatesWithinWatermark(["dedup_key"])
-        else:
-            deduped, self._duplicates = drop_duplicates_within_window(parsed, "dedup_key", "ingest_time",
-                                                                      st.dedup_window_s)
+        deduped, self._duplicates = drop_duplicates_within_window(
+            parsed, "dedup_key", "ingest_time", st.dedup_window_s, dedup_kind(self.settings, checkpoint))
         writer = (
             deduped.writeStream.queryName("silver").foreachBatch(self._silver_batch)
             .option("checkpointLocation", checkpoint)

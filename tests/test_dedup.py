@@ -35,19 +35,14 @@ def _file(folder, name: str, ids: list[str]) -> None:
 
 def _run(spark, folder, checkpoint, kind: str = "timers") -> tuple[list[list[str]], int]:
     """One run to the end of ``folder``'s files, a file per batch, from ``checkpoint``: each batch's ids kept
-    (sorted), and the rows the operator counted as dropped."""
+    (sorted), and the rows the operator counted as dropped (-1 with Spark's, which reports them in its progress)."""
     from pyspark.sql import functions as F
 
     from streaming.job import drop_duplicates_within_window
 
     rows = (spark.readStream.schema("event_id string, n long").option("maxFilesPerTrigger", 1).parquet(str(folder))
             .withColumn("ingest_time", F.current_timestamp()))
-    dropped = None
-    if kind == "timers":
-        deduped, dropped = drop_duplicates_within_window(rows, "event_id", "ingest_time", WINDOW_S)
-    else:
-        deduped = rows.withWatermark("ingest_time", f"{int(WINDOW_S)} seconds").dropDuplicatesWithinWatermark(
-            ["event_id"])
+    deduped, dropped = drop_duplicates_within_window(rows, "event_id", "ingest_time", WINDOW_S, kind)
     kept: list[list[str]] = []
 
     def batch(df, _batch_id) -> None:
