@@ -23,6 +23,7 @@ from rich.table import Table
 
 from churn import storage
 from churn.config import Settings, get_settings
+from churn.stop_request import StopRequest
 
 app = typer.Typer(
     help="Real-time churn scoring for telecom operators: CDRs on Kafka in, churn-risk alerts out.",
@@ -320,8 +321,7 @@ def simulate(
     _start_metrics(s.simulator.metrics_host, s.simulator.metrics_port)
     report = ProduceReport(run_id=sim.run_id.decode())
     sender = StepProducer(s, report)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = StopRequest.on_signals(signal.SIGTERM)
     try:
         if days:
             from tqdm import tqdm
@@ -437,13 +437,7 @@ def stream(
         s = s.model_copy(update={"spark": s.spark.model_copy(update={"master": master})})
     job = StreamingJob(s, available_now=available_now)
     _start_metrics(s.streaming.metrics_host, s.streaming.metrics_port)
-    stopping = threading.Event()
-
-    def _stop(*_):
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stopping = StopRequest.on_signals(signal.SIGTERM, signal.SIGINT)
 
     def failed_queries() -> list:
         return [q for q in job.queries if not q.isActive and q.exception() is not None]

@@ -30,6 +30,7 @@ import threading
 from pyspark.sql.streaming import StreamingQueryListener
 
 from churn.config import Settings
+from churn.stop_request import StopRequest
 from streaming import metrics
 
 #: How many progress reports ``recentProgress`` keeps, as Spark's ``spark.sql.streaming.numRecentProgressUpdates``.
@@ -51,9 +52,9 @@ class BronzeProcess:
     def __init__(self, settings: Settings):
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no Spark state inherited
         self._events = context.Queue()
-        self._stop = context.Event()
-        self._process = context.Process(target=_run, args=(settings, self._events, self._stop, os.getpid()),
+        self._process = context.Process(target=_run, args=(settings, self._events, os.getpid()),
                                         name="churn-stream-bronze", daemon=True)
+        self._stop_requested = False
         self._error: str | None = None
         self._ended = threading.Event()
         self.lastProgress: dict | None = None
@@ -69,7 +70,7 @@ class BronzeProcess:
 
     def exception(self) -> str | None:
         """Why the query ended, if it failed; ``None`` while it runs or after a clean stop."""
-        if self._error is None and not self._process.is_alive() and not self._stop.is_set():
+        if self._error is None and not self._process.is_alive() and not self._stop_requested:
             code = self._process.exitcode
             if code not in (None, 0):
                 return f"the Bronze process ended with exit code {code}"
@@ -85,8 +86,12 @@ class BronzeProcess:
         return list(self._recent)
 
     def request_stop(self) -> None:
-        """Ask the process to end its query between two batches, without waiting (``stop`` waits)."""
-        self._stop.set()
+        """Ask the process to end its query between two batches, without waiting (``stop`` waits): a
+        SIGTERM, which its handler turns into a ``StopRequest``. Nothing shared is locked, so a child
+        stuck or gone cannot hold the job's stop up."""
+        self._stop_requested = True
+        if self._process.is_alive():
+            self._process.terminate()
 
     def stop(self, within_s: float = 60.0) -> None:
         """End the query between two of its batches and the process with it; killed after ``within_s``
@@ -127,13 +132,13 @@ class BronzeProcess:
         self._ended.set()
 
 
-def _run(settings: Settings, events, stop, parent: int) -> None:
+def _run(settings: Settings, events, parent: int) -> None:
     """The child process: Bronze alone in a Spark application of its own, at ``streaming.bronze_nice``,
-    until ``stop`` is set (or SIGTERM/SIGINT arrive), its query fails, or the parent dies."""
+    until SIGTERM or SIGINT arrive (the job's ``request_stop``, or a signal to the job's process group),
+    its query fails, or the parent dies."""
+    stop = StopRequest.on_signals(signal.SIGTERM, signal.SIGINT)
     _end_with_parent(parent)
     os.nice(settings.streaming.bronze_nice)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     error = None
     try:
         from churn.spark import spark_session

@@ -21,6 +21,7 @@ from prometheus_client import Gauge
 
 from churn.config import Settings
 from churn.simulator.simulator import Simulator, Step
+from churn.stop_request import StopRequest
 from churn.transport import producer as make_producer
 
 EVENTS = PromCounter(
@@ -146,7 +147,7 @@ def run_backfill(
 
 def run_live(
     settings: Settings, sim: Simulator, rate: float, duration_s: float | None = None,
-    stop: threading.Event | None = None, tick_s: float = 0.1,
+    stop: threading.Event | StopRequest | None = None, tick_s: float = 0.1,
     on_tick: Callable[[ProduceReport], None] | None = None,
     warn: Callable[[str], None] = print, sender: StepProducer | None = None,
 ) -> ProduceReport:
