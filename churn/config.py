@@ -300,6 +300,11 @@ class SparkSettings(BaseModel):
     master_port: int = 17077
     #: ``spark.driver.memory``.
     driver_memory: str = "2g"
+    #: Options of the Spark JVMs: the driver's (with ``local[N]`` the only one) and, on the local stack's
+    #: standalone cluster, the executors'. The default stops the JIT at its first tier (C1): on two cores
+    #: the second tier (C2) compiles for tens of seconds after each start, on the cores the queries need,
+    #: and a catch-up ends sooner without it (docs/benchmarks.md). Empty: the JVM's full JIT.
+    java_options: str = "-XX:TieredStopAtLevel=1"
     #: Partitions of shuffles, state stores and Delta log replay: about the number of cores.
     shuffle_partitions: int = 2
     #: Extra Spark confs, e.g. {"spark.executor.memory": "4g"}.

@@ -63,6 +63,7 @@ def cluster_conf(settings: Settings) -> dict[str, str]:
         return {}
     return {"spark.executor.cores": str(sp.worker_cores), "spark.executor.memory": sp.worker_memory,
             "spark.cores.max": str(sp.worker_cores * sp.standalone_workers),
+            "spark.executor.extraJavaOptions": sp.java_options,
             # the executors run the same Python, with the project installed
             "spark.pyspark.python": str(Path(os.sys.executable))}
 
@@ -90,6 +91,7 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         .appName(app_name)
         .config("spark.jars", ",".join(spark_jars(settings)))
         .config("spark.driver.memory", sp.driver_memory)
+        .config("spark.driver.extraJavaOptions", sp.java_options)
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
