@@ -301,10 +301,10 @@ class SparkSettings(BaseModel):
     #: ``spark.driver.memory``.
     driver_memory: str = "2g"
     #: Options of the Spark JVMs: the driver's (with ``local[N]`` the only one) and, on the local stack's
-    #: standalone cluster, the executors'. The default stops the JIT at its first tier (C1): on two cores
-    #: the second tier (C2) compiles for tens of seconds after each start, on the cores the queries need,
-    #: and a catch-up ends sooner without it (docs/benchmarks.md). Empty: the JVM's full JIT.
-    java_options: str = "-XX:TieredStopAtLevel=1"
+    #: standalone cluster, the executors'. ``-XX:TieredStopAtLevel=1`` (the JIT's first tier only) makes
+    #: short runs on few cores faster, a catch-up of ~150,000 CDRs by 10-20 %, and long ones slower: after
+    #: the first minute live, the full JIT's code keeps features fresher (docs/benchmarks.md).
+    java_options: str = ""
     #: Partitions of shuffles, state stores and Delta log replay: about the number of cores.
     shuffle_partitions: int = 2
     #: Extra Spark confs, e.g. {"spark.executor.memory": "4g"}.

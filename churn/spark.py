@@ -63,7 +63,7 @@ def cluster_conf(settings: Settings) -> dict[str, str]:
         return {}
     return {"spark.executor.cores": str(sp.worker_cores), "spark.executor.memory": sp.worker_memory,
             "spark.cores.max": str(sp.worker_cores * sp.standalone_workers),
-            "spark.executor.extraJavaOptions": sp.java_options,
+            **({"spark.executor.extraJavaOptions": sp.java_options} if sp.java_options else {}),
             # the executors run the same Python, with the project installed
             "spark.pyspark.python": str(Path(os.sys.executable))}
 
@@ -91,7 +91,6 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         .appName(app_name)
         .config("spark.jars", ",".join(spark_jars(settings)))
         .config("spark.driver.memory", sp.driver_memory)
-        .config("spark.driver.extraJavaOptions", sp.java_options)
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
@@ -119,7 +118,8 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         .config("spark.scheduler.mode", "FAIR")
         .config("spark.scheduler.allocation.file", scheduler_pools_file())
     )
-    for key, value in {**cluster_conf(settings), **checkpoint_conf(settings), **storage.spark_conf(settings),
+    java = {"spark.driver.extraJavaOptions": sp.java_options} if sp.java_options else {}
+    for key, value in {**java, **cluster_conf(settings), **checkpoint_conf(settings), **storage.spark_conf(settings),
                        **sp.conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
