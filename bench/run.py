@@ -49,6 +49,7 @@ from security import bench_security, bench_security_stream  # noqa: E402
 from commit_interval import bench_commit_interval  # noqa: E402
 from dedup import bench_dedup_live, bench_dedup_state  # noqa: E402
 from fetch_ab import bench_fetch_ab  # noqa: E402
+from jit_ab import bench_stream_jit_catchup, bench_stream_jit_live  # noqa: E402
 from simulator_auc import bench_simulator_behaviour_auc  # noqa: E402
 from stream_ab import CHANGES, bench_for  # noqa: E402
 
@@ -57,7 +58,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, "stream_dedup_state": 1, "stream_dedup_live": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, "stream_dedup_state": 1, "stream_dedup_live": 1, "stream_jit_catchup": 1, "stream_jit_live": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 3, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 EARLIER_KEPT = 5  # earlier results of a figure kept in results.json (value, runs, date)
@@ -433,6 +434,12 @@ def bench_stream_vs_feast(s: Settings) -> dict:
     return bench_stream_vs_feast_processor(s, _stream_bench_settings)
 
 
+def bench_jit_catchup(s: Settings) -> dict:
+    """The streaming job catching up on ~147,000 CDRs with the Spark JVMs' full JIT and with its first tier
+    only (C1), alternating, two pairs: seconds of each (bench/jit_ab.py)."""
+    return bench_stream_jit_catchup(s, _stream_bench_settings)
+
+
 def bench_model_selection_telco(s: Settings) -> dict:
     """Model selection on the IBM Telco profiles: 5-fold ROC AUC of each family (logistic regression,
     random forest, XGBoost) and of the selection made inside each fold, on the same folds."""
@@ -477,6 +484,8 @@ def main(selector: str = "") -> None:
                "score_commit_interval": (bench_commit_interval, "stack"),
                "stream_dedup_state": (bench_dedup_state, "settings"),
                "stream_dedup_live": (bench_dedup_live, "stack"),
+               "stream_jit_catchup": (bench_jit_catchup, "stack"),
+               "stream_jit_live": (bench_stream_jit_live, "stack"),
                **{f"stream_ab_{change}": (bench_for(change), "stack") for change in CHANGES}}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")
     exact = selector.endswith("$")

@@ -301,9 +301,9 @@ class SparkSettings(BaseModel):
     #: ``spark.driver.memory``.
     driver_memory: str = "2g"
     #: Options of the Spark JVMs: the driver's (with ``local[N]`` the only one) and, on the local stack's
-    #: standalone cluster, the executors'. ``-XX:TieredStopAtLevel=1`` (the JIT's first tier only) makes
-    #: short runs on few cores faster, a catch-up of ~150,000 CDRs by 10-20 %, and long ones slower: after
-    #: the first minute live, the full JIT's code keeps features fresher (docs/benchmarks.md).
+    #: standalone cluster, the executors'. ``-XX:TieredStopAtLevel=1`` (the JIT's first tier only) helps the
+    #: first minute after a start on few cores, and its code is slower: the silver query's warm throughput
+    #: drops (docs/benchmarks.md).
     java_options: str = ""
     #: Partitions of shuffles, state stores and Delta log replay: about the number of cores.
     shuffle_partitions: int = 2
