@@ -184,6 +184,40 @@ def test_simulate_cli_backfill_reports_and_delivers(live_stack, live_env):
     assert usage.returncode == 1 and "--rate" in usage.stderr
 
 
+def test_simulate_cli_live_stops_on_sigterm_with_every_cdr_sent_delivered(live_stack, live_env, tmp_path):
+    """SIGTERM ends live mode at once, the way a supervisor stops it: the report covers every CDR sent,
+    and every one of them is on the topic."""
+    import os
+    import signal
+
+    from conftest import CHURN_BIN, PROJECT_ROOT
+
+    s = private_topics(live_stack)
+    env = {**os.environ, **live_env, "CHURN_TOPICS__CDR__NAME": s.topics.cdr.name,
+           "CHURN_TOPICS__CHURN_LABELS__NAME": s.topics.churn_labels.name, "CHURN_SIMULATOR__METRICS_PORT": "0"}
+    log = tmp_path / "simulate.err"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([CHURN_BIN, "simulate", "--rate", "400", "--customers", "300", "--json"],
+                                env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "live:" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+        sent_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        stopped_after_s = time.monotonic() - sent_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text()
+    assert stopped_after_s < 10
+    report = orjson.loads(out)
+    assert report["failed_deliveries"] == 0 and report["cdr_messages"] >= 400  # at least a second of the rate
+    assert len(consume_all(s, s.topics.cdr.name, report["cdr_messages"])) == report["cdr_messages"]
+
+
 def test_demo_runs_the_main_job_end_to_end(live_stack, live_env, tmp_path):
     from churn.stack.services import score_service, stream_service
 
