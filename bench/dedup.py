@@ -40,7 +40,7 @@ def _files(folder: Path, remembered: int) -> None:
 
 
 def _run(s: Settings, folder: Path, kind: str, remembered: int) -> dict:
-    """One operator over ``folder``'s files: seconds per measured batch, and for the fill."""
+    """One operator over ``folder``'s files: seconds per measured batch, and in all for the fill."""
     from pyspark.sql import functions as F
 
     from churn.spark import spark_session

@@ -206,12 +206,11 @@ def _served_correctly(s: Settings, view: str, truth: dict[str, dict], at_most: i
     return good / len(customers)
 
 
-def bench_stream_vs_feast_processor(base: Settings, stream_settings) -> dict:
-    """Our streaming job vs Feast's SparkKafkaProcessor, same topic, same Redis, same feature code:
-    events/s of each (catch-up on the same CDRs), ratio, and whether the served features are right."""
+def side_by_side_backlog(base: Settings, stream_settings) -> tuple[Settings, int, float]:
+    """The side-by-side set-up: settings with a topic of their own holding ~147,000 CDRs (1.2 simulated days
+    of seed 2, ending a day ago), micro-batches of at most ``BATCH_ROWS``, Feast keys of their own and
+    Feast's definitions applied; the CDRs produced, and the simulation's end (epoch seconds)."""
     from churn import feature_store
-    from churn.features import partial_sums_numpy
-    from churn.simulator import Simulator
     from churn.simulator.produce import run_backfill
 
     s = stream_settings(base)
@@ -220,14 +219,27 @@ def bench_stream_vs_feast_processor(base: Settings, stream_settings) -> dict:
     # overlap), which the online store's newer-only rule would keep over this run's
     s.feast.project = f"ours{uuid.uuid4().hex[:6]}"
     end = time.time() - DAY
-    sim = Simulator(seed=2, start_s=end - 1.2 * DAY, end_s=end)
-    report = run_backfill(s, sim)
-    total = report.cdr_messages
-    # the truth: the batch computation over every event (the simulator is deterministic)
-    replay = Simulator(seed=2, start_s=end - 1.2 * DAY, end_s=end)
-    truth = partial_sums_numpy(replay.silver_columns())
-
+    report = run_backfill(s, _backlog_simulator(end))
     feature_store.apply(s)
+    return s, report.cdr_messages, end
+
+
+def _backlog_simulator(end: float):
+    """The side-by-side backlog's simulator (deterministic: a second one replays the same CDRs)."""
+    from churn.simulator import Simulator
+
+    return Simulator(seed=2, start_s=end - 1.2 * DAY, end_s=end)
+
+
+def bench_stream_vs_feast_processor(base: Settings, stream_settings) -> dict:
+    """Our streaming job vs Feast's SparkKafkaProcessor, same topic, same Redis, same feature code:
+    events/s of each (catch-up on the same CDRs), ratio, and whether the served features are right."""
+    from churn.features import partial_sums_numpy
+
+    s, total, end = side_by_side_backlog(base, stream_settings)
+    # the truth: the batch computation over every event (the simulator is deterministic)
+    truth = partial_sums_numpy(_backlog_simulator(end).silver_columns())
+
     ours_elapsed, ours = in_fresh_process(_run_ours, s)
     ours_correct = _served_correctly(s, "customer_activity", truth)
 

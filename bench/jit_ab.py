@@ -11,7 +11,6 @@ the queries need, and then runs faster code. ``bench/run.py stream_ab_jit`` has 
 from __future__ import annotations
 
 import statistics
-import time
 
 from churn.config import Settings
 
@@ -28,25 +27,19 @@ def _with_jit(s: Settings, variant: str) -> Settings:
     return s
 
 
-def bench_stream_jit_catchup(base: Settings, stream_settings) -> dict:
+def bench_stream_jit_catchup(base: Settings) -> dict:
     """Our streaming job catching up on the side-by-side benchmark's backlog (~147,000 CDRs, batches of
     30,000, a fresh process per run, Bronze, Silver and features all done): seconds from the queries'
-    start to the last one's end, each JIT variant, alternating, ``PAIRS`` pairs."""
-    from churn import feature_store
-    from churn.simulator import Simulator
-    from churn.simulator.produce import run_backfill
-    from feast_processor import BATCH_ROWS, DAY, _run_ours, in_fresh_process
+    start to the last one's end, each JIT variant, alternating, ``PAIRS`` pairs (bench/jit_ab.py)."""
+    from feast_processor import _run_ours, in_fresh_process, side_by_side_backlog
+    from run import _stream_bench_settings
 
     runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
     first_batch: dict[str, list[float]] = {v: [] for v in VARIANTS}
     events = 0
     for _ in range(PAIRS):
         for variant in VARIANTS:
-            s = _with_jit(stream_settings(base), variant)
-            s.streaming.max_offsets_per_trigger = BATCH_ROWS
-            end = time.time() - DAY
-            events = run_backfill(s, Simulator(seed=2, start_s=end - 1.2 * DAY, end_s=end)).cdr_messages
-            feature_store.apply(s)
+            s, events, _end = side_by_side_backlog(_with_jit(base, variant), _stream_bench_settings)
             elapsed, detail = in_fresh_process(_run_ours, s)
             runs[variant].append(round(elapsed, 1))
             first_batch[variant].append(detail["first_batch_s"])

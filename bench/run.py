@@ -434,12 +434,6 @@ def bench_stream_vs_feast(s: Settings) -> dict:
     return bench_stream_vs_feast_processor(s, _stream_bench_settings)
 
 
-def bench_jit_catchup(s: Settings) -> dict:
-    """The streaming job catching up on ~147,000 CDRs with the Spark JVMs' full JIT and with its first tier
-    only (C1), alternating, two pairs: seconds of each (bench/jit_ab.py)."""
-    return bench_stream_jit_catchup(s, _stream_bench_settings)
-
-
 def bench_model_selection_telco(s: Settings) -> dict:
     """Model selection on the IBM Telco profiles: 5-fold ROC AUC of each family (logistic regression,
     random forest, XGBoost) and of the selection made inside each fold, on the same folds."""
@@ -484,7 +478,7 @@ def main(selector: str = "") -> None:
                "score_commit_interval": (bench_commit_interval, "stack"),
                "stream_dedup_state": (bench_dedup_state, "settings"),
                "stream_dedup_live": (bench_dedup_live, "stack"),
-               "stream_jit_catchup": (bench_jit_catchup, "stack"),
+               "stream_jit_catchup": (bench_stream_jit_catchup, "stack"),
                "stream_jit_live": (bench_stream_jit_live, "stack"),
                **{f"stream_ab_{change}": (bench_for(change), "stack") for change in CHANGES}}
     # a name selects every benchmark containing it; a trailing "$" selects that one alone ("score$")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -10,7 +12,7 @@ from collections import Counter
 
 import orjson
 import pytest
-from conftest import recent_evening, run_cli, settings_from
+from conftest import CHURN_BIN, PROJECT_ROOT, recent_evening, run_cli, settings_from
 
 from churn.config import Settings
 from churn.contracts import CDR, CONTRACTS, parse_time
@@ -187,11 +189,6 @@ def test_simulate_cli_backfill_reports_and_delivers(live_stack, live_env):
 def test_simulate_cli_live_stops_on_sigterm_with_every_cdr_sent_delivered(live_stack, live_env, tmp_path):
     """SIGTERM ends live mode at once, the way a supervisor stops it: the report covers every CDR sent,
     and every one of them is on the topic."""
-    import os
-    import signal
-
-    from conftest import CHURN_BIN, PROJECT_ROOT
-
     s = private_topics(live_stack)
     env = {**os.environ, **live_env, "CHURN_TOPICS__CDR__NAME": s.topics.cdr.name,
            "CHURN_TOPICS__CHURN_LABELS__NAME": s.topics.churn_labels.name, "CHURN_SIMULATOR__METRICS_PORT": "0"}
