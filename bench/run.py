@@ -220,6 +220,8 @@ def bench_stream_sustained(s: Settings, rates: dict[str, float] | None = None, s
         job.start_silver()
         job.start_profiles()
     silver = next(q for q in job.queries if q.name == "silver")
+    bronze = bronze and job.bronze_writer == "query"  # Bronze's own query, with a lag of its own
+
     def lag(query: str = "silver") -> int:
         """Records on ``cdr`` that the query has not committed yet."""
         return sum(end_offsets(s, s.topics.cdr.name).values()) - sum(

@@ -211,16 +211,14 @@ class Chaos:
 
     def _caught_up(self, target: dict[int, int], timeout_s: float) -> float:
         """Wait until Silver, Bronze and the scorers' group have committed up to ``target``; returns when."""
-        from churn import storage
-        from streaming.job import committed_offsets
+        from streaming.job import cdr_checkpoints, committed_offsets
 
         topic = self.s.topics.cdr.name
-        checkpoints = storage.checkpoints_url(self.s)
 
         def done() -> bool:
             try:
-                for query in ("silver", "bronze"):
-                    got = committed_offsets(self.s, storage.join(checkpoints, query), topic)
+                for checkpoint in cdr_checkpoints(self.s):
+                    got = committed_offsets(self.s, checkpoint, topic)
                     if any(got.get(p, 0) < o for p, o in target.items()):
                         return False
                 got = _group_committed(self.s, topic)

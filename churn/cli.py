@@ -980,15 +980,14 @@ def _stream_summary(s, timeout_s: float):
     from churn.demo_report import Lake
     from churn.lake import LakePaths, rows_by, table_rows
     from churn.transport import end_offsets
-    from streaming.job import committed_offsets
+    from streaming.job import cdr_checkpoints, committed_offsets
 
     topic = s.topics.cdr.name
     target = end_offsets(s, topic)
-    checkpoints = storage.checkpoints_url(s)
-    silver, bronze = storage.join(checkpoints, "silver"), storage.join(checkpoints, "bronze")
+    silver = storage.join(storage.checkpoints_url(s), "silver")
     deadline = time.monotonic() + timeout_s
     with console.status("waiting for the streaming job to process everything on the topic"):
-        while committed_offsets(s, silver, topic) != target or committed_offsets(s, bronze, topic) != target:
+        while any(committed_offsets(s, checkpoint, topic) != target for checkpoint in cdr_checkpoints(s)):
             if time.monotonic() > deadline:
                 done = sum(committed_offsets(s, silver, topic).values())
                 err.print(f"[yellow]the stream has processed {done:,} of {sum(target.values()):,} records "

@@ -320,17 +320,24 @@ class StreamingSettings(BaseModel):
     checkpoint_dir: Path | None = None
     #: Micro-batch trigger interval of the Silver query (validation, features to Feast).
     trigger_s: float = 1.0
-    #: Bronze is not on the freshness path: a slower trigger (fewer, larger batches) spreads its fixed cost
-    #: per batch (a Delta commit) and leaves the cores to Silver. Bronze's rows land up to this much later.
+    #: How Bronze is written. ``silver_batch``: the silver query's micro-batch appends every Kafka record it read
+    #: (duplicates and invalid records included) to Bronze, beside Silver's append: Kafka is read once, by one
+    #: query. ``query``: Bronze is a query of its own (Delta's streaming sink, every ``bronze_trigger_s``; with a
+    #: local master in a process of its own at ``bronze_nice``) that reads Kafka a second time. ``silver_batch``
+    #: needs ``dedup`` = ``timers``. A checkpoint keeps the way it was started with.
+    bronze_writer: Literal["silver_batch", "query"] = "silver_batch"
+    #: Bronze's own query (``bronze_writer`` = ``query``) is not on the freshness path: a slower trigger (fewer,
+    #: larger batches) spreads its fixed cost per batch (a Delta commit) and leaves the cores to Silver. Bronze's
+    #: rows land up to this much later.
     bronze_trigger_s: float = 30.0
-    #: With a local master (``local[N]``), Bronze runs as a Spark application of its own in a child process
-    #: at this OS niceness (0-19), so that the kernel gives the silver query, which makes the features fresh,
+    #: With Bronze's own query and a local master (``local[N]``), Bronze runs as a Spark application of its own
+    #: in a child process at this OS niceness (0-19), so that the kernel gives the silver query, which makes the features fresh,
     #: the cores first and Bronze what is left (``streaming.bronze_process``). ``None``: Bronze runs in the
     #: job's own application, in Spark's background pool.
     bronze_nice: int | None = Field(19, ge=0, le=19)
     #: Most Kafka records per micro-batch (bounds batch duration when catching up).
     max_offsets_per_trigger: int = 200_000
-    #: The same for Bronze, which is not on the freshness path: larger batches when catching up
+    #: The same for Bronze's own query, which is not on the freshness path: larger batches when catching up
     #: spread its fixed cost per batch (a Delta commit) over more records.
     bronze_max_offsets_per_trigger: int = 1_000_000
     #: Events older than (newest event time seen before this batch - allowed lateness) are quarantined as late.

@@ -1,11 +1,12 @@
 """The streaming job: Kafka ``cdr`` -> Bronze, Silver and quarantine Delta tables, and ``cdr.dlq``;
 Kafka ``customer-profiles`` -> the profile history and Feast.
 
-Three queries, each with its own stable checkpoint:
+Two queries, each with its own stable checkpoint (three with ``streaming.bronze_writer`` = ``query``):
 
 * **bronze**: every Kafka record as it arrived (key, value, headers, topic,
-  partition, offset, Kafka timestamp, ingest time), appended by Delta's streaming
-  sink, which is exactly once across restarts.
+  partition, offset, Kafka timestamp, ingest time). Written by the silver query's
+  batches (``bronze_writer`` = ``silver_batch``: Kafka is read once), or by a query of
+  its own through Delta's streaming sink (``query``). Exactly once across restarts either way.
 * **silver**: records parsed and validated by the contract's validator
   (``streaming.parse``), de-duplicated on ``event_id`` in Spark's state store
   (state kept for ``dedup_window_s`` of processing time, so it stays bounded and
@@ -54,7 +55,8 @@ from churn.security import redis_options, spark_kafka_options
 from churn.spark import BACKGROUND_POOL
 from streaming import bronze_process, metrics
 from streaming.feature_state import HISTORY_SCHEMA, FeatureState
-from streaming.parse import CONTRACT_COLUMNS, SPARK_DDL, validate_arrow
+from streaming.parse import (CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_COLUMNS, RAW_INPUTS, SPARK_DDL, SPARK_DDL_WITH_RAW,
+                             validate_arrow)
 
 LATE_EVENT = "late_event:event_time"
 #: How long a dead letter may take to be delivered (Spark's Kafka sink: the Java producer's 120 s default).
@@ -66,7 +68,7 @@ DLQ_DELIVERY_TIMEOUT_S = 120.0
 #: writes took ~5 s instead of ~0.3). Writes do not slow down with more commits since the last
 #: checkpoint (measured up to 80); a cold reader replays at most this many small commit files. Distinct
 #: primes near 100, so the tables rarely checkpoint in the same batch. Set when the job creates a table.
-CHECKPOINT_INTERVAL = {"silver": 101, "feature_history": 103, "quarantine": 107, "batches": 109}
+CHECKPOINT_INTERVAL = {"silver": 101, "feature_history": 103, "quarantine": 107, "batches": 109, "bronze": 113}
 #: The silver query runs interpreted, without Java code generation. Spark writes each batch's own values into
 #: the code it generates (the batch's timestamp, the watermarks, the batch id), so every small batch compiled
 #: five new classes, 5-30 ms each, on the cores the batch needs. Interpreted, the batch takes 0.25-0.3 s
@@ -142,21 +144,45 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
     return settings.streaming.dedup
 
 
-def drop_duplicates_within_window(rows, key: str, time: str, window_s: float, kind: str = "timers"):
+def bronze_writer(settings: Settings, checkpoints: str, dedup: str) -> str:
+    """Who writes Bronze (``StreamingSettings.bronze_writer``): the way the lake's checkpoints were started with
+    (a Bronze query's checkpoint means ``query``; a silver checkpoint without one, ``silver_batch``), or for new
+    checkpoints the settings'. ``silver_batch`` needs the timers' de-duplication, which can keep duplicates."""
+    if storage.exists(settings, storage.join(checkpoints, "bronze")):
+        chosen = "query"
+    elif storage.exists(settings, storage.join(checkpoints, "silver", "offsets")):
+        chosen = "silver_batch"
+    else:
+        chosen = settings.streaming.bronze_writer
+    if chosen != settings.streaming.bronze_writer:
+        log.warning("the lake's checkpoints in %s were started with Bronze written by %s; they keep it", checkpoints,
+                    "a query of its own" if chosen == "query" else "the silver query's batches")
+    if chosen == "silver_batch" and dedup != "timers":
+        log.warning("Bronze is written by a query of its own: the silver query's de-duplication (%s) drops "
+                    "duplicates before its batches could write them", dedup)
+        return "query"
+    return chosen
+
+
+def drop_duplicates_within_window(rows, key: str, time: str, window_s: float, kind: str = "timers",
+                                  flag: str | None = None):
     """``rows`` (a streaming DataFrame) less every row whose ``key`` came within ``window_s`` before it, by
     ``time`` (a watermark on it, its delay the window, is set here), with the operator ``kind``
     (``StreamingSettings.dedup``): ``timers``, ``churn.spark.DropDuplicatesWithinWindow`` (``jvm/churn-spark``),
     whose cost per batch follows the batch rather than the number of keys remembered; ``spark``, Spark's
-    ``dropDuplicatesWithinWatermark``. Returns the DataFrame and, for ``timers``, a counter of the rows dropped
+    ``dropDuplicatesWithinWatermark``. With ``flag`` (a boolean column of ``rows``; ``timers`` only), duplicates
+    are kept with it set to true instead. Returns the DataFrame and, for ``timers``, a counter of the duplicates
     so far (a JVM ``LongAccumulator``: ``.value()``); Spark's operator reports them in its progress (None)."""
     from pyspark.sql import DataFrame
 
     watermarked = rows.withWatermark(time, f"{round(window_s * 1000)} milliseconds")
     if kind == "spark":
+        if flag is not None:
+            raise ValueError("Spark's dropDuplicatesWithinWatermark cannot keep duplicates: flag needs kind='timers'")
         return watermarked.dropDuplicatesWithinWatermark([key]), None
     session = rows.sparkSession
     dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
-    deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.apply(watermarked._jdf, key, time, dropped)
+    deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.apply(watermarked._jdf, key, time, flag, dropped)
     return DataFrame(deduped, session), dropped
 
 
@@ -166,6 +192,15 @@ def committed_offsets(settings: Settings, checkpoint: str, topic: str) -> dict[i
     if not commits:
         return {}
     return batch_offsets(settings, checkpoint, max(commits), topic)
+
+
+def cdr_checkpoints(settings: Settings) -> list[str]:
+    """The checkpoints of the queries that write the CDR tables: the silver query's, and Bronze's own query's
+    where the lake has one (``bronze_writer``): Bronze and Silver hold every record below the offsets that all
+    of them have committed."""
+    checkpoints = storage.checkpoints_url(settings)
+    bronze = storage.join(checkpoints, "bronze")
+    return [storage.join(checkpoints, "silver"), *([bronze] if storage.exists(settings, bronze) else [])]
 
 
 def batch_offsets(settings: Settings, checkpoint: str, batch_id: int, topic: str) -> dict[int, int]:
@@ -186,6 +221,26 @@ def _committed(settings: Settings, path: str, tag: str, recent: int = 100) -> bo
     except TableNotFoundError:  # none yet, or a log with no commit in it (a first write killed midway)
         return False
     return any(c.get("userMetadata") == tag for c in table.history(recent))
+
+
+#: Bronze's columns, as Delta's streaming sink writes them from Spark's Kafka source (``StreamingJob.start_bronze``).
+BRONZE_SCHEMA = pa.schema([
+    ("key", pa.binary()), ("value", pa.binary()),
+    ("headers", pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))),
+    ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()),
+    ("kafka_timestamp", pa.timestamp("us", tz="UTC")), ("kafka_timestamp_type", pa.int32()),
+    ("ingest_time", pa.timestamp("us", tz="UTC")), ("ingest_date", pa.date32()),
+])
+
+
+def _bronze_rows(batch: pa.Table) -> pa.Table:
+    """Bronze's rows of a silver batch (``RAW_COLUMNS`` kept): every record as it arrived, duplicates included."""
+    columns = {"key": "raw_key", "value": "value", "headers": "headers", "topic": "topic",
+               "partition": "kafka_partition", "offset": "kafka_offset", "kafka_timestamp": "kafka_timestamp",
+               "kafka_timestamp_type": "kafka_timestamp_type", "ingest_time": "ingest_time"}
+    arrays = [batch.column(source) for source in columns.values()]
+    ingest_date = batch.column("ingest_time").cast(pa.timestamp("us")).cast(pa.date32())
+    return pa.Table.from_arrays([*arrays, ingest_date], names=[*columns, "ingest_date"]).cast(BRONZE_SCHEMA)
 
 
 #: Silver's columns: the contract's, where each record came from, and the batch that wrote it.
@@ -238,6 +293,8 @@ class StreamingJob:
         self.lake = LakePaths(storage.lake_url(settings))
         self.checkpoints = storage.checkpoints_url(settings)
         self.silver_writer = _app_id(settings, self.checkpoints, "silver")
+        self.dedup = dedup_kind(settings, storage.join(self.checkpoints, "silver"))
+        self.bronze_writer = bronze_writer(settings, self.checkpoints, self.dedup)
         # batches at most this old may have run (and written) before this process: see ``_append``
         self._may_replay_upto = last_planned_batch(settings, storage.join(self.checkpoints, "silver"))
         self._max_event_time: dict[int, dict[int, float]] = {}
@@ -304,17 +361,20 @@ class StreamingJob:
 
         self._load_progress()
         st = self.settings.streaming
-        records = self._kafka(st.max_offsets_per_trigger).select("key", "value", "partition", "offset", "timestamp")
+        raw = self.bronze_writer == "silver_batch"  # the batches write Bronze: every record's raw columns kept
+        records = self._kafka(st.max_offsets_per_trigger).select(*KAFKA_INPUTS, *(RAW_INPUTS if raw else ()))
         if st.validate_tasks > 0:
             records = records.coalesce(st.validate_tasks)
-        parsed = records.mapInArrow(validate_arrow, SPARK_DDL).withColumn(
+        parsed = records.mapInArrow(validate_arrow, SPARK_DDL_WITH_RAW if raw else SPARK_DDL).withColumn(
             "dedup_key",
             F.when(F.col("reason").isNull(), F.col("event_id")).otherwise(
                 F.concat(F.lit("invalid:"), F.col("kafka_partition"), F.lit(":"), F.col("kafka_offset"))),
         ).withColumn("ingest_time", F.current_timestamp())  # the batch's time, the same when it is replayed
+        if raw:
+            parsed = parsed.withColumn("duplicate", F.lit(False))
         checkpoint = storage.join(self.checkpoints, "silver")
         deduped, self._duplicates = drop_duplicates_within_window(
-            parsed, "dedup_key", "ingest_time", st.dedup_window_s, dedup_kind(self.settings, checkpoint))
+            parsed, "dedup_key", "ingest_time", st.dedup_window_s, self.dedup, flag="duplicate" if raw else None)
         writer = (
             deduped.writeStream.queryName("silver").foreachBatch(self._silver_batch)
             .option("checkpointLocation", checkpoint)
@@ -465,15 +525,18 @@ class StreamingJob:
         late = F.col("reason").isNull() & F.coalesce(F.col("event_time") < partition_wm, F.lit(False))
         reason = F.when(late, F.lit(LATE_EVENT)).otherwise(F.col("reason"))
         kept = reason.isNull()
+        raw = self.bronze_writer == "silver_batch"
         # The batch's only Spark job (Kafka read, validation, de-duplication): every column a table needs, to the
-        # driver as Arrow; the raw key and bytes only of the records quarantined. Everything after runs here:
+        # driver as Arrow; the raw key and bytes only of the records quarantined, unless the batch writes Bronze
+        # (every record as it arrived, duplicates included: ``duplicate``). Everything after runs here:
         # the counts, the features (numpy), and the writes through delta-rs and a Kafka producer. As Spark
         # jobs of their own, the Silver write, the quarantine write and the dead letters cost 0.3-1.0 s each
         # per batch on two cores, whatever its size, competing with each other and the next batch for the cores.
         local = df.select(
             *(c for c in SILVER_COLUMNS if c not in ("batch_id", "event_date")),
             F.when(kept, F.lit(None)).otherwise(F.col("kafka_key")).alias("kafka_key"),
-            F.when(kept, F.lit(None)).otherwise(F.col("value")).alias("value"),
+            F.col("value") if raw else F.when(kept, F.lit(None)).otherwise(F.col("value")).alias("value"),
+            *(F.col(name) for name in (*(n for _, n, _ in RAW_COLUMNS), "duplicate") if raw),
             reason.alias("reason"),
             F.when(late, F.concat(F.lit("event_time older than its partition's watermark "),
                                   partition_wm.cast("string"))).otherwise(F.col("reason_detail")).alias("reason_detail"),
@@ -481,8 +544,16 @@ class StreamingJob:
             F.to_date("ingest_time").alias("quarantine_date"),
         ).toArrow()
         self._count_duplicates()
+        if local.num_rows == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
+            return
+        bronze_write = []
+        if raw:
+            bronze = _bronze_rows(local)
+            bronze_write.append(lambda: self._append(bronze, self.lake.bronze, "bronze", batch_id, "ingest_date"))
+            local = local.filter(pc.invert(local.column("duplicate")))
         total = local.num_rows
-        if total == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
+        if total == 0:  # only duplicates
+            bronze_write[0]()
             return
         is_good = pc.is_null(local.column("reason"))
         on_time = local.filter(is_good)
@@ -501,7 +572,8 @@ class StreamingJob:
             "recorded_at": recorded_at, "day": recorded_at.date()}], schema=ACCOUNTING_SCHEMA)
         # The Delta writes and dead letters are independent and each idempotent per batch: started now, they
         # overlap the feature work below. The batch ends when all of them are done.
-        writes = [lambda: self._append(_nullable(on_time.select(SILVER_COLUMNS)), self.lake.silver, "silver",
+        writes = [*bronze_write,
+                  lambda: self._append(_nullable(on_time.select(SILVER_COLUMNS)), self.lake.silver, "silver",
                                        batch_id, "event_date"),
                   lambda: self._append(accounting, self.lake.batches, "batches", batch_id, "day")]
         if bad:
@@ -667,10 +739,11 @@ class StreamingJob:
     def start(self) -> None:
         self.prepare()
         self.spark.streams.addListener(metrics.MetricsListener())
-        if bronze_process.runs_apart(self.settings, self.available_now):
-            self.queries.append(bronze_process.BronzeProcess(self.settings))
-        else:
-            self.start_bronze()
+        if self.bronze_writer == "query":  # otherwise the silver query's batches write Bronze
+            if bronze_process.runs_apart(self.settings, self.available_now):
+                self.queries.append(bronze_process.BronzeProcess(self.settings))
+            else:
+                self.start_bronze()
         self.start_silver()
         self.start_profiles()
 

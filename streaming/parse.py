@@ -43,6 +43,18 @@ VERDICT_COLUMNS = [("reason", pa.string(), "string"), ("reason_detail", pa.strin
 ALL_COLUMNS = KAFKA_COLUMNS + CONTRACT_COLUMNS + VERDICT_COLUMNS
 ARROW_SCHEMA = pa.schema([(n, t) for n, t, _ in ALL_COLUMNS])
 SPARK_DDL = ", ".join(f"{n} {d}" for n, _, d in ALL_COLUMNS)
+#: The rest of a Kafka record, for Bronze (``streaming.bronze_writer`` = ``silver_batch``): Spark's Kafka source
+#: columns passed through ``validate_arrow`` as they are (no Python per record), renamed as Bronze names them.
+RAW_COLUMNS = [
+    ("key", "raw_key", "binary"),
+    ("headers", "headers", "array<struct<key:string,value:binary>>"),
+    ("topic", "topic", "string"),
+    ("timestampType", "kafka_timestamp_type", "int"),
+]
+SPARK_DDL_WITH_RAW = ", ".join([SPARK_DDL, *(f"{out} {ddl}" for _, out, ddl in RAW_COLUMNS)])
+#: The columns of Spark's Kafka source that ``validate_arrow`` reads; with ``RAW_INPUTS``, those it passes through.
+KAFKA_INPUTS = ["key", "value", "partition", "offset", "timestamp"]
+RAW_INPUTS = [name for name, _, _ in RAW_COLUMNS if name not in KAFKA_INPUTS]
 
 
 def validate_records(keys, values, partitions, offsets, timestamps_us) -> pa.RecordBatch:
@@ -77,9 +89,16 @@ def validate_records(keys, values, partitions, offsets, timestamps_us) -> pa.Rec
 
 
 def validate_arrow(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` function over Kafka rows (key, value, partition, offset, timestamp)."""
+    """``mapInArrow`` function over Kafka rows (key, value, partition, offset, timestamp). Rows that also
+    carry ``RAW_COLUMNS`` (headers, topic, timestampType) come out with them appended, as they came in
+    (output schema ``SPARK_DDL_WITH_RAW``)."""
     for batch in batches:
-        cols = batch.to_pydict()
+        raw = [batch.column(name) for name, _, _ in RAW_COLUMNS] if "headers" in batch.schema.names else None
         ts = batch.column("timestamp").cast(pa.int64()).to_pylist()  # microseconds
-        keys = [k.decode("utf-8", "replace") if k is not None else None for k in cols["key"]]
-        yield validate_records(keys, cols["value"], cols["partition"], cols["offset"], ts)
+        keys = [k.decode("utf-8", "replace") if k is not None else None for k in batch.column("key").to_pylist()]
+        out = validate_records(keys, batch.column("value").to_pylist(), batch.column("partition").to_pylist(),
+                               batch.column("offset").to_pylist(), ts)
+        if raw is not None:
+            out = pa.RecordBatch.from_arrays([*out.columns, *raw],
+                                             names=[*out.schema.names, *(n for _, n, _ in RAW_COLUMNS)])
+        yield out

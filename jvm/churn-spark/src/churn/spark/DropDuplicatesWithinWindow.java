@@ -6,6 +6,7 @@ import java.time.Instant;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Encoders;
 import org.apache.spark.sql.Row;
+import org.apache.spark.sql.RowFactory;
 import org.apache.spark.sql.streaming.ExpiredTimerInfo;
 import org.apache.spark.sql.streaming.OutputMode;
 import org.apache.spark.sql.streaming.StatefulProcessor;
@@ -28,8 +29,9 @@ import scala.collection.Iterator$;
  * iterates over its whole state on every batch to find expired keys, so its cost per batch grows with
  * the window times the rate.
  *
- * <p>Called from Python through {@link #apply(Dataset, String, String, LongAccumulator)}, which also counts
- * the rows dropped. Needs the RocksDB state store. Rows older than the watermark are dropped by Spark as
+ * <p>Called from Python through {@link #apply(Dataset, String, String, String, LongAccumulator)}, which also
+ * counts the duplicates. With a flag column, duplicates are kept with the flag set to true instead of being
+ * dropped (the streaming job writes every record to Bronze from the same batch). Needs the RocksDB state store. Rows older than the watermark are dropped by Spark as
  * late: with the batch's own time as the time column ({@code current_timestamp()}), only if the clock
  * went back by more than the window.
  */
@@ -37,23 +39,27 @@ public final class DropDuplicatesWithinWindow extends StatefulProcessor<String, 
     private static final long serialVersionUID = 1L;
 
     private final int timeColumn;
+    private final int flagColumn;  // -1: duplicates are dropped
     private final LongAccumulator dropped;
 
-    private DropDuplicatesWithinWindow(int timeColumn, LongAccumulator dropped) {
+    private DropDuplicatesWithinWindow(int timeColumn, int flagColumn, LongAccumulator dropped) {
         this.timeColumn = timeColumn;
+        this.flagColumn = flagColumn;
         this.dropped = dropped;
     }
 
     /**
      * {@code rows} (with a watermark on {@code timeColumn}, its delay the window) less those whose
-     * {@code keyColumn} came within the window before; {@code dropped} counts the rows left out.
+     * {@code keyColumn} came within the window before; {@code dropped} counts them. With {@code flagColumn}
+     * (a boolean column of {@code rows}, else null), those rows are kept with it set to true instead.
      */
-    public static Dataset<Row> apply(Dataset<Row> rows, String keyColumn, String timeColumn,
+    public static Dataset<Row> apply(Dataset<Row> rows, String keyColumn, String timeColumn, String flagColumn,
                                      LongAccumulator dropped) {
         int time = rows.schema().fieldIndex(timeColumn);
+        int flag = flagColumn == null ? -1 : rows.schema().fieldIndex(flagColumn);
         return rows
             .groupBy(rows.col(keyColumn)).as(Encoders.STRING(), Encoders.row(rows.schema()))
-            .transformWithState(new DropDuplicatesWithinWindow(time, dropped), TimeMode.EventTime(),
+            .transformWithState(new DropDuplicatesWithinWindow(time, flag, dropped), TimeMode.EventTime(),
                                 OutputMode.Append(), Encoders.row(rows.schema()));
     }
 
@@ -68,15 +74,29 @@ public final class DropDuplicatesWithinWindow extends StatefulProcessor<String, 
         if (timers.hasNext()) {
             long expires = (Long) timers.next();
             if (expires > timerValues.getCurrentWatermarkInMs()) {
-                dropped.add(rows.size());
-                return Iterator$.MODULE$.empty();
+                return duplicates(rows);
             }
             getHandle().deleteTimer(expires);  // expired, but Spark fires timers after a batch's rows: forget it now
         }
         Row first = rows.next();
-        dropped.add(rows.size());
         getHandle().registerTimer(millis(first.get(timeColumn)));
-        return Iterator$.MODULE$.single(first);
+        return Iterator$.MODULE$.single(first).concat(() -> duplicates(rows));
+    }
+
+    /** The rest of {@code rows}, all duplicates: counted, then dropped or flagged. */
+    private Iterator<Row> duplicates(Iterator<Row> rows) {
+        if (flagColumn < 0) {
+            dropped.add(rows.size());
+            return Iterator$.MODULE$.empty();
+        }
+        return rows.map(row -> {
+            dropped.add(1);
+            Object[] values = new Object[row.length()];
+            for (int i = 0; i < values.length; i++) {
+                values[i] = i == flagColumn ? Boolean.TRUE : row.get(i);
+            }
+            return RowFactory.create(values);
+        });
     }
 
     @Override
