@@ -144,7 +144,7 @@ def stream_catch_up(s: Settings) -> tuple[float, list[dict]]:
     for q in job.queries:
         q.awaitTermination()
     elapsed = time.perf_counter() - started
-    progress = list(job.queries[1].recentProgress)
+    progress = list(next(q for q in job.queries if q.name == "silver").recentProgress)
     job.spark.stop()
     return elapsed, progress
 

@@ -4,7 +4,8 @@ one rate, A then B, ``pairs`` times, so that each pair shares the machine's stat
     .venv/bin/python bench/run.py stream_ab_online_writer    # the direct Feast writer vs Feast's push
     .venv/bin/python bench/run.py stream_ab_bronze_trigger   # Bronze every 30 s vs every 5 s
     .venv/bin/python bench/run.py stream_ab_scheduler        # Bronze in the background pool vs FIFO (every 5 s)
-    .venv/bin/python bench/run.py stream_ab_bronze_process   # Bronze in its own process at nice 19 vs in the job's JVM
+    .venv/bin/python bench/run.py stream_ab_bronze_writer    # Bronze written by the silver batches vs its own query
+    .venv/bin/python bench/run.py stream_ab_bronze_process   # Bronze's query in its own process at nice 19 vs in the job's JVM
     .venv/bin/python bench/run.py stream_ab_jit              # the JVMs' JIT as shipped vs its first tier (C1) only
 
 Each run is ``bench_stream_sustained`` at ``RATE`` (or the change's own in ``RATES``; a 30 s warm-up, then 60 s measured): feature freshness
@@ -29,14 +30,18 @@ PAIRS = 2
 CHANGES: dict[str, tuple[tuple[str, list], tuple[str, list]]] = {
     "online_writer": (("redis", [("streaming", "online_writer", "redis")]),
                       ("feast", [("streaming", "online_writer", "feast")])),
-    "bronze_trigger": (("30s", [("streaming", "bronze_trigger_s", 30.0)]),
-                       ("5s", [("streaming", "bronze_trigger_s", 5.0)])),
-    "bronze_process": (("own_process", [("streaming", "bronze_nice", 19)]),
-                       ("same_jvm", [("streaming", "bronze_nice", None)])),
+    "bronze_trigger": (("30s", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_trigger_s", 30.0)]),
+                       ("5s", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_trigger_s", 5.0)])),
+    "bronze_writer": (("silver_batch", [("streaming", "bronze_writer", "silver_batch")]),
+                      ("query", [("streaming", "bronze_writer", "query")])),
+    "bronze_process": (("own_process", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_nice", 19)]),
+                       ("same_jvm", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_nice", None)])),
     "jit": (("c2", [("spark", "java_options", JIT_VARIANTS["full"])]),
             ("c1_only", [("spark", "java_options", JIT_VARIANTS["c1"])])),
-    "scheduler": (("background_pool", [("streaming", "bronze_trigger_s", 5.0), ("streaming", "bronze_nice", None)]),
-                  ("fifo", [("streaming", "bronze_trigger_s", 5.0), ("streaming", "bronze_nice", None),
+    "scheduler": (("background_pool", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_trigger_s", 5.0),
+                                       ("streaming", "bronze_nice", None)]),
+                  ("fifo", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_trigger_s", 5.0),
+                            ("streaming", "bronze_nice", None),
                             ("spark", "conf", {"spark.scheduler.mode": "FIFO"})])),
 }
 

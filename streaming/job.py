@@ -145,22 +145,25 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
 
 
 def bronze_writer(settings: Settings, checkpoints: str, dedup: str) -> str:
-    """Who writes Bronze (``StreamingSettings.bronze_writer``): the way the lake's checkpoints were started with
-    (a Bronze query's checkpoint means ``query``; a silver checkpoint without one, ``silver_batch``), or for new
-    checkpoints the settings'. ``silver_batch`` needs the timers' de-duplication, which can keep duplicates."""
-    if storage.exists(settings, storage.join(checkpoints, "bronze")):
+    """Who writes Bronze (``StreamingSettings.bronze_writer``): the way the lake's checkpoints were started with,
+    recorded beside them (``bronze.writer``); checkpoints of a version without that record had Bronze's own
+    query. New checkpoints take the settings' way, but ``silver_batch`` needs the timers' de-duplication
+    (``dedup``), which can keep the duplicates for Bronze."""
+    record = storage.join(checkpoints, "bronze.writer")
+    if storage.exists(settings, record):
+        chosen = storage.read_text(settings, record).strip()
+    elif any(storage.exists(settings, storage.join(checkpoints, *path)) for path in (("bronze",), ("silver", "offsets"))):
         chosen = "query"
-    elif storage.exists(settings, storage.join(checkpoints, "silver", "offsets")):
-        chosen = "silver_batch"
     else:
         chosen = settings.streaming.bronze_writer
+        if chosen == "silver_batch" and dedup != "timers":
+            log.warning("Bronze is written by a query of its own: the silver query's de-duplication (%s) drops "
+                        "duplicates before its batches could write them", dedup)
+            chosen = "query"
+        storage.write_text(settings, record, chosen)
     if chosen != settings.streaming.bronze_writer:
         log.warning("the lake's checkpoints in %s were started with Bronze written by %s; they keep it", checkpoints,
                     "a query of its own" if chosen == "query" else "the silver query's batches")
-    if chosen == "silver_batch" and dedup != "timers":
-        log.warning("Bronze is written by a query of its own: the silver query's de-duplication (%s) drops "
-                    "duplicates before its batches could write them", dedup)
-        return "query"
     return chosen
 
 

@@ -33,20 +33,30 @@ def _file(folder, name: str, ids: list[str]) -> None:
     os.utime(path, (at, at))
 
 
-def _run(spark, folder, checkpoint, kind: str = "timers") -> tuple[list[list[str]], int]:
+def _run(spark, folder, checkpoint, kind: str = "timers", flagged: list | None = None) -> tuple[list[list[str]], int]:
     """One run to the end of ``folder``'s files, a file per batch, from ``checkpoint``: each batch's ids kept
-    (sorted), and the rows the operator counted as dropped (-1 with Spark's, which reports them in its progress)."""
+    (sorted), and the rows the operator counted as dropped (-1 with Spark's, which reports them in its progress).
+    With ``flagged`` (a list), duplicates are kept flagged: each batch's flagged ids (sorted) are appended to it."""
     from pyspark.sql import functions as F
 
     from streaming.job import drop_duplicates_within_window
 
     rows = (spark.readStream.schema("event_id string, n long").option("maxFilesPerTrigger", 1).parquet(str(folder))
             .withColumn("ingest_time", F.current_timestamp()))
-    deduped, dropped = drop_duplicates_within_window(rows, "event_id", "ingest_time", WINDOW_S, kind)
+    if flagged is not None:
+        rows = rows.withColumn("duplicate", F.lit(False))
+    deduped, dropped = drop_duplicates_within_window(rows, "event_id", "ingest_time", WINDOW_S, kind,
+                                                     flag=None if flagged is None else "duplicate")
     kept: list[list[str]] = []
 
     def batch(df, _batch_id) -> None:
-        ids = sorted(df.toArrow().column("event_id").to_pylist())
+        table = df.toArrow()
+        if flagged is not None:
+            duplicate = table.column("duplicate").to_pylist()
+            if any(duplicate):
+                flagged.append(sorted(i for i, d in zip(table.column("event_id").to_pylist(), duplicate) if d))
+            table = table.filter(pa.array([not d for d in duplicate]))
+        ids = sorted(table.column("event_id").to_pylist())
         if ids:
             kept.append(ids)
 
@@ -77,6 +87,21 @@ def test_a_key_is_dropped_while_its_window_lasts_and_kept_again_after_it_across_
     from streaming.job import dedup_kind
 
     assert dedup_kind(Settings(streaming={"dedup": "spark"}), str(checkpoint)) == "timers"
+
+
+def test_duplicates_kept_flagged_are_the_rows_the_operator_would_drop(spark, tmp_path):
+    """The silver query that writes Bronze keeps every row: the duplicates flagged, the rest as without the flag."""
+    files, checkpoint = tmp_path / "files", tmp_path / "checkpoint"
+    files.mkdir()
+    _file(files, "0", ["a", "b", "a", "c", "b", "a"])
+    _file(files, "1", ["c", "d", "e", "d"])
+    flagged: list[list[str]] = []
+    kept, dropped = _run(spark, files, checkpoint, flagged=flagged)
+    assert kept == [["a", "b", "c"], ["d", "e"]]
+    assert flagged == [["a", "a", "b"], ["c", "d"]]
+    assert dropped == 5  # counted as duplicates all the same
+    with pytest.raises(ValueError, match="timers"):
+        _run(spark, files, tmp_path / "spark-checkpoint", kind="spark", flagged=[])
 
 
 def test_a_checkpoint_keeps_the_operator_it_was_started_with(spark, tmp_path):

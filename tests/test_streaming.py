@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pyarrow.compute as pc
 import pytest
 from conftest import CHURN_BIN, free_ports, recent_evening, run_cli, settings_from
 
@@ -53,6 +54,16 @@ def start_stream(env: dict, *args: str, log=None) -> subprocess.Popen:
 rows = table_rows  # cheap enough to poll
 
 
+def stream_metrics(env: dict) -> dict[str, float]:
+    """The streaming job's Prometheus metrics (at ``CHURN_STREAMING__METRICS_PORT``), by series."""
+    import urllib.request
+
+    text = urllib.request.urlopen(
+        f"http://127.0.0.1:{env['CHURN_STREAMING__METRICS_PORT']}/metrics", timeout=5).read().decode()
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
 def wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
              log_path: Path | None = None) -> None:
     """Polls ``predicate`` until it holds; fails at ``timeout_s``, or at once if ``proc`` has exited (with the
@@ -78,9 +89,10 @@ def test_exactly_once_across_a_sigkill_and_a_sigterm_with_bad_and_duplicate_even
 
 
 def test_a_failed_query_stops_the_job_with_an_error_and_its_restart_loses_and_repeats_nothing(stream_env, tmp_path):
-    """The lake refusing one query's commits fails that query: `churn stream` exits with code 1, for its
-    supervisor to restart it, instead of running on with the other queries (which would leave the failed
-    one's table behind for good). Restarted once the lake is back, Bronze and Silver hold each record once."""
+    """The lake refusing Bronze's commits fails the query that writes it (the silver query, whose batches write
+    Bronze): `churn stream` exits with code 1, for its supervisor to restart it, instead of running on with the
+    other queries (which would leave the failed one's tables behind for good). Restarted once the lake is back,
+    Bronze and Silver hold each record once."""
     env, s = stream_env
     lake = tmp_path / "lake"
     end = recent_evening() - 2 * DAY
@@ -101,7 +113,7 @@ def test_a_failed_query_stops_the_job_with_an_error_and_its_restart_loses_and_re
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert "query bronze failed" in (tmp_path / "stream.log").read_text()
+    assert "query silver failed" in (tmp_path / "stream.log").read_text()
 
     delta_log.unlink()
     (tmp_path / "bronze-delta-log").rename(delta_log)
@@ -152,7 +164,8 @@ def test_on_a_spark_cluster_with_the_lake_on_s3_exactly_once_across_kills(s3_and
     assert not (tmp_path / "lake").exists() and not (tmp_path / "checkpoints").exists()
     bucket = s.run_dir / "s3" / "data" / s.s3.bucket / s.s3.prefix
     assert {p.name for p in (bucket / "lake").iterdir()} >= {"bronze", "silver", "quarantine", "feature_history"}
-    assert {p.name for p in (bucket / "checkpoints").iterdir()} >= {"bronze", "silver"}
+    checkpoints = {p.name for p in (bucket / "checkpoints").iterdir()}
+    assert "silver" in checkpoints and "bronze" not in checkpoints  # the silver query's batches write Bronze
     # and the work ran on the cluster: the master lists the job's two runs, each given the workers' cores
     from churn.stack.services import spark_master_status
 
@@ -335,33 +348,27 @@ def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(str
         assert freshness < 10, f"feature took {freshness:.1f} s to reach Feast"
 
         # the job's Prometheus endpoint reports what it did (once the batch's accounting is written)
-        import urllib.request
-
         def metrics() -> dict[str, float]:
-            text = urllib.request.urlopen(
-                f"http://127.0.0.1:{env['CHURN_STREAMING__METRICS_PORT']}/metrics", timeout=5).read().decode()
-            return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-                    if line and not line.startswith("#")}
+            return stream_metrics(env)
 
         wait_for(lambda: metrics().get("churn_stream_silver_rows_total") == report.good + 1, 60, "the metrics")
         m = metrics()
         assert m['churn_stream_batch_duration_seconds_count{query="silver"}'] >= 2
         assert 0 <= m["churn_stream_feature_freshness_seconds"] < time.time() - end  # the fresh event is newest
 
-        # Bronze runs in a process of its own at streaming.bronze_nice, its Spark JVM under it at the same
-        # niceness, and its batches reach the job's metrics
-        wait_for(lambda: metrics().get('churn_stream_input_rows_total{query="bronze"}', 0) >= report.cdr_messages,
-                 120, "Bronze's batches in the metrics")
-        assert metrics()['churn_stream_query_active{query="bronze"}'] == 1
+        # Bronze is written by the silver query's batches (Kafka read once): no query or process of its own, and
+        # every record in it as it arrived, the fresh event included
         import psutil
 
-        job = psutil.Process(proc.pid)
-        bronze = [c for c in job.children() if "spawn_main" in " ".join(c.cmdline())]
-        assert len(bronze) == 1, [c.cmdline() for c in job.children()]
-        assert bronze[0].nice() == s.streaming.bronze_nice == 19
-        assert job.nice() == 0
-        jvm = [c for c in bronze[0].children() if "java" in " ".join(c.cmdline())]
-        assert len(jvm) == 1 and jvm[0].nice() == 19
+        assert 'churn_stream_query_active{query="bronze"}' not in metrics()
+        assert not [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        bronze = table(lake / "bronze")
+        assert bronze.num_rows == report.cdr_messages + 1
+        fresh = bronze.filter(pc.equal(bronze.column("value"), orjson.dumps(event))).to_pylist()
+        assert len(fresh) == 1
+        assert (fresh[0]["key"], fresh[0]["topic"], fresh[0]["headers"], fresh[0]["kafka_timestamp_type"]) == (
+            customer.encode(), s.topics.cdr.name, [], 0)
+        assert abs(fresh[0]["kafka_timestamp"].timestamp() - sent) < 10
     finally:
         proc.send_signal(signal.SIGTERM)  # graceful stop
         assert proc.wait(timeout=120) == 0, (tmp_path / "stream.log").read_text()[-3000:]
@@ -396,6 +403,65 @@ def test_features_reach_feast_within_seconds_and_equal_the_batch_computation(str
         assert named.loc[customer, "ref_time"] == pytest.approx(online[customer]["ref_time"], abs=1e-6)
         for name in SUM_FEATURES:
             assert named.loc[customer, name] == pytest.approx(online[customer][name], rel=1e-9, abs=1e-9)
+
+
+def test_a_lake_started_with_bronze_as_a_query_of_its_own_keeps_it_in_a_process_of_its_own(stream_env, tmp_path):
+    """``streaming.bronze_writer`` = ``query``: Bronze is a query of its own, in a process of its own at
+    ``streaming.bronze_nice`` with its Spark JVM under it, and its batches reach the job's metrics. Restarted
+    with the default settings (the silver query's batches write Bronze), the lake keeps its Bronze query:
+    every record in Bronze once, every valid event in Silver once."""
+    import psutil
+
+    env, s = stream_env
+    lake, log_path = tmp_path / "lake", tmp_path / "stream.log"
+    end = recent_evening() - 2 * DAY
+    report = ProduceReport(run_id="t")
+    sender = StepProducer(s, report)
+    sim = Simulator(seed=9, start_s=end - DAY, end_s=end, customers=100, bad_ratio=0.02, duplicate_ratio=0.03)
+    run_backfill(s, sim, until_s=end - 0.5 * DAY, sender=sender)
+    log = open(log_path, "ab")
+    proc = start_stream({**env, "CHURN_STREAMING__BRONZE_WRITER": "query", "CHURN_STREAMING__BRONZE_TRIGGER_S": "5"},
+                        log=log)
+    try:
+        wait_for(lambda: stream_metrics(env).get('churn_stream_input_rows_total{query="bronze"}', 0)
+                 >= report.cdr_messages, 240, "Bronze's batches in the metrics", proc, log_path)
+        assert stream_metrics(env)['churn_stream_query_active{query="bronze"}'] == 1
+        job = psutil.Process(proc.pid)
+        bronze = [c for c in job.children() if "spawn_main" in " ".join(c.cmdline())]
+        assert len(bronze) == 1, [c.cmdline() for c in job.children()]
+        assert bronze[0].nice() == s.streaming.bronze_nice == 19
+        assert job.nice() == 0
+        jvm = [c for c in bronze[0].children() if "java" in " ".join(c.cmdline())]
+        assert len(jvm) == 1 and jvm[0].nice() == 19
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+
+    run_backfill(s, sim, sender=sender)
+    final = start_stream(env, "--available-now", log=log)  # the default: Bronze written by the silver batches
+    assert final.wait(timeout=400) == 0, log_path.read_text()[-5000:]
+    assert "were started with Bronze written by a query of its own; they keep it" in log_path.read_text()
+    assert report.failed == 0
+    bronze = table(lake / "bronze", ["partition", "offset"])
+    positions = set(zip(bronze.column("partition").to_pylist(), bronze.column("offset").to_pylist()))
+    assert bronze.num_rows == len(positions) == report.cdr_messages
+    silver_ids = table(lake / "silver", ["event_id"]).column("event_id").to_pylist()
+    assert len(silver_ids) == len(set(silver_ids)) == report.good
+
+
+def test_a_lake_keeps_the_bronze_writer_its_checkpoints_were_started_with(tmp_path):
+    from streaming.job import bronze_writer
+
+    def writer(checkpoints: str, setting: str, dedup: str = "timers") -> str:
+        return bronze_writer(Settings(streaming={"bronze_writer": setting}), str(tmp_path / checkpoints), dedup)
+
+    assert writer("a", "silver_batch") == "silver_batch"  # new checkpoints: the settings' way, recorded
+    assert writer("a", "query") == "silver_batch"
+    assert writer("b", "query") == "query" and writer("b", "silver_batch") == "query"
+    assert writer("c", "silver_batch", dedup="spark") == "query"  # Spark's de-duplication drops the duplicates
+    assert writer("c", "silver_batch") == "query"
+    (tmp_path / "d" / "silver" / "offsets").mkdir(parents=True)  # an earlier version's: Bronze had its own query
+    assert writer("d", "silver_batch") == "query"
 
 
 def test_a_batch_replayed_after_a_restart_is_written_once_and_new_batches_always(tmp_path):
