@@ -58,7 +58,7 @@ RUNS = 3
 SUSTAINED_RATES = [4000, 8000, 16000, 32000, 50000]
 SUSTAINED_SECONDS = 60
 SUSTAINED_WARM_UP = (2000, 30)  # events/s, seconds
-RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, "stream_dedup_state": 1, "stream_dedup_live": 1, "stream_jit_catchup": 1, "stream_jit_live": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 4, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
+RUNS_BY_BENCH = {"api": 1, "model_selection_telco": 1, "realtime_stream": 1, "realtime_stream_long": 1, "realtime_score": 1, "score_vs_echo": 1, "score_fetch": 1, "score_work_by_batch": 1, "security": 1, "stream_s3": 1, "chaos": 1, "security_stream": 1, "score_commit_interval": 1, "stream_dedup_state": 1, "stream_dedup_live": 1, "stream_jit_catchup": 1, "stream_jit_live": 1, **{f"stream_ab_{c}": 1 for c in CHANGES}, "stream_sustained": 1, "stream_vs_feast_processor": 4, "stream_catchup_rate": 1, "score": 1, "score_overlay": 1, "score_overlay_with_stream": 1, "score_broker_restart": 1, "gold": 1,
                  "simulator_behaviour_auc": 1}  # minutes per run on 2 cores; the AUC is deterministic
 DAY = 86400.0
 EARLIER_KEPT = 5  # earlier results of a figure kept in results.json (value, runs, date)
@@ -427,6 +427,24 @@ def bench_realtime_score(s: Settings) -> dict:
     return out
 
 
+LONG_RUN_S = 300.0
+
+
+def bench_realtime_stream_long(s: Settings) -> dict:
+    """The whole streaming job live for 5 minutes at 50 % of the Bronze-alone ceiling of the latest
+    ``realtime_stream`` run in results.json (whose live rates run a minute each): whether the lag holds over
+    minutes, and feature freshness p99 over the run and by minute."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "realtime_bronze_alone_rate" not in results:
+        raise SystemExit("run `bench/run.py realtime_stream` first: its Bronze-alone ceiling sets the rate fed")
+    ceiling = results["realtime_bronze_alone_rate"]["value"]
+    name = "realtime_stream_freshness_p99_at_50pct_5min"
+    value, unit, detail = bench_stream_sustained(s, {name: round(0.5 * ceiling)}, stop_when_behind=False,
+                                                 seconds=LONG_RUN_S)[name]
+    return {name: (value, unit, {**detail, "fraction_of_ceiling": 0.5, "ceiling": round(ceiling),
+                                 "ceiling_measured": results["realtime_bronze_alone_rate"]["date"]})}
+
+
 def bench_score_vs_echo(s: Settings) -> dict:
     """The scoring worker's visible latency against the floor of its parts (the echo worker), on one stack,
     at 25 and 50 % of the max rate of the latest ``realtime_score`` run in results.json."""
@@ -482,6 +500,7 @@ def main(selector: str = "") -> None:
                "gold": (bench_gold, "settings"),
                "simulator_behaviour_auc": (bench_simulator_behaviour_auc, "settings"),
                "realtime_stream": (bench_realtime_stream, "stack"),
+               "realtime_stream_long": (bench_realtime_stream_long, "stack"),
                "realtime_score": (bench_realtime_score, "stack"),
                "score_vs_echo": (bench_score_vs_echo, "stack"),
                "score_fetch": (bench_score_fetch, "stack"),
