@@ -7,6 +7,7 @@ import os
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -55,7 +56,7 @@ def _run(spark, folder, checkpoint, kind: str = "timers", flagged: list | None =
             duplicate = table.column("duplicate").to_pylist()
             if any(duplicate):
                 flagged.append(sorted(i for i, d in zip(table.column("event_id").to_pylist(), duplicate) if d))
-            table = table.filter(pa.array([not d for d in duplicate]))
+            table = table.filter(pc.invert(table.column("duplicate")))
         ids = sorted(table.column("event_id").to_pylist())
         if ids:
             kept.append(ids)
