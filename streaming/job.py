@@ -54,6 +54,7 @@ from churn.lake import LakePaths
 from churn.security import redis_options, spark_kafka_options
 from churn.spark import BACKGROUND_POOL
 from streaming import bronze_process, metrics
+from streaming.deferred_query import DeferredQuery
 from streaming.feature_state import HISTORY_SCHEMA, FeatureState
 from streaming.parse import (CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_COLUMNS, RAW_INPUTS, SPARK_DDL, SPARK_DDL_WITH_RAW,
                              validate_arrow)
@@ -389,17 +390,26 @@ class StreamingJob:
         return query
 
     # -- profiles --------------------------------------------------------------------------
-    def start_profiles(self):
+    def start_profiles(self, after=None):
+        """Start the profiles query, or with ``after`` (a started query) once that one has run its first batch
+        (``streaming.deferred_query``): started together, the two first batches share the cores."""
+        if after is not None:
+            query = DeferredQuery("profiles", self._profiles_query,
+                                  ready=lambda: after.lastProgress is not None or not after.isActive)
+        else:
+            query = self._profiles_query()
+        self.queries.append(query)
+        return query
+
+    def _profiles_query(self):
         st = self.settings.streaming
         upserts = self._kafka(st.profiles_max_offsets_per_trigger, self.settings.topics.customer_profiles.name)
-        query = (
+        return (
             upserts.select("partition", "offset", "value").writeStream.queryName("profiles")
             .foreachBatch(self._profiles_batch)
             .option("checkpointLocation", storage.join(self.checkpoints, "profiles"))
             .trigger(**self._trigger(st.profiles_trigger_s)).start()
         )
-        self.queries.append(query)
-        return query
 
     def _profiles_batch(self, df, batch_id: int) -> None:
         """One batch of profile upserts (few: profiles change rarely), handled on the driver."""
@@ -747,8 +757,7 @@ class StreamingJob:
                 self.queries.append(bronze_process.BronzeProcess(self.settings))
             else:
                 self.start_bronze()
-        self.start_silver()
-        self.start_profiles()
+        self.start_profiles(after=self.start_silver())
 
     def stop(self, between_batches_within_s: float = 45.0) -> None:
         """Stop every query, each between two of its micro-batches: stopping one mid-batch interrupts
