@@ -309,7 +309,7 @@ class StreamingJob:
         self._redis = None
         self._online_writer = None  # churn.online_writer.FeastRedisWriter, opened on the first push
         self._feature_state: FeatureState | None = None
-        self._writers = ThreadPoolExecutor(5, thread_name_prefix="delta-write")
+        self._writers = ThreadPoolExecutor(6, thread_name_prefix="delta-write")  # a batch's writes at once
         self.last_pushed_ref_time = 0.0
         self.queries = []
         self._duplicates = None  # the silver query's count of duplicates dropped (timers: see start_silver)
