@@ -94,10 +94,14 @@ class DeferredQuery:
         return self._query.recentProgress if self._query is not None else []
 
     def awaitTermination(self, timeout: float | None = None):
+        """As ``StreamingQuery.awaitTermination``, waiting first for the query to start; ``timeout`` covers both."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._thread.join(timeout)
-        if self._query is not None:
-            return self._query.awaitTermination(timeout) if timeout is not None else self._query.awaitTermination()
-        return not self._thread.is_alive()
+        if self._query is None:
+            return not self._thread.is_alive()
+        if deadline is None:
+            return self._query.awaitTermination()
+        return self._query.awaitTermination(max(deadline - time.monotonic(), 0.001))  # Spark: a positive timeout
 
     def stop(self) -> None:
         with self._lock:

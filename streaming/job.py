@@ -150,22 +150,29 @@ def bronze_writer(settings: Settings, checkpoints: str, dedup: str) -> str:
     recorded beside them (``bronze.writer``); checkpoints of a version without that record had Bronze's own
     query. New checkpoints take the settings' way, but ``silver_batch`` needs the timers' de-duplication
     (``dedup``), which can keep the duplicates for Bronze."""
-    record = storage.join(checkpoints, "bronze.writer")
-    if storage.exists(settings, record):
-        chosen = storage.read_text(settings, record).strip()
-    elif any(storage.exists(settings, storage.join(checkpoints, *path)) for path in (("bronze",), ("silver", "offsets"))):
-        chosen = "query"
-    else:
+    chosen = _recorded_bronze_writer(settings, checkpoints)
+    if chosen is None:
         chosen = settings.streaming.bronze_writer
         if chosen == "silver_batch" and dedup != "timers":
             log.warning("Bronze is written by a query of its own: the silver query's de-duplication (%s) drops "
                         "duplicates before its batches could write them", dedup)
             chosen = "query"
-        storage.write_text(settings, record, chosen)
+        storage.write_text(settings, storage.join(checkpoints, "bronze.writer"), chosen)
     if chosen != settings.streaming.bronze_writer:
         log.warning("the lake's checkpoints in %s were started with Bronze written by %s; they keep it", checkpoints,
                     "a query of its own" if chosen == "query" else "the silver query's batches")
     return chosen
+
+
+def _recorded_bronze_writer(settings: Settings, checkpoints: str) -> str | None:
+    """Who writes Bronze for the lake whose checkpoints are ``checkpoints``, as its record says (``query`` for
+    checkpoints of a version without the record), or None for checkpoints not started yet."""
+    record = storage.join(checkpoints, "bronze.writer")
+    if storage.exists(settings, record):
+        return storage.read_text(settings, record).strip()
+    if any(storage.exists(settings, storage.join(checkpoints, *path)) for path in (("bronze",), ("silver", "offsets"))):
+        return "query"
+    return None
 
 
 def drop_duplicates_within_window(rows, key: str, time: str, window_s: float, kind: str = "timers",
@@ -203,8 +210,8 @@ def cdr_checkpoints(settings: Settings) -> list[str]:
     where the lake has one (``bronze_writer``): Bronze and Silver hold every record below the offsets that all
     of them have committed."""
     checkpoints = storage.checkpoints_url(settings)
-    bronze = storage.join(checkpoints, "bronze")
-    return [storage.join(checkpoints, "silver"), *([bronze] if storage.exists(settings, bronze) else [])]
+    own_query = _recorded_bronze_writer(settings, checkpoints) == "query"
+    return [storage.join(checkpoints, query) for query in ("silver", *(("bronze",) if own_query else ()))]
 
 
 def batch_offsets(settings: Settings, checkpoint: str, batch_id: int, topic: str) -> dict[int, int]:
@@ -299,6 +306,8 @@ class StreamingJob:
         self.silver_writer = _app_id(settings, self.checkpoints, "silver")
         self.dedup = dedup_kind(settings, storage.join(self.checkpoints, "silver"))
         self.bronze_writer = bronze_writer(settings, self.checkpoints, self.dedup)
+        # the silver batches write Bronze: the query keeps every record's raw columns, and its duplicates, flagged
+        self._batches_write_bronze = self.bronze_writer == "silver_batch"
         # batches at most this old may have run (and written) before this process: see ``_append``
         self._may_replay_upto = last_planned_batch(settings, storage.join(self.checkpoints, "silver"))
         self._max_event_time: dict[int, dict[int, float]] = {}
@@ -365,7 +374,7 @@ class StreamingJob:
 
         self._load_progress()
         st = self.settings.streaming
-        raw = self.bronze_writer == "silver_batch"  # the batches write Bronze: every record's raw columns kept
+        raw = self._batches_write_bronze
         records = self._kafka(st.max_offsets_per_trigger).select(*KAFKA_INPUTS, *(RAW_INPUTS if raw else ()))
         if st.validate_tasks > 0:
             records = records.coalesce(st.validate_tasks)
@@ -538,7 +547,7 @@ class StreamingJob:
         late = F.col("reason").isNull() & F.coalesce(F.col("event_time") < partition_wm, F.lit(False))
         reason = F.when(late, F.lit(LATE_EVENT)).otherwise(F.col("reason"))
         kept = reason.isNull()
-        raw = self.bronze_writer == "silver_batch"
+        raw = self._batches_write_bronze
         # The batch's only Spark job (Kafka read, validation, de-duplication): every column a table needs, to the
         # driver as Arrow; the raw key and bytes only of the records quarantined, unless the batch writes Bronze
         # (every record as it arrived, duplicates included: ``duplicate``). Everything after runs here:

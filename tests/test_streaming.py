@@ -465,6 +465,16 @@ def test_a_lake_keeps_the_bronze_writer_its_checkpoints_were_started_with(tmp_pa
     (tmp_path / "d" / "silver" / "offsets").mkdir(parents=True)  # an earlier version's: Bronze had its own query
     assert writer("d", "silver_batch") == "query"
 
+    # what the CDR tables' offsets are read from: Bronze's own checkpoint only where the lake has that query
+    from streaming.job import cdr_checkpoints
+
+    def checkpoints(name: str) -> list[str]:
+        return cdr_checkpoints(Settings(streaming={"checkpoint_dir": str(tmp_path / name)}))
+
+    assert checkpoints("a") == [str(tmp_path / "a" / "silver")]
+    assert checkpoints("b") == [str(tmp_path / "b" / "silver"), str(tmp_path / "b" / "bronze")]
+    assert checkpoints("d") == [str(tmp_path / "d" / "silver"), str(tmp_path / "d" / "bronze")]
+
 
 def test_a_batch_replayed_after_a_restart_is_written_once_and_new_batches_always(tmp_path):
     """The Delta writes' idempotence (``StreamingJob._append``) on real Delta tables: a batch that may
