@@ -56,7 +56,7 @@ from churn.spark import BACKGROUND_POOL
 from streaming import bronze_process, metrics
 from streaming.deferred_query import DeferredQuery
 from streaming.feature_state import HISTORY_SCHEMA, FeatureState
-from streaming.parse import (CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_COLUMNS, RAW_INPUTS, SPARK_DDL, SPARK_DDL_WITH_RAW,
+from streaming.parse import (CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_INPUTS, SPARK_DDL, SPARK_DDL_WITH_RAW,
                              validate_arrow)
 
 LATE_EVENT = "late_event:event_time"
@@ -75,7 +75,12 @@ CHECKPOINT_INTERVAL = {"silver": 101, "feature_history": 103, "quarantine": 107,
 #: five new classes, 5-30 ms each, on the cores the batch needs. Interpreted, the batch takes 0.25-0.3 s
 #: less at 2,000 CDRs and 0.25 s less at 20,000 (alternating runs). Bronze keeps code generation: its large
 #: batches ran 5-15 % slower without it. Set on the session only while the query starts, which keeps a copy.
-SILVER_QUERY_CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+#: Spark also checks the size of the Arrow batch it is filling for Python after every row it adds, unless the
+#: limit is ``Int.MaxValue``: for the silver query's Kafka headers (a list of structs) that check walked the
+#: batch's nested vectors per row, a fifth of the executors' time. The batches stay bounded by their row count
+#: (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000).
+SILVER_QUERY_CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+                     "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
 log = logging.getLogger("churn.stream")
 
 
@@ -262,6 +267,54 @@ QUARANTINE_COLUMNS = ["kafka_key", "value", "kafka_partition", "kafka_offset", "
                       "reason_detail", "event_id", "event_time", "ingest_time", "batch_id", "quarantine_date"]
 
 
+def _with_verdicts(batch: pa.Table, watermarks: dict[int, float], batch_id: int) -> pa.Table:
+    """A batch's rows (as the silver query makes them) with their final verdict and the batch's own columns: a
+    valid event older than its Kafka partition's watermark (``watermarks``, epoch seconds) gets ``LATE_EVENT``
+    as its reason; ``batch_id``, ``event_date`` (of ``event_time``) and ``quarantine_date`` (of
+    ``ingest_time``) are added.
+
+    >>> from datetime import datetime, timezone
+    >>> t = lambda s: datetime.fromtimestamp(s, timezone.utc)
+    >>> rows = pa.table({"kafka_partition": pa.array([0, 0, 1, 2], pa.int32()),
+    ...                  "event_time": pa.array([t(50), t(150), t(50), None], pa.timestamp("us", tz="UTC")),
+    ...                  "ingest_time": pa.array([t(200)] * 4, pa.timestamp("us", tz="UTC")),
+    ...                  "reason": [None, None, None, "malformed_json"], "reason_detail": [None, None, None, "x"]})
+    >>> out = _with_verdicts(rows, {0: 100.0, 2: 100.0}, 7)
+    >>> out.column("reason").to_pylist()
+    ['late_event:event_time', None, None, 'malformed_json']
+    >>> out.column("reason_detail").to_pylist()[0]
+    "event_time older than its partition's watermark 1970-01-01 00:01:40"
+    >>> out.column("batch_id").to_pylist(), [str(d) for d in out.column("event_date").to_pylist()[:1]]
+    ([7, 7, 7, 7], ['1970-01-01'])
+    """
+    import pyarrow.compute as pc
+
+    rows = batch.num_rows
+    partitions = batch.column("kafka_partition")
+    reason, detail = batch.column("reason"), batch.column("reason_detail")
+    if watermarks and rows:
+        # each row's partition's watermark (microseconds; null where its partition has none yet)
+        size = max(max(watermarks), int(pc.max(partitions).as_py() or 0)) + 1
+        by_partition = pa.array([None if p not in watermarks else round(watermarks[p] * 1e6) for p in range(size)],
+                                pa.int64())
+        row_watermark = by_partition.take(pc.fill_null(partitions, 0))
+        late = pc.fill_null(pc.and_(pc.is_null(reason), pc.less(batch.column("event_time").cast(pa.int64()),
+                                                                   row_watermark)), False)
+        if pc.any(late).as_py():
+            text = pa.array([None if w is None else
+                             "event_time older than its partition's watermark "
+                             + datetime.fromtimestamp(w / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+                             .rstrip("0").rstrip(".") for w in by_partition.to_pylist()], pa.string())
+            reason = pc.if_else(late, pa.scalar(LATE_EVENT), reason)
+            detail = pc.if_else(late, text.take(pc.fill_null(partitions, 0)), detail)
+    day = pa.date32()
+    return (batch.set_column(batch.schema.get_field_index("reason"), "reason", reason)
+            .set_column(batch.schema.get_field_index("reason_detail"), "reason_detail", detail)
+            .append_column("batch_id", pa.array([batch_id] * rows, pa.int64()))
+            .append_column("event_date", batch.column("event_time").cast(pa.timestamp("us")).cast(day))
+            .append_column("quarantine_date", batch.column("ingest_time").cast(pa.timestamp("us")).cast(day)))
+
+
 @contextmanager
 def _session_conf(spark, conf: dict[str, str]):
     """``conf`` set on the session inside the block, then the session's own values back. A streaming query
@@ -379,12 +432,7 @@ class StreamingJob:
         if st.validate_tasks > 0:
             records = records.coalesce(st.validate_tasks)
         parsed = records.mapInArrow(validate_arrow, SPARK_DDL_WITH_RAW if raw else SPARK_DDL).withColumn(
-            "dedup_key",
-            F.when(F.col("reason").isNull(), F.col("event_id")).otherwise(
-                F.concat(F.lit("invalid:"), F.col("kafka_partition"), F.lit(":"), F.col("kafka_offset"))),
-        ).withColumn("ingest_time", F.current_timestamp())  # the batch's time, the same when it is replayed
-        if raw:
-            parsed = parsed.withColumn("duplicate", F.lit(False))
+            "ingest_time", F.current_timestamp())  # the batch's time, the same when it is replayed
         checkpoint = storage.join(self.checkpoints, "silver")
         deduped, self._duplicates = drop_duplicates_within_window(
             parsed, "dedup_key", "ingest_time", st.dedup_window_s, self.dedup, flag="duplicate" if raw else None)
@@ -537,34 +585,18 @@ class StreamingJob:
         """One micro-batch: one Spark job brings its verdicts and rows to the driver; from there the features are
         pushed to Feast first (freshness) while the Delta writes and dead letters run beside them."""
         import pyarrow.compute as pc
-        from pyspark.sql import functions as F
 
         clock = _PhaseClock()
-        wm = self.watermark_before(batch_id)
-        wm_col = F.create_map(*[x for p, t in sorted(wm.items()) for x in (F.lit(p), F.lit(t))]) \
-            if wm else F.create_map().cast("map<int,double>")
-        partition_wm = F.element_at(wm_col, F.col("kafka_partition")).cast("timestamp")
-        late = F.col("reason").isNull() & F.coalesce(F.col("event_time") < partition_wm, F.lit(False))
-        reason = F.when(late, F.lit(LATE_EVENT)).otherwise(F.col("reason"))
-        kept = reason.isNull()
+        # The batch's only Spark job (Kafka read, validation, de-duplication) brings the rows to the driver as
+        # Arrow, as the query made them; what depends on the batch (its id, its watermarks) is added here, in
+        # Arrow, instead of as expressions the executors evaluate row by row (the silver query runs without code
+        # generation). Everything after runs here too: the counts, the features (numpy), and the writes through
+        # delta-rs and a Kafka producer.
+        # As Spark jobs of their own, the Silver write, the quarantine write and the dead letters cost 0.3-1.0 s
+        # each per batch on two cores, whatever its size, competing with each other and the next batch.
         raw = self._batches_write_bronze
-        # The batch's only Spark job (Kafka read, validation, de-duplication): every column a table needs, to the
-        # driver as Arrow; the raw key and bytes only of the records quarantined, unless the batch writes Bronze
-        # (every record as it arrived, duplicates included: ``duplicate``). Everything after runs here:
-        # the counts, the features (numpy), and the writes through delta-rs and a Kafka producer. As Spark
-        # jobs of their own, the Silver write, the quarantine write and the dead letters cost 0.3-1.0 s each
-        # per batch on two cores, whatever its size, competing with each other and the next batch for the cores.
-        local = df.select(
-            *(c for c in SILVER_COLUMNS if c not in ("batch_id", "event_date")),
-            F.when(kept, F.lit(None)).otherwise(F.col("kafka_key")).alias("kafka_key"),
-            F.col("value") if raw else F.when(kept, F.lit(None)).otherwise(F.col("value")).alias("value"),
-            *(F.col(name) for name in (*(n for _, n, _ in RAW_COLUMNS), "duplicate") if raw),
-            reason.alias("reason"),
-            F.when(late, F.concat(F.lit("event_time older than its partition's watermark "),
-                                  partition_wm.cast("string"))).otherwise(F.col("reason_detail")).alias("reason_detail"),
-            F.lit(batch_id).cast("long").alias("batch_id"), F.to_date("event_time").alias("event_date"),
-            F.to_date("ingest_time").alias("quarantine_date"),
-        ).toArrow()
+        wm = self.watermark_before(batch_id)
+        local = _with_verdicts(df.toArrow(), wm, batch_id)
         self._count_duplicates()
         if local.num_rows == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
             return

@@ -40,7 +40,10 @@ def _contract_columns() -> list[tuple[str, pa.DataType, str]]:
 
 CONTRACT_COLUMNS = _contract_columns()
 VERDICT_COLUMNS = [("reason", pa.string(), "string"), ("reason_detail", pa.string(), "string")]
-ALL_COLUMNS = KAFKA_COLUMNS + CONTRACT_COLUMNS + VERDICT_COLUMNS
+#: What the silver query de-duplicates on: a valid record's ``event_id``; an invalid one is never a duplicate of
+#: another (``invalid:<partition>:<offset>``).
+DEDUP_KEY_COLUMNS = [("dedup_key", pa.string(), "string")]
+ALL_COLUMNS = KAFKA_COLUMNS + CONTRACT_COLUMNS + VERDICT_COLUMNS + DEDUP_KEY_COLUMNS
 ARROW_SCHEMA = pa.schema([(n, t) for n, t, _ in ALL_COLUMNS])
 SPARK_DDL = ", ".join(f"{n} {d}" for n, _, d in ALL_COLUMNS)
 #: The rest of a Kafka record, for Bronze (``streaming.bronze_writer`` = ``silver_batch``): Spark's Kafka source
@@ -51,7 +54,8 @@ RAW_COLUMNS = [
     ("topic", "topic", "string"),
     ("timestampType", "kafka_timestamp_type", "int"),
 ]
-SPARK_DDL_WITH_RAW = ", ".join([SPARK_DDL, *(f"{out} {ddl}" for _, out, ddl in RAW_COLUMNS)])
+#: With ``RAW_COLUMNS``, also ``duplicate``: false as validated, true where the de-duplication finds a duplicate.
+SPARK_DDL_WITH_RAW = ", ".join([SPARK_DDL, *(f"{out} {ddl}" for _, out, ddl in RAW_COLUMNS), "duplicate boolean"])
 #: The columns of Spark's Kafka source that ``validate_arrow`` reads; with ``RAW_INPUTS``, those it passes through.
 KAFKA_INPUTS = ["key", "value", "partition", "offset", "timestamp"]
 RAW_INPUTS = [name for name, _, _ in RAW_COLUMNS if name not in KAFKA_INPUTS]
@@ -73,6 +77,7 @@ def validate_records(keys, values, partitions, offsets, timestamps_us) -> pa.Rec
                 out[name].append(None)
             out["reason"].append(violation.reason)
             out["reason_detail"].append(violation.detail[:500])
+            out["dedup_key"].append(f"invalid:{part}:{off}")
             continue
         for name, ddl in fields:
             v = event.get(name)
@@ -85,13 +90,14 @@ def validate_records(keys, values, partitions, offsets, timestamps_us) -> pa.Rec
             out[name].append(v)
         out["reason"].append(None)
         out["reason_detail"].append(None)
+        out["dedup_key"].append(event["event_id"])
     return pa.RecordBatch.from_arrays([pa.array(out[n], type=t) for n, t, _ in ALL_COLUMNS], schema=ARROW_SCHEMA)
 
 
 def validate_arrow(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """``mapInArrow`` function over Kafka rows (key, value, partition, offset, timestamp). Rows that also
-    carry ``RAW_COLUMNS`` (headers, topic, timestampType) come out with them appended, as they came in
-    (output schema ``SPARK_DDL_WITH_RAW``)."""
+    carry ``RAW_COLUMNS`` (headers, topic, timestampType) come out with them appended, as they came in, and
+    ``duplicate`` false (output schema ``SPARK_DDL_WITH_RAW``)."""
     for batch in batches:
         raw = [batch.column(name) for name, _, _ in RAW_COLUMNS] if "headers" in batch.schema.names else None
         ts = batch.column("timestamp").cast(pa.int64()).to_pylist()  # microseconds
@@ -99,6 +105,7 @@ def validate_arrow(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
         out = validate_records(keys, batch.column("value").to_pylist(), batch.column("partition").to_pylist(),
                                batch.column("offset").to_pylist(), ts)
         if raw is not None:
-            out = pa.RecordBatch.from_arrays([*out.columns, *raw],
-                                             names=[*out.schema.names, *(n for _, n, _ in RAW_COLUMNS)])
+            not_duplicate = pa.array([False] * batch.num_rows, pa.bool_())
+            out = pa.RecordBatch.from_arrays([*out.columns, *raw, not_duplicate],
+                                             names=[*out.schema.names, *(n for _, n, _ in RAW_COLUMNS), "duplicate"])
         yield out
