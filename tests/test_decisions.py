@@ -179,18 +179,21 @@ def _after_burst(state: dict, customer: str, start: float, n: int = 40) -> dict:
 
 def _burst_probe(model, profiles, found: dict) -> str | None:
     """The calm churner whom a burst of 40 dropped care calls takes furthest into the high band (risk >= 0.6
-    after it, 0.3 more than before): in a simulator where loyal customers have billing disputes too, a
-    burst of care calls alone does not make every customer risky, so the test picks one it does."""
+    after it, 0.4 more than after its first call): in a simulator where loyal customers have billing disputes
+    too, a burst of care calls alone does not make every customer risky, and for some one dropped call is
+    enough, so the test picks one the burst as a whole does. The simulated history ends at the latest
+    evening (``recent_evening``), so which churners qualify changes from day to day."""
     from churn.model.inputs import matrix
 
     now = time.time()
     best, rise = None, 0.4  # the test asserts a rise of 0.3 from the burst's first score to its last
     for cid, state in found.items():
         before = _moved(state, now - 47)
-        after = _after_burst(before, cid, now)
-        calm, risky = model.predict(matrix([profiles[cid]] * 2, [before, after], [now, after["ref_time"]]))
-        if calm < 0.3 and risky >= 0.6 and risky - calm > rise:
-            best, rise = cid, float(risky - calm)
+        first, after = _after_burst(before, cid, now, n=1), _after_burst(before, cid, now)
+        calm, first_call, risky = model.predict(matrix([profiles[cid]] * 3, [before, first, after],
+                                                       [now, first["ref_time"], after["ref_time"]]))
+        if calm < 0.3 and risky >= 0.6 and risky - first_call > rise:
+            best, rise = cid, float(risky - first_call)
     return best
 
 
