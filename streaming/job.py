@@ -293,11 +293,11 @@ def _with_verdicts(batch: pa.Table, watermarks: dict[int, float], batch_id: int)
     partitions = batch.column("kafka_partition")
     reason, detail = batch.column("reason"), batch.column("reason_detail")
     if watermarks and rows:
-        # each row's partition's watermark (microseconds; null where its partition has none yet)
+        # each row's partition's watermark (microseconds; null where its partition has none yet, so never late)
         size = max(max(watermarks), int(pc.max(partitions).as_py() or 0)) + 1
         by_partition = pa.array([None if p not in watermarks else round(watermarks[p] * 1e6) for p in range(size)],
                                 pa.int64())
-        row_watermark = by_partition.take(pc.fill_null(partitions, 0))
+        row_watermark = by_partition.take(partitions)
         late = pc.fill_null(pc.and_(pc.is_null(reason), pc.less(batch.column("event_time").cast(pa.int64()),
                                                                    row_watermark)), False)
         if pc.any(late).as_py():
@@ -306,7 +306,7 @@ def _with_verdicts(batch: pa.Table, watermarks: dict[int, float], batch_id: int)
                              + datetime.fromtimestamp(w / 1e6, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
                              .rstrip("0").rstrip(".") for w in by_partition.to_pylist()], pa.string())
             reason = pc.if_else(late, pa.scalar(LATE_EVENT), reason)
-            detail = pc.if_else(late, text.take(pc.fill_null(partitions, 0)), detail)
+            detail = pc.if_else(late, text.take(partitions), detail)
     day = pa.date32()
     return (batch.set_column(batch.schema.get_field_index("reason"), "reason", reason)
             .set_column(batch.schema.get_field_index("reason_detail"), "reason_detail", detail)
@@ -591,9 +591,8 @@ class StreamingJob:
         # Arrow, as the query made them; what depends on the batch (its id, its watermarks) is added here, in
         # Arrow, instead of as expressions the executors evaluate row by row (the silver query runs without code
         # generation). Everything after runs here too: the counts, the features (numpy), and the writes through
-        # delta-rs and a Kafka producer.
-        # As Spark jobs of their own, the Silver write, the quarantine write and the dead letters cost 0.3-1.0 s
-        # each per batch on two cores, whatever its size, competing with each other and the next batch.
+        # delta-rs and a Kafka producer (as Spark jobs of their own, the Silver write, the quarantine write and the
+        # dead letters cost 0.3-1.0 s each per batch on two cores, whatever its size).
         raw = self._batches_write_bronze
         wm = self.watermark_before(batch_id)
         local = _with_verdicts(df.toArrow(), wm, batch_id)
