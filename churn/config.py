@@ -349,7 +349,7 @@ class StreamingSettings(BaseModel):
     #: the window holds. ``spark``: Spark's ``dropDuplicatesWithinWatermark``, which reads every remembered id
     #: on every batch (on two cores, ~0.27 s per batch for each million ids: an hour at 9,000 events/s is 32
     #: million) and keeps ids for up to twice the window. A checkpoint keeps the kind it was started with.
-    dedup: Literal["timers", "spark"] = "timers"
+    dedup: Literal["processing_timers", "timers", "spark"] = "processing_timers"
     #: Where a query starts on its first run (``startingOffsets``); afterwards its checkpoint decides.
     starting_offsets: str = "earliest"
     #: How long the broker may hold a fetch that has no new data. Every micro-batch reads each partition

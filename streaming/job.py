@@ -81,6 +81,15 @@ CHECKPOINT_INTERVAL = {"silver": 101, "feature_history": 103, "quarantine": 107,
 #: (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000).
 SILVER_QUERY_CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
                      "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
+#: The silver query's settings where its plan holds no value of the batch's (the de-duplication by processing
+#: time): Spark's generated code, compiled by the first batch, serves every batch after it. No batch without
+#: data: a processing-time operator asks Spark for one on every trigger, to fire its timers, and with
+#: ``availableNow`` the query would never end; the de-duplication forgets a key whose time has come when the key
+#: comes again, and the data batches fire the other expired timers.
+SILVER_QUERY_CONF_COMPILED = {"spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1),
+                              "spark.sql.streaming.noDataMicroBatches.enabled": "false"}
+#: How Spark's ``toArrow`` gives a timestamp column (``ingest_time``).
+INGEST_TIME = pa.timestamp("us", tz="UTC")
 log = logging.getLogger("churn.stream")
 
 
@@ -139,7 +148,7 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
     operator), or, for a new checkpoint, the settings' kind."""
     state = storage.join(checkpoint, "state", "0", "_metadata")
     if storage.exists(settings, storage.join(state, "v2")):  # transformWithState writes its metadata as v2
-        return "timers"
+        return "processing_timers" if _processing_time_state(settings, storage.join(state, "v2")) else "timers"
     v1 = storage.join(state, "metadata")
     if storage.exists(settings, v1) and '"dedupeWithinWatermark"' in storage.read_text(settings, v1):
         if settings.streaming.dedup != "spark":
@@ -150,6 +159,16 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
     return settings.streaming.dedup
 
 
+def _processing_time_state(settings: Settings, metadata: str) -> bool:
+    """Whether the transformWithState operator whose metadata folder (``state/0/_metadata/v2``) is ``metadata``
+    runs in processing time (its operator properties record its time mode)."""
+    for name in storage.names(settings, metadata):
+        if name.isdigit():  # one file per batch that wrote it, each the operator's: "v2", then its JSON
+            operator = json.loads(storage.read_text(settings, storage.join(metadata, name)).splitlines()[1])
+            return json.loads(operator["operatorPropertiesJson"]).get("timeMode") == "ProcessingTime"
+    return False
+
+
 def bronze_writer(settings: Settings, checkpoints: str, dedup: str) -> str:
     """Who writes Bronze (``StreamingSettings.bronze_writer``): the way the lake's checkpoints were started with,
     recorded beside them (``bronze.writer``); checkpoints of a version without that record had Bronze's own
@@ -158,7 +177,7 @@ def bronze_writer(settings: Settings, checkpoints: str, dedup: str) -> str:
     chosen = _recorded_bronze_writer(settings, checkpoints)
     if chosen is None:
         chosen = settings.streaming.bronze_writer
-        if chosen == "silver_batch" and dedup != "timers":
+        if chosen == "silver_batch" and dedup not in FLAGGING_DEDUP:
             log.warning("Bronze is written by a query of its own: the silver query's de-duplication (%s) drops "
                         "duplicates before its batches could write them", dedup)
             chosen = "query"
@@ -180,23 +199,38 @@ def _recorded_bronze_writer(settings: Settings, checkpoints: str) -> str | None:
     return None
 
 
-def drop_duplicates_within_window(rows, key: str, time: str, window_s: float, kind: str = "timers",
-                                  flag: str | None = None):
-    """``rows`` (a streaming DataFrame) less every row whose ``key`` came within ``window_s`` before it, by
-    ``time`` (a watermark on it, its delay the window, is set here), with the operator ``kind``
-    (``StreamingSettings.dedup``): ``timers``, ``churn.spark.DropDuplicatesWithinWindow`` (``jvm/churn-spark``),
-    whose cost per batch follows the batch rather than the number of keys remembered; ``spark``, Spark's
-    ``dropDuplicatesWithinWatermark``. With ``flag`` (a boolean column of ``rows``; ``timers`` only), duplicates
-    are kept with it set to true instead. Returns the DataFrame and, for ``timers``, a counter of the duplicates
-    so far (a JVM ``LongAccumulator``: ``.value()``); Spark's operator reports them in its progress (None)."""
+#: The de-duplications (``StreamingSettings.dedup``) that can keep duplicates flagged instead of dropping them.
+FLAGGING_DEDUP = ("processing_timers", "timers")
+
+
+def drop_duplicates_within_window(rows, key: str, time: str | None, window_s: float,
+                                  kind: str = "processing_timers", flag: str | None = None):
+    """``rows`` (a streaming DataFrame) less every row whose ``key`` came within ``window_s`` before it, with the
+    operator ``kind`` (``StreamingSettings.dedup``):
+
+    * ``processing_timers``: ``churn.spark.DropDuplicatesWithinWindow`` (``jvm/churn-spark``) by the batches' own
+      time (``time`` is not used): its cost per batch follows the batch rather than the number of keys
+      remembered, and the plan holds nothing that changes from batch to batch;
+    * ``timers``: the same operator by ``time`` (a watermark on it, its delay the window, is set here);
+    * ``spark``: Spark's ``dropDuplicatesWithinWatermark`` by ``time``.
+
+    With ``flag`` (a boolean column of ``rows``; ``FLAGGING_DEDUP`` only), duplicates are kept with it set to
+    true instead. Returns the DataFrame and, for the timers, a counter of the duplicates so far (a JVM
+    ``LongAccumulator``: ``.value()``); Spark's operator reports them in its progress (None)."""
     from pyspark.sql import DataFrame
 
+    session = rows.sparkSession
+    if kind == "processing_timers":
+        dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
+        deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.applyInProcessingTime(
+            rows._jdf, key, round(window_s * 1000), flag, dropped)
+        return DataFrame(deduped, session), dropped
     watermarked = rows.withWatermark(time, f"{round(window_s * 1000)} milliseconds")
     if kind == "spark":
         if flag is not None:
-            raise ValueError("Spark's dropDuplicatesWithinWatermark cannot keep duplicates: flag needs kind='timers'")
+            raise ValueError("Spark's dropDuplicatesWithinWatermark cannot keep duplicates: flag needs one of "
+                             f"{FLAGGING_DEDUP}")
         return watermarked.dropDuplicatesWithinWatermark([key]), None
-    session = rows.sparkSession
     dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
     deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.apply(watermarked._jdf, key, time, flag, dropped)
     return DataFrame(deduped, session), dropped
@@ -224,6 +258,14 @@ def batch_offsets(settings: Settings, checkpoint: str, batch_id: int, topic: str
     lines = storage.read_text(settings, storage.join(checkpoint, "offsets", str(batch_id))).splitlines()
     source = json.loads(lines[-1])
     return {int(p): o for p, o in source.get(topic, {}).items()}
+
+
+def batch_time(settings: Settings, checkpoint: str, batch_id: int) -> datetime:
+    """The query's batch ``batch_id``'s own time (what ``current_timestamp()`` and processing-time timers are
+    in it), from its offset log: Spark records it there before it runs the batch, so a replay has the same."""
+    lines = storage.read_text(settings, storage.join(checkpoint, "offsets", str(batch_id))).splitlines()
+    millis = json.loads(lines[1])["batchTimestampMs"]  # line 0 is the log's version
+    return datetime.fromtimestamp(millis / 1000, timezone.utc)
 
 
 def _committed(settings: Settings, path: str, tag: str, recent: int = 100) -> bool:
@@ -310,7 +352,7 @@ def _with_verdicts(batch: pa.Table, watermarks: dict[int, float], batch_id: int)
     day = pa.date32()
     return (batch.set_column(batch.schema.get_field_index("reason"), "reason", reason)
             .set_column(batch.schema.get_field_index("reason_detail"), "reason_detail", detail)
-            .append_column("batch_id", pa.array([batch_id] * rows, pa.int64()))
+            .append_column("batch_id", pa.repeat(pa.scalar(batch_id, pa.int64()), rows))
             .append_column("event_date", batch.column("event_time").cast(pa.timestamp("us")).cast(day))
             .append_column("quarantine_date", batch.column("ingest_time").cast(pa.timestamp("us")).cast(day)))
 
@@ -431,17 +473,23 @@ class StreamingJob:
         records = self._kafka(st.max_offsets_per_trigger).select(*KAFKA_INPUTS, *(RAW_INPUTS if raw else ()))
         if st.validate_tasks > 0:
             records = records.coalesce(st.validate_tasks)
-        parsed = records.mapInArrow(validate_arrow, SPARK_DDL_WITH_RAW if raw else SPARK_DDL).withColumn(
-            "ingest_time", F.current_timestamp())  # the batch's time, the same when it is replayed
+        parsed = records.mapInArrow(validate_arrow, SPARK_DDL_WITH_RAW if raw else SPARK_DDL)
+        # the batch's time as each row's ingest time, the same when it is replayed: added on the driver
+        # (``batch_time``) where the de-duplication goes by the batches' own time, so that the plan holds no value
+        # of the batch's and Spark's generated code serves every batch; by the other kinds, which need the time
+        # as a column, here (as a literal the batch's generated code would hold, so they run interpreted)
+        time_column = None if self.dedup == "processing_timers" else "ingest_time"
+        if time_column:
+            parsed = parsed.withColumn(time_column, F.current_timestamp())
         checkpoint = storage.join(self.checkpoints, "silver")
         deduped, self._duplicates = drop_duplicates_within_window(
-            parsed, "dedup_key", "ingest_time", st.dedup_window_s, self.dedup, flag="duplicate" if raw else None)
+            parsed, "dedup_key", time_column, st.dedup_window_s, self.dedup, flag="duplicate" if raw else None)
         writer = (
             deduped.writeStream.queryName("silver").foreachBatch(self._silver_batch)
             .option("checkpointLocation", checkpoint)
             .trigger(**self._trigger(st.trigger_s))
         )
-        with _session_conf(self.spark, SILVER_QUERY_CONF):
+        with _session_conf(self.spark, SILVER_QUERY_CONF if time_column else SILVER_QUERY_CONF_COMPILED):
             query = writer.start()
         self.queries.append(query)
         return query
@@ -595,7 +643,11 @@ class StreamingJob:
         # dead letters cost 0.3-1.0 s each per batch on two cores, whatever its size).
         raw = self._batches_write_bronze
         wm = self.watermark_before(batch_id)
-        local = _with_verdicts(df.toArrow(), wm, batch_id)
+        rows = df.toArrow()
+        if "ingest_time" not in rows.schema.names:
+            ingest = batch_time(self.settings, storage.join(self.checkpoints, "silver"), batch_id)
+            rows = rows.append_column("ingest_time", pa.repeat(pa.scalar(ingest, INGEST_TIME), rows.num_rows))
+        local = _with_verdicts(rows, wm, batch_id)
         self._count_duplicates()
         if local.num_rows == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
             return

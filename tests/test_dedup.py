@@ -1,5 +1,6 @@
-"""The silver query's de-duplication (``streaming.job.drop_duplicates_within_window``: event-time timers in
-``jvm/churn-spark``) on real Spark with the RocksDB state store, and which operator a checkpoint keeps."""
+"""The silver query's de-duplication (``streaming.job.drop_duplicates_within_window``: processing-time or
+event-time timers in ``jvm/churn-spark``, or Spark's own operator) on real Spark with the RocksDB state store,
+and which operator a checkpoint keeps."""
 
 from __future__ import annotations
 
@@ -34,19 +35,29 @@ def _file(folder, name: str, ids: list[str]) -> None:
     os.utime(path, (at, at))
 
 
-def _run(spark, folder, checkpoint, kind: str = "timers", flagged: list | None = None) -> tuple[list[list[str]], int]:
+def _compilations(spark) -> int:
+    """How many classes Spark has generated and compiled in this JVM so far (a cached one is not compiled again)."""
+    return spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount()
+
+
+def _run(spark, folder, checkpoint, kind: str = "processing_timers", flagged: list | None = None,
+         compiled: list | None = None) -> tuple[list[list[str]], int]:
     """One run to the end of ``folder``'s files, a file per batch, from ``checkpoint``: each batch's ids kept
     (sorted), and the rows the operator counted as dropped (-1 with Spark's, which reports them in its progress).
-    With ``flagged`` (a list), duplicates are kept flagged: each batch's flagged ids (sorted) are appended to it."""
+    With ``flagged`` (a list), duplicates are kept flagged: each batch's flagged ids (sorted) are appended to it.
+    With ``compiled`` (a list), Spark's count of compiled classes is appended to it at the end of each batch.
+    The query runs with the silver query's settings for ``kind``."""
     from pyspark.sql import functions as F
 
-    from streaming.job import drop_duplicates_within_window
+    from streaming.job import SILVER_QUERY_CONF, SILVER_QUERY_CONF_COMPILED, _session_conf, drop_duplicates_within_window
 
-    rows = (spark.readStream.schema("event_id string, n long").option("maxFilesPerTrigger", 1).parquet(str(folder))
-            .withColumn("ingest_time", F.current_timestamp()))
+    rows = spark.readStream.schema("event_id string, n long").option("maxFilesPerTrigger", 1).parquet(str(folder))
+    time_column = None if kind == "processing_timers" else "ingest_time"
+    if time_column:
+        rows = rows.withColumn(time_column, F.current_timestamp())
     if flagged is not None:
         rows = rows.withColumn("duplicate", F.lit(False))
-    deduped, dropped = drop_duplicates_within_window(rows, "event_id", "ingest_time", WINDOW_S, kind,
+    deduped, dropped = drop_duplicates_within_window(rows, "event_id", time_column, WINDOW_S, kind,
                                                      flag=None if flagged is None else "duplicate")
     kept: list[list[str]] = []
 
@@ -60,14 +71,20 @@ def _run(spark, folder, checkpoint, kind: str = "timers", flagged: list | None =
         ids = sorted(table.column("event_id").to_pylist())
         if ids:
             kept.append(ids)
+        if compiled is not None:
+            compiled.append(_compilations(spark))
 
-    query = (deduped.writeStream.foreachBatch(batch).trigger(availableNow=True)
-             .option("checkpointLocation", str(checkpoint)).start())
+    with _session_conf(spark, SILVER_QUERY_CONF_COMPILED if time_column is None else SILVER_QUERY_CONF):
+        query = (deduped.writeStream.foreachBatch(batch).trigger(availableNow=True)
+                 .option("checkpointLocation", str(checkpoint)).start())
     query.awaitTermination()
     return kept, (dropped.value() if dropped is not None else -1)
 
 
 def test_a_key_is_dropped_while_its_window_lasts_and_kept_again_after_it_across_a_restart(spark, tmp_path):
+    """By the batches' own time: a key is a duplicate until the window has passed since the batch that kept it."""
+    from streaming.job import dedup_kind
+
     files, checkpoint = tmp_path / "files", tmp_path / "checkpoint"
     files.mkdir()
     _file(files, "0", ["a", "b", "a", "c", "b"])  # duplicates within one batch
@@ -76,18 +93,39 @@ def test_a_key_is_dropped_while_its_window_lasts_and_kept_again_after_it_across_
     assert kept == [["a", "b", "c"], ["d", "e"]]
     assert dropped == 3
 
+    time.sleep(WINDOW_S + 1)  # the window of every id so far has passed
+    _file(files, "2", ["e", "f"])  # e is forgotten: its window ended before this batch's time
+    _file(files, "3", ["a", "f", "g", "g"])  # f came a batch ago, within the window
+    kept, dropped = _run(spark, files, checkpoint)  # restarted from the checkpoint: the memory survived
+    assert kept == [["e", "f"], ["a", "g"]]
+    assert dropped == 2  # f, and the second g (the counter is this run's)
+    # the checkpoint keeps its kind whatever the settings say
+    assert dedup_kind(Settings(streaming={"dedup": "timers"}), str(checkpoint)) == "processing_timers"
+
+
+def test_by_event_time_timers_a_key_is_remembered_until_the_watermark_passes_it(spark, tmp_path):
+    """Checkpoints started with event-time timers on the batch's time keep them: the watermark trails a batch."""
+    files, checkpoint = tmp_path / "files", tmp_path / "checkpoint"
+    files.mkdir()
+    _file(files, "0", ["a", "b", "a", "c", "b"])  # duplicates within one batch
+    _file(files, "1", ["c", "d", "e"])  # and across batches
+    kept, dropped = _run(spark, files, checkpoint, kind="timers")
+    assert kept == [["a", "b", "c"], ["d", "e"]]
+    assert dropped == 3
+
     time.sleep(WINDOW_S + 1)  # the window of every id so far has passed, but no batch's watermark says so yet
     # the next batch's watermark is the last batch's time minus the window: "e" is remembered
     _file(files, "2", ["e", "f"])
     # this one's is that batch's time minus the window: past a's time (more than the window before), not f's
     _file(files, "3", ["a", "f", "g", "g"])
-    kept, dropped = _run(spark, files, checkpoint)  # restarted from the checkpoint: the memory survived
+    kept, dropped = _run(spark, files, checkpoint, kind="timers")  # restarted from the checkpoint
     assert kept == [["f"], ["a", "g"]]
     assert dropped == 3  # e, f, and the second g (the counter is this run's)
 
     from streaming.job import dedup_kind
 
     assert dedup_kind(Settings(streaming={"dedup": "spark"}), str(checkpoint)) == "timers"
+    assert dedup_kind(Settings(), str(checkpoint)) == "timers"
 
 
 def test_duplicates_kept_flagged_are_the_rows_the_operator_would_drop(spark, tmp_path):
@@ -101,6 +139,9 @@ def test_duplicates_kept_flagged_are_the_rows_the_operator_would_drop(spark, tmp
     assert kept == [["a", "b", "c"], ["d", "e"]]
     assert flagged == [["a", "a", "b"], ["c", "d"]]
     assert dropped == 5  # counted as duplicates all the same
+    flagged = []
+    kept, dropped = _run(spark, files, tmp_path / "event-time-checkpoint", kind="timers", flagged=flagged)
+    assert (kept, flagged, dropped) == ([["a", "b", "c"], ["d", "e"]], [["a", "a", "b"], ["c", "d"]], 5)
     with pytest.raises(ValueError, match="timers"):
         _run(spark, files, tmp_path / "spark-checkpoint", kind="spark", flagged=[])
 
@@ -113,6 +154,36 @@ def test_a_checkpoint_keeps_the_operator_it_was_started_with(spark, tmp_path):
     _file(files, "0", ["a", "a", "b"])
     kept, _ = _run(spark, files, checkpoint, kind="spark")
     assert kept == [["a", "b"]]
-    assert dedup_kind(Settings(), str(checkpoint)) == "spark"  # the default is timers, the checkpoint says spark
-    assert dedup_kind(Settings(), str(tmp_path / "new")) == "timers"
+    assert dedup_kind(Settings(), str(checkpoint)) == "spark"  # the settings' kind differs: the checkpoint says spark
+    assert dedup_kind(Settings(), str(tmp_path / "new")) == "processing_timers"
     assert dedup_kind(Settings(streaming={"dedup": "spark"}), str(tmp_path / "new")) == "spark"
+
+
+@pytest.mark.parametrize("kind", ["processing_timers", "timers"])
+def test_by_processing_time_the_query_compiles_its_code_once_for_every_batch(spark, tmp_path, kind):
+    """With the de-duplication by the batches' own time, the plan holds no value of the batch's: Spark's generated
+    code is compiled by the first batch and serves the others. By event time (the batch's time as a column, the
+    watermark in the operator) each batch's values are in its code: it runs interpreted, and would compile anew."""
+    from streaming.job import SILVER_QUERY_CONF
+
+    files = tmp_path / "files"
+    files.mkdir()
+    for n in range(4):
+        _file(files, str(n), [f"{n}-{i}" for i in range(50)] + [f"{n}-0"])
+    compiled: list[int] = []
+    if kind == "timers":  # as the silver query would, were it compiled
+        SILVER_QUERY_CONF_SAVED = dict(SILVER_QUERY_CONF)
+        SILVER_QUERY_CONF.clear()
+        SILVER_QUERY_CONF.update({"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"})
+    try:
+        kept, dropped = _run(spark, files, tmp_path / "checkpoint", kind=kind, compiled=compiled)
+    finally:
+        if kind == "timers":
+            SILVER_QUERY_CONF.clear()
+            SILVER_QUERY_CONF.update(SILVER_QUERY_CONF_SAVED)
+    assert [len(ids) for ids in kept] == [50] * 4 and dropped == 4
+    after_first = [n - compiled[0] for n in compiled[1:]]
+    if kind == "processing_timers":
+        assert after_first == [0, 0, 0]
+    else:
+        assert after_first[-1] >= 2 * 3  # at least the batch's projection and the operator's predicate, per batch

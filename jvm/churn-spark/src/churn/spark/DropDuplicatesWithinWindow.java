@@ -29,8 +29,15 @@ import scala.collection.Iterator$;
  * iterates over its whole state on every batch to find expired keys, so its cost per batch grows with
  * the window times the rate.
  *
- * <p>Called from Python through {@link #apply(Dataset, String, String, String, LongAccumulator)}, which also
- * counts the duplicates. With a flag column, duplicates are kept with the flag set to true instead of being
+ * <p>{@link #applyInProcessingTime} does the same by the batches' own time (Spark's processing time, the
+ * batch's timestamp in the offset log, so a replayed batch decides the same): a kept key's timer is set to
+ * the batch's time plus the window, and the key is a duplicate while a batch's time has not reached it.
+ * It needs no time column and no watermark, so the query's plan holds no value that changes from batch to
+ * batch, and Spark compiles its generated code once instead of once per batch.
+ *
+ * <p>Called from Python through {@link #apply(Dataset, String, String, String, LongAccumulator)} or
+ * {@link #applyInProcessingTime(Dataset, String, long, String, LongAccumulator)}, which also
+ * count the duplicates. With a flag column, duplicates are kept with the flag set to true instead of being
  * dropped (the streaming job writes every record to Bronze from the same batch). Needs the RocksDB state store. Rows older than the watermark are dropped by Spark as
  * late: with the batch's own time as the time column ({@code current_timestamp()}), only if the clock
  * went back by more than the window.
@@ -38,12 +45,14 @@ import scala.collection.Iterator$;
 public final class DropDuplicatesWithinWindow extends StatefulProcessor<String, Row, Row> {
     private static final long serialVersionUID = 1L;
 
-    private final int timeColumn;
+    private final int timeColumn;  // -1: processing time
+    private final long windowMs;  // with processing time: how long a kept key is remembered
     private final int flagColumn;  // -1: duplicates are dropped
     private final LongAccumulator dropped;
 
-    private DropDuplicatesWithinWindow(int timeColumn, int flagColumn, LongAccumulator dropped) {
+    private DropDuplicatesWithinWindow(int timeColumn, long windowMs, int flagColumn, LongAccumulator dropped) {
         this.timeColumn = timeColumn;
+        this.windowMs = windowMs;
         this.flagColumn = flagColumn;
         this.dropped = dropped;
     }
@@ -59,8 +68,21 @@ public final class DropDuplicatesWithinWindow extends StatefulProcessor<String, 
         int flag = flagColumn == null ? -1 : rows.schema().fieldIndex(flagColumn);
         return rows
             .groupBy(rows.col(keyColumn)).as(Encoders.STRING(), Encoders.row(rows.schema()))
-            .transformWithState(new DropDuplicatesWithinWindow(time, flag, dropped), TimeMode.EventTime(),
+            .transformWithState(new DropDuplicatesWithinWindow(time, 0L, flag, dropped), TimeMode.EventTime(),
                                 OutputMode.Append(), Encoders.row(rows.schema()));
+    }
+
+    /**
+     * {@code rows} (no watermark) less those whose {@code keyColumn} came within {@code windowMs} of the
+     * batches' processing time before; {@code dropped} counts them. {@code flagColumn} as in {@link #apply}.
+     */
+    public static Dataset<Row> applyInProcessingTime(Dataset<Row> rows, String keyColumn, long windowMs,
+                                                     String flagColumn, LongAccumulator dropped) {
+        int flag = flagColumn == null ? -1 : rows.schema().fieldIndex(flagColumn);
+        return rows
+            .groupBy(rows.col(keyColumn)).as(Encoders.STRING(), Encoders.row(rows.schema()))
+            .transformWithState(new DropDuplicatesWithinWindow(-1, windowMs, flag, dropped),
+                                TimeMode.ProcessingTime(), OutputMode.Append(), Encoders.row(rows.schema()));
     }
 
     @Override
@@ -70,16 +92,18 @@ public final class DropDuplicatesWithinWindow extends StatefulProcessor<String, 
 
     @Override
     public Iterator<Row> handleInputRows(String key, Iterator<Row> rows, TimerValues timerValues) {
+        boolean processingTime = timeColumn < 0;
+        long now = processingTime ? timerValues.getCurrentProcessingTimeInMs() : timerValues.getCurrentWatermarkInMs();
         Iterator<Object> timers = getHandle().listTimers();  // one at most
         if (timers.hasNext()) {
             long expires = (Long) timers.next();
-            if (expires > timerValues.getCurrentWatermarkInMs()) {
+            if (expires > now) {
                 return duplicates(rows);
             }
             getHandle().deleteTimer(expires);  // expired, but Spark fires timers after a batch's rows: forget it now
         }
         Row first = rows.next();
-        getHandle().registerTimer(millis(first.get(timeColumn)));
+        getHandle().registerTimer(processingTime ? now + windowMs : millis(first.get(timeColumn)));
         return Iterator$.MODULE$.single(first).concat(() -> duplicates(rows));
     }
 
