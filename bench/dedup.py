@@ -44,14 +44,16 @@ def _run(s: Settings, folder: Path, kind: str, remembered: int) -> dict:
     from pyspark.sql import functions as F
 
     from churn.spark import spark_session
-    from streaming.job import SILVER_QUERY_CONF, _session_conf, drop_duplicates_within_window
+    from streaming.job import _session_conf, dedup_time_column, drop_duplicates_within_window, silver_query_conf
 
     spark = spark_session(s, f"bench-dedup-{kind}")
     try:
         schema = spark.read.parquet(str(folder)).schema
-        rows = (spark.readStream.schema(schema).option("maxFilesPerTrigger", 1).parquet(str(folder))
-                .withColumn("ingest_time", F.current_timestamp()))
-        deduped, _ = drop_duplicates_within_window(rows, "event_id", "ingest_time", s.streaming.dedup_window_s, kind)
+        rows = spark.readStream.schema(schema).option("maxFilesPerTrigger", 1).parquet(str(folder))
+        time_column = dedup_time_column(kind)
+        if time_column:
+            rows = rows.withColumn(time_column, F.current_timestamp())
+        deduped, _ = drop_duplicates_within_window(rows, "event_id", time_column, s.streaming.dedup_window_s, kind)
         seconds: list[tuple[int, float]] = []
 
         fill_files = -(-remembered // FILL_BATCH)
@@ -62,7 +64,7 @@ def _run(s: Settings, folder: Path, kind: str, remembered: int) -> dict:
             n = df.count() if fill else df.toArrow().num_rows  # the fill's rows: not to the driver
             seconds.append((n, time.perf_counter() - started))
 
-        with _session_conf(spark, SILVER_QUERY_CONF):
+        with _session_conf(spark, silver_query_conf(kind)):
             query = (deduped.writeStream.foreachBatch(batch).trigger(availableNow=True)
                      .option("checkpointLocation", tempfile.mkdtemp(prefix="churn-bench-dedup-")).start())
         query.awaitTermination()

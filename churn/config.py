@@ -324,7 +324,7 @@ class StreamingSettings(BaseModel):
     #: (duplicates and invalid records included) to Bronze, beside Silver's append: Kafka is read once, by one
     #: query. ``query``: Bronze is a query of its own (Delta's streaming sink, every ``bronze_trigger_s``; with a
     #: local master in a process of its own at ``bronze_nice``) that reads Kafka a second time. ``silver_batch``
-    #: needs ``dedup`` = ``timers``. A checkpoint keeps the way it was started with.
+    #: needs ``dedup`` = ``processing_timers`` or ``timers``. A checkpoint keeps the way it was started with.
     bronze_writer: Literal["silver_batch", "query"] = "silver_batch"
     #: Bronze's own query (``bronze_writer`` = ``query``) is not on the freshness path: a slower trigger (fewer,
     #: larger batches) spreads its fixed cost per batch (a Delta commit) and leaves the cores to Silver. Bronze's
@@ -344,11 +344,14 @@ class StreamingSettings(BaseModel):
     allowed_lateness_s: float = 3600.0
     #: Duplicates of an event_id are recognised if they arrive within this processing-time window.
     dedup_window_s: float = 3600.0
-    #: How the silver query remembers event ids for ``dedup_window_s``. ``timers``: each id is forgotten by an
-    #: event-time timer (``jvm/churn-spark``), so a batch touches only its own ids and those expiring, whatever
-    #: the window holds. ``spark``: Spark's ``dropDuplicatesWithinWatermark``, which reads every remembered id
-    #: on every batch (on two cores, ~0.27 s per batch for each million ids: an hour at 9,000 events/s is 32
-    #: million) and keeps ids for up to twice the window. A checkpoint keeps the kind it was started with.
+    #: How the silver query remembers event ids for ``dedup_window_s``. ``processing_timers``: each id is
+    #: forgotten by a timer at its batch's time plus the window (``jvm/churn-spark``), so a batch touches only its
+    #: own ids and those expiring, whatever the window holds, and the query's plan holds no value of the batch's
+    #: (its generated code is compiled once). ``timers``: the same by event-time timers on the batch's time as a
+    #: column, which runs interpreted. ``spark``: Spark's ``dropDuplicatesWithinWatermark``, which reads every
+    #: remembered id on every batch (on two cores, ~0.27 s per batch for each million ids: an hour at 9,000
+    #: events/s is 32 million) and keeps ids for up to twice the window. A checkpoint keeps the kind it was
+    #: started with.
     dedup: Literal["processing_timers", "timers", "spark"] = "processing_timers"
     #: Where a query starts on its first run (``startingOffsets``); afterwards its checkpoint decides.
     starting_offsets: str = "earliest"

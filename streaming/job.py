@@ -70,24 +70,26 @@ DLQ_DELIVERY_TIMEOUT_S = 120.0
 #: checkpoint (measured up to 80); a cold reader replays at most this many small commit files. Distinct
 #: primes near 100, so the tables rarely checkpoint in the same batch. Set when the job creates a table.
 CHECKPOINT_INTERVAL = {"silver": 101, "feature_history": 103, "quarantine": 107, "batches": 109, "bronze": 113}
-#: The silver query runs interpreted, without Java code generation. Spark writes each batch's own values into
-#: the code it generates (the batch's timestamp, the watermarks, the batch id), so every small batch compiled
-#: five new classes, 5-30 ms each, on the cores the batch needs. Interpreted, the batch takes 0.25-0.3 s
-#: less at 2,000 CDRs and 0.25 s less at 20,000 (alternating runs). Bronze keeps code generation: its large
-#: batches ran 5-15 % slower without it. Set on the session only while the query starts, which keeps a copy.
-#: Spark also checks the size of the Arrow batch it is filling for Python after every row it adds, unless the
-#: limit is ``Int.MaxValue``: for the silver query's Kafka headers (a list of structs) that check walked the
-#: batch's nested vectors per row, a fifth of the executors' time. The batches stay bounded by their row count
+#: The silver query's Spark settings, set on the session only while the query starts (which keeps a copy).
+#: Spark checks the size of the Arrow batch it is filling for Python after every row it adds, unless the limit
+#: is ``Int.MaxValue``: for the silver query's Kafka headers (a list of structs) that check walked the batch's
+#: nested vectors per row, a fifth of the executors' time. The batches stay bounded by their row count
 #: (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000).
-SILVER_QUERY_CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-                     "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
-#: The silver query's settings where its plan holds no value of the batch's (the de-duplication by processing
-#: time): Spark's generated code, compiled by the first batch, serves every batch after it. No batch without
-#: data: a processing-time operator asks Spark for one on every trigger, to fire its timers, and with
-#: ``availableNow`` the query would never end; the de-duplication forgets a key whose time has come when the key
-#: comes again, and the data batches fire the other expired timers.
+#:
+#: With the de-duplication by the batches' own time (``processing_timers``) the plan holds no value of the batch's,
+#: so Spark's generated code, compiled by the first batch, serves every batch after it: the executors used 27 %
+#: less CPU on a catch-up than interpreted (``SILVER_QUERY_CONF_COMPILED``). No batch without data there: a
+#: processing-time operator asks Spark for one on every trigger, to fire its timers, and with ``availableNow``
+#: the query would never end; the de-duplication forgets a key whose time has come when the key comes again, and
+#: the data batches fire the other expired timers.
+#:
+#: The older kinds need the batch's time as a column and a watermark, which Spark writes into each batch's
+#: generated code (five new classes per batch, 5-30 ms each to compile, then run unoptimised by the JVM): their
+#: query runs interpreted (``SILVER_QUERY_CONF``), 0.25-0.3 s faster per batch than compiled anew.
 SILVER_QUERY_CONF_COMPILED = {"spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1),
                               "spark.sql.streaming.noDataMicroBatches.enabled": "false"}
+SILVER_QUERY_CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+                     "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1)}
 #: How Spark's ``toArrow`` gives a timestamp column (``ingest_time``).
 INGEST_TIME = pa.timestamp("us", tz="UTC")
 log = logging.getLogger("churn.stream")
@@ -201,6 +203,18 @@ def _recorded_bronze_writer(settings: Settings, checkpoints: str) -> str | None:
 
 #: The de-duplications (``StreamingSettings.dedup``) that can keep duplicates flagged instead of dropping them.
 FLAGGING_DEDUP = ("processing_timers", "timers")
+
+
+def dedup_time_column(kind: str) -> str | None:
+    """The column of the batch's time (``current_timestamp()``) a de-duplication of ``kind`` needs in its input
+    (``ingest_time``), or None for ``processing_timers``, which goes by the batches' own time."""
+    return None if kind == "processing_timers" else "ingest_time"
+
+
+def silver_query_conf(kind: str) -> dict[str, str]:
+    """The Spark settings the silver query starts with, by its de-duplication's ``kind``: compiled where its plan
+    holds no value of the batch's (``SILVER_QUERY_CONF_COMPILED``), interpreted where it does (``SILVER_QUERY_CONF``)."""
+    return SILVER_QUERY_CONF if dedup_time_column(kind) else SILVER_QUERY_CONF_COMPILED
 
 
 def drop_duplicates_within_window(rows, key: str, time: str | None, window_s: float,
@@ -478,7 +492,7 @@ class StreamingJob:
         # (``batch_time``) where the de-duplication goes by the batches' own time, so that the plan holds no value
         # of the batch's and Spark's generated code serves every batch; by the other kinds, which need the time
         # as a column, here (as a literal the batch's generated code would hold, so they run interpreted)
-        time_column = None if self.dedup == "processing_timers" else "ingest_time"
+        time_column = dedup_time_column(self.dedup)
         if time_column:
             parsed = parsed.withColumn(time_column, F.current_timestamp())
         checkpoint = storage.join(self.checkpoints, "silver")
@@ -489,7 +503,7 @@ class StreamingJob:
             .option("checkpointLocation", checkpoint)
             .trigger(**self._trigger(st.trigger_s))
         )
-        with _session_conf(self.spark, SILVER_QUERY_CONF if time_column else SILVER_QUERY_CONF_COMPILED):
+        with _session_conf(self.spark, silver_query_conf(self.dedup)):
             query = writer.start()
         self.queries.append(query)
         return query

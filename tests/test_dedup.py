@@ -49,10 +49,10 @@ def _run(spark, folder, checkpoint, kind: str = "processing_timers", flagged: li
     The query runs with the silver query's settings for ``kind``."""
     from pyspark.sql import functions as F
 
-    from streaming.job import SILVER_QUERY_CONF, SILVER_QUERY_CONF_COMPILED, _session_conf, drop_duplicates_within_window
+    from streaming.job import _session_conf, dedup_time_column, drop_duplicates_within_window, silver_query_conf
 
     rows = spark.readStream.schema("event_id string, n long").option("maxFilesPerTrigger", 1).parquet(str(folder))
-    time_column = None if kind == "processing_timers" else "ingest_time"
+    time_column = dedup_time_column(kind)
     if time_column:
         rows = rows.withColumn(time_column, F.current_timestamp())
     if flagged is not None:
@@ -74,7 +74,7 @@ def _run(spark, folder, checkpoint, kind: str = "processing_timers", flagged: li
         if compiled is not None:
             compiled.append(_compilations(spark))
 
-    with _session_conf(spark, SILVER_QUERY_CONF_COMPILED if time_column is None else SILVER_QUERY_CONF):
+    with _session_conf(spark, silver_query_conf(kind)):
         query = (deduped.writeStream.foreachBatch(batch).trigger(availableNow=True)
                  .option("checkpointLocation", str(checkpoint)).start())
     query.awaitTermination()
@@ -160,30 +160,22 @@ def test_a_checkpoint_keeps_the_operator_it_was_started_with(spark, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["processing_timers", "timers"])
-def test_by_processing_time_the_query_compiles_its_code_once_for_every_batch(spark, tmp_path, kind):
+def test_by_processing_time_the_query_compiles_its_code_once_for_every_batch(spark, tmp_path, monkeypatch, kind):
     """With the de-duplication by the batches' own time, the plan holds no value of the batch's: Spark's generated
     code is compiled by the first batch and serves the others. By event time (the batch's time as a column, the
-    watermark in the operator) each batch's values are in its code: it runs interpreted, and would compile anew."""
-    from streaming.job import SILVER_QUERY_CONF
-
+    watermark in the operator) each batch's values are in its code, which is why that kind runs interpreted: here
+    it is compiled, as it would be, to show each batch compiling anew."""
     files = tmp_path / "files"
     files.mkdir()
     for n in range(4):
         _file(files, str(n), [f"{n}-{i}" for i in range(50)] + [f"{n}-0"])
+    monkeypatch.setattr("streaming.job.SILVER_QUERY_CONF", {"spark.sql.codegen.wholeStage": "true",
+                                                            "spark.sql.codegen.factoryMode": "FALLBACK"})
     compiled: list[int] = []
-    if kind == "timers":  # as the silver query would, were it compiled
-        SILVER_QUERY_CONF_SAVED = dict(SILVER_QUERY_CONF)
-        SILVER_QUERY_CONF.clear()
-        SILVER_QUERY_CONF.update({"spark.sql.codegen.wholeStage": "true", "spark.sql.codegen.factoryMode": "FALLBACK"})
-    try:
-        kept, dropped = _run(spark, files, tmp_path / "checkpoint", kind=kind, compiled=compiled)
-    finally:
-        if kind == "timers":
-            SILVER_QUERY_CONF.clear()
-            SILVER_QUERY_CONF.update(SILVER_QUERY_CONF_SAVED)
+    kept, dropped = _run(spark, files, tmp_path / "checkpoint", kind=kind, compiled=compiled)
     assert [len(ids) for ids in kept] == [50] * 4 and dropped == 4
     after_first = [n - compiled[0] for n in compiled[1:]]
     if kind == "processing_timers":
         assert after_first == [0, 0, 0]
-    else:
-        assert after_first[-1] >= 2 * 3  # at least the batch's projection and the operator's predicate, per batch
+    else:  # at least the projection of the batch's time and the operator's watermark predicate, in each batch
+        assert after_first[-1] >= 2 * 3
