@@ -650,9 +650,9 @@ class StreamingJob:
 
         clock = _PhaseClock()
         # The batch's only Spark job (Kafka read, validation, de-duplication) brings the rows to the driver as
-        # Arrow, as the query made them; what depends on the batch (its id, its watermarks) is added here, in
-        # Arrow, instead of as expressions the executors evaluate row by row (the silver query runs without code
-        # generation). Everything after runs here too: the counts, the features (numpy), and the writes through
+        # Arrow, as the query made them; what depends on the batch (its id, its time, its watermarks) is added
+        # here, in Arrow, instead of as expressions in the query's plan, whose generated code would then differ
+        # from batch to batch. Everything after runs here too: the counts, the features (numpy), and the writes through
         # delta-rs and a Kafka producer (as Spark jobs of their own, the Silver write, the quarantine write and the
         # dead letters cost 0.3-1.0 s each per batch on two cores, whatever its size).
         raw = self._batches_write_bronze
