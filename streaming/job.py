@@ -149,16 +149,18 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
     the kind its checkpoint's state was written by (Spark cannot resume a query's state with another
     operator), or, for a new checkpoint, the settings' kind."""
     state = storage.join(checkpoint, "state", "0", "_metadata")
+    kept = None
     if storage.exists(settings, storage.join(state, "v2")):  # transformWithState writes its metadata as v2
-        return "processing_timers" if _processing_time_state(settings, storage.join(state, "v2")) else "timers"
-    v1 = storage.join(state, "metadata")
-    if storage.exists(settings, v1) and '"dedupeWithinWatermark"' in storage.read_text(settings, v1):
-        if settings.streaming.dedup != "spark":
-            log.warning("the silver checkpoint %s de-duplicates with Spark's dropDuplicatesWithinWatermark (its "
-                        "cost per batch grows with the window); it keeps it. A new checkpoint uses timers.",
-                        checkpoint)
-        return "spark"
-    return settings.streaming.dedup
+        kept = "processing_timers" if _processing_time_state(settings, storage.join(state, "v2")) else "timers"
+    elif storage.exists(settings, storage.join(state, "metadata")):
+        if '"dedupeWithinWatermark"' in storage.read_text(settings, storage.join(state, "metadata")):
+            kept = "spark"
+    if kept is None:
+        return settings.streaming.dedup
+    if kept != settings.streaming.dedup:
+        log.warning("the silver checkpoint %s de-duplicates with %s, not the settings' %s: it keeps it (a new "
+                    "checkpoint takes the settings')", checkpoint, kept, settings.streaming.dedup)
+    return kept
 
 
 def _processing_time_state(settings: Settings, metadata: str) -> bool:
