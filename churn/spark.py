@@ -117,6 +117,8 @@ def spark_session(settings: Settings, app_name: str = "churn"):
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.scheduler.mode", "FAIR")
         .config("spark.scheduler.allocation.file", scheduler_pools_file())
+        # Spark's Python daemon with our workers' common imports done before it forks them (churn/spark_daemon.py)
+        .config("spark.python.daemon.module", "churn.spark_daemon")
     )
     java = {"spark.driver.extraJavaOptions": sp.java_options} if sp.java_options else {}
     for key, value in {**java, **cluster_conf(settings), **checkpoint_conf(settings), **storage.spark_conf(settings),

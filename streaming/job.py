@@ -56,8 +56,7 @@ from churn.spark import BACKGROUND_POOL
 from streaming import bronze_process, metrics
 from streaming.deferred_query import DeferredQuery
 from streaming.feature_state import HISTORY_SCHEMA, FeatureState
-from streaming.parse import (CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_INPUTS, SPARK_DDL, SPARK_DDL_WITH_RAW,
-                             validate_arrow)
+from streaming.parse import CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_INPUTS, spark_schema, validate_arrow
 
 LATE_EVENT = "late_event:event_time"
 #: How long a dead letter may take to be delivered (Spark's Kafka sink: the Java producer's 120 s default).
@@ -489,7 +488,7 @@ class StreamingJob:
         records = self._kafka(st.max_offsets_per_trigger).select(*KAFKA_INPUTS, *(RAW_INPUTS if raw else ()))
         if st.validate_tasks > 0:
             records = records.coalesce(st.validate_tasks)
-        parsed = records.mapInArrow(validate_arrow, SPARK_DDL_WITH_RAW if raw else SPARK_DDL)
+        parsed = records.mapInArrow(validate_arrow, spark_schema(with_raw=raw))
         # the batch's time as each row's ingest time, the same when it is replayed: added on the driver
         # (``batch_time``) where the de-duplication goes by the batches' own time, so that the plan holds no value
         # of the batch's and Spark's generated code serves every batch; by the other kinds, which need the time

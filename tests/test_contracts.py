@@ -194,6 +194,17 @@ def test_derived_python_type_and_spark_schema_match_the_contract(contract):
             assert f.dataType.typeName() == "timestamp"
 
 
+def test_the_validated_rows_spark_schema_is_their_arrow_schema_with_the_contracts_types():
+    from streaming.parse import ALL_COLUMNS, spark_schema
+
+    validated = ",".join(f"{name}:{ddl}" for name, _, ddl in ALL_COLUMNS)
+    assert spark_schema().simpleString() == f"struct<{validated}>"
+    assert spark_schema(with_raw=True).simpleString() == (
+        f"struct<{validated},raw_key:binary,headers:array<struct<key:string,value:binary>>,topic:string,"
+        "kafka_timestamp_type:int,duplicate:boolean>")
+    assert "event_time:timestamp" in validated and "kafka_offset:bigint" in validated
+
+
 def test_simulator_templates_spell_exactly_the_cdr_fields():
     from churn.simulator.encode import TEMPLATES
 
