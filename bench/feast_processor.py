@@ -208,9 +208,9 @@ def _served_correctly(s: Settings, view: str, truth: dict[str, dict], at_most: i
     return good / len(customers)
 
 
-def side_by_side_backlog(base: Settings, stream_settings) -> tuple[Settings, int, float]:
-    """The side-by-side set-up: settings with a topic of their own holding ~147,000 CDRs (1.2 simulated days
-    of seed 2, ending a day ago), micro-batches of at most ``BATCH_ROWS``, Feast keys of their own and
+def side_by_side_backlog(base: Settings, stream_settings, days: float = 1.2) -> tuple[Settings, int, float]:
+    """The side-by-side set-up: settings with a topic of their own holding ``days`` simulated days of seed 2
+    ending a day ago (1.2 days: ~147,000 CDRs), micro-batches of at most ``BATCH_ROWS``, Feast keys of their own and
     Feast's definitions applied; the CDRs produced, and the simulation's end (epoch seconds)."""
     from churn import feature_store
     from churn.simulator.produce import run_backfill
@@ -221,29 +221,31 @@ def side_by_side_backlog(base: Settings, stream_settings) -> tuple[Settings, int
     # overlap), which the online store's newer-only rule would keep over this run's
     s.feast.project = f"ours{uuid.uuid4().hex[:6]}"
     end = time.time() - DAY
-    report = run_backfill(s, _backlog_simulator(end))
+    report = run_backfill(s, _backlog_simulator(end, days))
     feature_store.apply(s)
     return s, report.cdr_messages, end
 
 
-def _backlog_simulator(end: float):
+def _backlog_simulator(end: float, days: float):
     """The side-by-side backlog's simulator (deterministic: a second one replays the same CDRs)."""
     from churn.simulator import Simulator
 
-    return Simulator(seed=2, start_s=end - 1.2 * DAY, end_s=end)
+    return Simulator(seed=2, start_s=end - days * DAY, end_s=end)
 
 
 _RUNS = itertools.count()  # side-by-side runs in this process
 
 
-def bench_stream_vs_feast_processor(base: Settings, stream_settings) -> dict:
+def bench_stream_vs_feast_processor(base: Settings, stream_settings, days: float = 1.2,
+                                    name: str = "stream_vs_feast_processor") -> dict:
     """Our streaming job vs Feast's SparkKafkaProcessor, same topic, same Redis, same feature code:
-    events/s of each (catch-up on the same CDRs), ratio, and whether the served features are right."""
+    events/s of each (catch-up on the same ``days`` of CDRs), ratio, and whether the served features are
+    right. Figures are named ``name``_..."""
     from churn.features import partial_sums_numpy
 
-    s, total, end = side_by_side_backlog(base, stream_settings)
+    s, total, end = side_by_side_backlog(base, stream_settings, days)
     # the truth: the batch computation over every event (the simulator is deterministic)
-    truth = partial_sums_numpy(_backlog_simulator(end).silver_columns())
+    truth = partial_sums_numpy(_backlog_simulator(end, days).silver_columns())
 
     theirs_settings = s.model_copy(deep=True)
     theirs_settings.feast.project = f"feastproc{uuid.uuid4().hex[:6]}"  # same Redis, its own keys
@@ -263,13 +265,13 @@ def bench_stream_vs_feast_processor(base: Settings, stream_settings) -> dict:
                                               "customers_served_correctly": theirs_correct}}
     print(detail, flush=True)
     return {
-        "stream_vs_feast_processor_ours_rate": (ours_rate, "events/s", detail),
-        "stream_vs_feast_processor_feast_rate": (theirs_rate, "events/s", detail),
-        "stream_vs_feast_processor_ratio": (ours_rate / theirs_rate, "x", detail),
-        "stream_vs_feast_processor_warm_ratio": (ours["warm_events_per_s"] / theirs["warm_events_per_s"], "x", {
+        f"{name}_ours_rate": (ours_rate, "events/s", detail),
+        f"{name}_feast_rate": (theirs_rate, "events/s", detail),
+        f"{name}_ratio": (ours_rate / theirs_rate, "x", detail),
+        f"{name}_warm_ratio": (ours["warm_events_per_s"] / theirs["warm_events_per_s"], "x", {
             "ours_warm_events_per_s": ours["warm_events_per_s"],
             "feast_warm_events_per_s": theirs["warm_events_per_s"], "what": "every batch but the first"}),
-        "stream_vs_feast_processor_ours_correct_pct": (100 * ours_correct, "% of customers", {}),
-        "stream_vs_feast_processor_feast_correct_pct": (100 * theirs_correct, "% of customers", {}),
+        f"{name}_ours_correct_pct": (100 * ours_correct, "% of customers", {}),
+        f"{name}_feast_correct_pct": (100 * theirs_correct, "% of customers", {}),
     }
 
