@@ -42,6 +42,7 @@ from churn.config import Settings
 
 DAY = 86400.0
 BATCH_ROWS = 30_000
+BACKLOG_DAYS = 1.2  # simulated days in the side-by-side backlog: ~147,000 CDRs
 #: Where SparkKafkaProcessor checkpoints: hard-coded in Feast (``/tmp/checkpoint/``), shared by every
 #: processor on the machine, so a second run resumes from the first one's offsets unless it is removed.
 FEAST_CHECKPOINT = Path("/tmp/checkpoint")
@@ -208,9 +209,9 @@ def _served_correctly(s: Settings, view: str, truth: dict[str, dict], at_most: i
     return good / len(customers)
 
 
-def side_by_side_backlog(base: Settings, stream_settings, days: float = 1.2) -> tuple[Settings, int, float]:
+def side_by_side_backlog(base: Settings, stream_settings, days: float = BACKLOG_DAYS) -> tuple[Settings, int, float]:
     """The side-by-side set-up: settings with a topic of their own holding ``days`` simulated days of seed 2
-    ending a day ago (1.2 days: ~147,000 CDRs), micro-batches of at most ``BATCH_ROWS``, Feast keys of their own and
+    ending a day ago, micro-batches of at most ``BATCH_ROWS``, Feast keys of their own and
     Feast's definitions applied; the CDRs produced, and the simulation's end (epoch seconds)."""
     from churn import feature_store
     from churn.simulator.produce import run_backfill
@@ -236,7 +237,7 @@ def _backlog_simulator(end: float, days: float):
 _RUNS = itertools.count()  # side-by-side runs in this process
 
 
-def bench_stream_vs_feast_processor(base: Settings, stream_settings, days: float = 1.2,
+def bench_stream_vs_feast_processor(base: Settings, stream_settings, days: float = BACKLOG_DAYS,
                                     name: str = "stream_vs_feast_processor") -> dict:
     """Our streaming job vs Feast's SparkKafkaProcessor, same topic, same Redis, same feature code:
     events/s of each (catch-up on the same ``days`` of CDRs), ratio, and whether the served features are

@@ -37,7 +37,7 @@ from churn.transport import ensure_topics  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from api import bench_api  # noqa: E402
 from chaos import bench_chaos  # noqa: E402
-from feast_processor import bench_stream_vs_feast_processor, in_fresh_process, stream_catch_up  # noqa: E402
+from feast_processor import BACKLOG_DAYS, bench_stream_vs_feast_processor, in_fresh_process, stream_catch_up  # noqa: E402
 from gold import bench_gold  # noqa: E402
 from lake_storage import bench_stream_s3  # noqa: E402
 from model_call import bench_model_call  # noqa: E402
@@ -481,7 +481,8 @@ def bench_stream_vs_feast_long(s: Settings) -> dict:
     """The side by side with Feast's contrib SparkKafkaProcessor on a backlog four times as long (4.8 simulated
     days, ~590,000 CDRs), so that a cold start weighs a quarter as much: events/s of each, the ratio, correct
     customers (bench/feast_processor.py)."""
-    return bench_stream_vs_feast_processor(s, _stream_bench_settings, days=4.8, name="stream_vs_feast_processor_long")
+    return bench_stream_vs_feast_processor(s, _stream_bench_settings, days=4 * BACKLOG_DAYS,
+                                           name="stream_vs_feast_processor_long")
 
 
 def bench_model_selection_telco(s: Settings) -> dict:

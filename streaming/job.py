@@ -148,12 +148,12 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
     the kind its checkpoint's state was written by (Spark cannot resume a query's state with another
     operator), or, for a new checkpoint, the settings' kind."""
     state = storage.join(checkpoint, "state", "0", "_metadata")
+    v2, v1 = storage.join(state, "v2"), storage.join(state, "metadata")  # transformWithState writes v2
     kept = None
-    if storage.exists(settings, storage.join(state, "v2")):  # transformWithState writes its metadata as v2
-        kept = "processing_timers" if _processing_time_state(settings, storage.join(state, "v2")) else "timers"
-    elif storage.exists(settings, storage.join(state, "metadata")):
-        if '"dedupeWithinWatermark"' in storage.read_text(settings, storage.join(state, "metadata")):
-            kept = "spark"
+    if storage.exists(settings, v2):
+        kept = "processing_timers" if _processing_time_state(settings, v2) else "timers"
+    elif storage.exists(settings, v1) and '"dedupeWithinWatermark"' in storage.read_text(settings, v1):
+        kept = "spark"
     if kept is None:
         return settings.streaming.dedup
     if kept != settings.streaming.dedup:
