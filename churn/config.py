@@ -324,7 +324,7 @@ class StreamingSettings(BaseModel):
     #: (duplicates and invalid records included) to Bronze, beside Silver's append: Kafka is read once, by one
     #: query. ``query``: Bronze is a query of its own (Delta's streaming sink, every ``bronze_trigger_s``; with a
     #: local master in a process of its own at ``bronze_nice``) that reads Kafka a second time. ``silver_batch``
-    #: needs ``dedup`` = ``processing_timers`` or ``timers``. A checkpoint keeps the way it was started with.
+    #: needs ``dedup`` other than ``spark``. A checkpoint keeps the way it was started with.
     bronze_writer: Literal["silver_batch", "query"] = "silver_batch"
     #: Bronze's own query (``bronze_writer`` = ``query``) is not on the freshness path: a slower trigger (fewer,
     #: larger batches) spreads its fixed cost per batch (a Delta commit) and leaves the cores to Silver. Bronze's
@@ -344,15 +344,19 @@ class StreamingSettings(BaseModel):
     allowed_lateness_s: float = 3600.0
     #: Duplicates of an event_id are recognised if they arrive within this processing-time window.
     dedup_window_s: float = 3600.0
-    #: How the silver query remembers event ids for ``dedup_window_s``. ``processing_timers``: each id is
-    #: forgotten by a timer at its batch's time plus the window (``jvm/churn-spark``), so a batch touches only its
-    #: own ids and those expiring, whatever the window holds, and the query's plan holds no value of the batch's
-    #: (its generated code is compiled once). ``timers``: the same by event-time timers on the batch's time as a
-    #: column, which runs interpreted. ``spark``: Spark's ``dropDuplicatesWithinWatermark``, which reads every
-    #: remembered id on every batch (on two cores, ~0.27 s per batch for each million ids: an hour at 9,000
+    #: How the silver query remembers event ids for ``dedup_window_s``, by the batches' own time (Spark's
+    #: processing time: the batch's timestamp in its offset log) or by the batch's time as a column.
+    #: ``buckets``: ids grouped in 256 buckets by a hash, each bucket a map from id to when it expires (its batch's
+    #: time plus the window), cleared of expired ids by one timer per bucket every half window (``jvm/churn-spark``):
+    #: a record costs one read of the state, and a write if it is kept. ``processing_timers``: one timer per id at
+    #: its batch's time plus the window, a scan, a read and two writes per record. With both, a batch touches only
+    #: its own ids and those expiring, whatever the window holds, and the query's plan holds no value of the
+    #: batch's (its generated code is compiled once). ``timers``: timers per id by event-time timers on the batch's
+    #: time as a column, which runs interpreted. ``spark``: Spark's ``dropDuplicatesWithinWatermark``, which reads
+    #: every remembered id on every batch (on two cores, ~0.27 s per batch for each million ids: an hour at 9,000
     #: events/s is 32 million) and keeps ids for up to twice the window. A checkpoint keeps the kind it was
     #: started with.
-    dedup: Literal["processing_timers", "timers", "spark"] = "processing_timers"
+    dedup: Literal["buckets", "processing_timers", "timers", "spark"] = "buckets"
     #: Where a query starts on its first run (``startingOffsets``); afterwards its checkpoint decides.
     starting_offsets: str = "earliest"
     #: How long the broker may hold a fetch that has no new data. Every micro-batch reads each partition

@@ -75,7 +75,7 @@ CHECKPOINT_INTERVAL = {"silver": 101, "feature_history": 103, "quarantine": 107,
 #: nested vectors per row, a fifth of the executors' time. The batches stay bounded by their row count
 #: (``spark.sql.execution.arrow.maxRecordsPerBatch``, 10,000).
 #:
-#: With the de-duplication by the batches' own time (``processing_timers``) the plan holds no value of the batch's,
+#: With the de-duplications by the batches' own time (``buckets``, ``processing_timers``) the plan holds no value of the batch's,
 #: so Spark's generated code, compiled by the first batch, serves every batch after it: the executors used 27 %
 #: less CPU on a catch-up than interpreted (``SILVER_QUERY_CONF_COMPILED``). No batch without data there: a
 #: processing-time operator asks Spark for one on every trigger, to fire its timers, and with ``availableNow``
@@ -151,7 +151,7 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
     v2, v1 = storage.join(state, "v2"), storage.join(state, "metadata")  # transformWithState writes v2
     kept = None
     if storage.exists(settings, v2):
-        kept = "processing_timers" if _processing_time_state(settings, v2) else "timers"
+        kept = _transform_with_state_kind(settings, v2)
     elif storage.exists(settings, v1) and '"dedupeWithinWatermark"' in storage.read_text(settings, v1):
         kept = "spark"
     if kept is None:
@@ -162,14 +162,19 @@ def dedup_kind(settings: Settings, checkpoint: str) -> str:
     return kept
 
 
-def _processing_time_state(settings: Settings, metadata: str) -> bool:
-    """Whether the transformWithState operator whose metadata folder (``state/0/_metadata/v2``) is ``metadata``
-    runs in processing time (its operator properties record its time mode)."""
+def _transform_with_state_kind(settings: Settings, metadata: str) -> str:
+    """Which of our transformWithState de-duplications (``buckets``, ``processing_timers`` or ``timers``) wrote the
+    operator metadata folder (``state/0/_metadata/v2``) ``metadata``: its operator properties record its time mode
+    and its state variables (the buckets' map of expiries is ``expiries``)."""
     for name in storage.names(settings, metadata):
         if name.isdigit():  # one file per batch that wrote it, each the operator's: "v2", then its JSON
             operator = json.loads(storage.read_text(settings, storage.join(metadata, name)).splitlines()[1])
-            return json.loads(operator["operatorPropertiesJson"]).get("timeMode") == "ProcessingTime"
-    return False
+            properties = json.loads(operator["operatorPropertiesJson"])
+            if properties.get("timeMode") != "ProcessingTime":
+                return "timers"
+            names = {variable.get("stateName") for variable in properties.get("stateVariables", [])}
+            return "buckets" if "expiries" in names else "processing_timers"
+    return "timers"
 
 
 def bronze_writer(settings: Settings, checkpoints: str, dedup: str) -> str:
@@ -203,13 +208,13 @@ def _recorded_bronze_writer(settings: Settings, checkpoints: str) -> str | None:
 
 
 #: The de-duplications (``StreamingSettings.dedup``) that can keep duplicates flagged instead of dropping them.
-FLAGGING_DEDUP = ("processing_timers", "timers")
+FLAGGING_DEDUP = ("buckets", "processing_timers", "timers")
 
 
 def dedup_time_column(kind: str) -> str | None:
     """The column of the batch's time (``current_timestamp()``) a de-duplication of ``kind`` needs in its input
-    (``ingest_time``), or None for ``processing_timers``, which goes by the batches' own time."""
-    return None if kind == "processing_timers" else "ingest_time"
+    (``ingest_time``), or None for ``buckets`` and ``processing_timers``, which go by the batches' own time."""
+    return None if kind in ("buckets", "processing_timers") else "ingest_time"
 
 
 def silver_query_conf(kind: str) -> dict[str, str]:
@@ -219,10 +224,13 @@ def silver_query_conf(kind: str) -> dict[str, str]:
 
 
 def drop_duplicates_within_window(rows, key: str, time: str | None, window_s: float,
-                                  kind: str = "processing_timers", flag: str | None = None):
+                                  kind: str = "buckets", flag: str | None = None):
     """``rows`` (a streaming DataFrame) less every row whose ``key`` came within ``window_s`` before it, with the
     operator ``kind`` (``StreamingSettings.dedup``):
 
+    * ``buckets``: ``churn.spark.DropDuplicatesByBucket`` (``jvm/churn-spark``) by the batches' own time (``time``
+      is not used): keys grouped in a fixed number of buckets, each a map from key to when it expires, so a row
+      costs one read of the state, and one write if it is kept; one timer per bucket clears the expired keys;
     * ``processing_timers``: ``churn.spark.DropDuplicatesWithinWindow`` (``jvm/churn-spark``) by the batches' own
       time (``time`` is not used): its cost per batch follows the batch rather than the number of keys
       remembered, and the plan holds nothing that changes from batch to batch;
@@ -235,6 +243,11 @@ def drop_duplicates_within_window(rows, key: str, time: str | None, window_s: fl
     from pyspark.sql import DataFrame
 
     session = rows.sparkSession
+    if kind == "buckets":
+        dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
+        deduped = session._jvm.churn.spark.DropDuplicatesByBucket.applyInProcessingTime(
+            rows._jdf, key, round(window_s * 1000), flag, dropped)
+        return DataFrame(deduped, session), dropped
     if kind == "processing_timers":
         dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
         deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.applyInProcessingTime(

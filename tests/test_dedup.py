@@ -1,5 +1,5 @@
-"""The silver query's de-duplication (``streaming.job.drop_duplicates_within_window``: processing-time or
-event-time timers in ``jvm/churn-spark``, or Spark's own operator) on real Spark with the RocksDB state store,
+"""The silver query's de-duplication (``streaming.job.drop_duplicates_within_window``: buckets of expiries or timers
+by processing time, event-time timers in ``jvm/churn-spark``, or Spark's own operator) on real Spark with the RocksDB state store,
 and which operator a checkpoint keeps."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _compilations(spark) -> int:
     return spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount()
 
 
-def _run(spark, folder, checkpoint, kind: str = "processing_timers", flagged: list | None = None,
+def _run(spark, folder, checkpoint, kind: str = "buckets", flagged: list | None = None,
          compiled: list | None = None) -> tuple[list[list[str]], int]:
     """One run to the end of ``folder``'s files, a file per batch, from ``checkpoint``: each batch's ids kept
     (sorted), and the rows the operator counted as dropped (-1 with Spark's, which reports them in its progress).
@@ -81,7 +81,8 @@ def _run(spark, folder, checkpoint, kind: str = "processing_timers", flagged: li
     return kept, (dropped.value() if dropped is not None else -1)
 
 
-def test_a_key_is_dropped_while_its_window_lasts_and_kept_again_after_it_across_a_restart(spark, tmp_path):
+@pytest.mark.parametrize("kind", ["buckets", "processing_timers"])
+def test_a_key_is_dropped_while_its_window_lasts_and_kept_again_after_it_across_a_restart(spark, tmp_path, kind):
     """By the batches' own time: a key is a duplicate until the window has passed since the batch that kept it."""
     from streaming.job import dedup_kind
 
@@ -89,18 +90,40 @@ def test_a_key_is_dropped_while_its_window_lasts_and_kept_again_after_it_across_
     files.mkdir()
     _file(files, "0", ["a", "b", "a", "c", "b"])  # duplicates within one batch
     _file(files, "1", ["c", "d", "e"])  # and across batches
-    kept, dropped = _run(spark, files, checkpoint)
+    kept, dropped = _run(spark, files, checkpoint, kind=kind)
     assert kept == [["a", "b", "c"], ["d", "e"]]
     assert dropped == 3
 
     time.sleep(WINDOW_S + 1)  # the window of every id so far has passed
     _file(files, "2", ["e", "f"])  # e is forgotten: its window ended before this batch's time
     _file(files, "3", ["a", "f", "g", "g"])  # f came a batch ago, within the window
-    kept, dropped = _run(spark, files, checkpoint)  # restarted from the checkpoint: the memory survived
+    kept, dropped = _run(spark, files, checkpoint, kind=kind)  # restarted from the checkpoint: the memory survived
     assert kept == [["e", "f"], ["a", "g"]]
     assert dropped == 2  # f, and the second g (the counter is this run's)
     # the checkpoint keeps its kind whatever the settings say
-    assert dedup_kind(Settings(streaming={"dedup": "timers"}), str(checkpoint)) == "processing_timers"
+    assert dedup_kind(Settings(streaming={"dedup": "timers"}), str(checkpoint)) == kind
+
+
+def test_the_buckets_forget_expired_keys(spark, tmp_path):
+    """The buckets' state holds a key until its bucket's timer finds it expired: after the window, the next batch
+    leaves only the keys it kept itself (read back with Spark's state data source)."""
+    files, checkpoint = tmp_path / "files", tmp_path / "checkpoint"
+    files.mkdir()
+    first = [f"k{i}" for i in range(300)]  # in most of the 256 buckets
+    _file(files, "0", first)
+    _run(spark, files, checkpoint)
+    assert sorted(_remembered(spark, checkpoint)) == sorted(first)
+    time.sleep(WINDOW_S + 1)
+    _file(files, "1", ["k0", "new"])  # k0 expired: kept again, and remembered anew
+    kept, dropped = _run(spark, files, checkpoint)
+    assert (kept, dropped) == ([["k0", "new"]], 0)
+    assert sorted(_remembered(spark, checkpoint)) == ["k0", "new"]
+
+
+def _remembered(spark, checkpoint) -> list[str]:
+    """The keys in the buckets' state (``DropDuplicatesByBucket``'s map ``expiries``) as of the last batch."""
+    state = spark.read.format("statestore").option("stateVarName", "expiries").load(str(checkpoint))
+    return [row["key"] for row in state.select("user_map_key.*").toDF("key").collect()]
 
 
 def test_by_event_time_timers_a_key_is_remembered_until_the_watermark_passes_it(spark, tmp_path):
@@ -140,6 +163,9 @@ def test_duplicates_kept_flagged_are_the_rows_the_operator_would_drop(spark, tmp
     assert flagged == [["a", "a", "b"], ["c", "d"]]
     assert dropped == 5  # counted as duplicates all the same
     flagged = []
+    kept, dropped = _run(spark, files, tmp_path / "timers-checkpoint", kind="processing_timers", flagged=flagged)
+    assert (kept, flagged, dropped) == ([["a", "b", "c"], ["d", "e"]], [["a", "a", "b"], ["c", "d"]], 5)
+    flagged = []
     kept, dropped = _run(spark, files, tmp_path / "event-time-checkpoint", kind="timers", flagged=flagged)
     assert (kept, flagged, dropped) == ([["a", "b", "c"], ["d", "e"]], [["a", "a", "b"], ["c", "d"]], 5)
     with pytest.raises(ValueError, match="timers"):
@@ -155,11 +181,11 @@ def test_a_checkpoint_keeps_the_operator_it_was_started_with(spark, tmp_path):
     kept, _ = _run(spark, files, checkpoint, kind="spark")
     assert kept == [["a", "b"]]
     assert dedup_kind(Settings(), str(checkpoint)) == "spark"  # the settings' kind differs: the checkpoint says spark
-    assert dedup_kind(Settings(), str(tmp_path / "new")) == "processing_timers"
+    assert dedup_kind(Settings(), str(tmp_path / "new")) == "buckets"
     assert dedup_kind(Settings(streaming={"dedup": "spark"}), str(tmp_path / "new")) == "spark"
 
 
-@pytest.mark.parametrize("kind", ["processing_timers", "timers"])
+@pytest.mark.parametrize("kind", ["buckets", "processing_timers", "timers"])
 def test_by_processing_time_the_query_compiles_its_code_once_for_every_batch(spark, tmp_path, monkeypatch, kind):
     """With the de-duplication by the batches' own time, the plan holds no value of the batch's: Spark's generated
     code is compiled by the first batch and serves the others. By event time (the batch's time as a column, the
@@ -175,7 +201,7 @@ def test_by_processing_time_the_query_compiles_its_code_once_for_every_batch(spa
     kept, dropped = _run(spark, files, tmp_path / "checkpoint", kind=kind, compiled=compiled)
     assert [len(ids) for ids in kept] == [50] * 4 and dropped == 4
     after_first = [n - compiled[0] for n in compiled[1:]]
-    if kind == "processing_timers":
+    if kind != "timers":
         assert after_first == [0, 0, 0]
     else:  # at least the projection of the batch's time and the operator's watermark predicate, in each batch
         assert after_first[-1] >= 2 * 3
