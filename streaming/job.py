@@ -56,7 +56,7 @@ from churn.spark import BACKGROUND_POOL
 from streaming import bronze_process, metrics
 from streaming.deferred_query import DeferredQuery
 from streaming.feature_state import HISTORY_SCHEMA, FeatureState
-from streaming.parse import CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_INPUTS, spark_schema, validate_arrow
+from streaming.parse import CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_INPUTS, spark_schema, start_workers, validate_arrow
 
 LATE_EVENT = "late_event:event_time"
 #: How long a dead letter may take to be delivered (Spark's Kafka sink: the Java producer's 120 s default).
@@ -871,6 +871,7 @@ class StreamingJob:
 
     def start(self) -> None:
         self.prepare()
+        threading.Thread(target=self._start_workers, name="start-python-workers", daemon=True).start()
         self.spark.streams.addListener(metrics.MetricsListener())
         if self.bronze_writer == "query":  # otherwise the silver query's batches write Bronze
             if bronze_process.runs_apart(self.settings, self.available_now):
@@ -878,6 +879,14 @@ class StreamingJob:
             else:
                 self.start_bronze()
         self.start_profiles(after=self.start_silver())
+
+    def _start_workers(self) -> None:
+        """The silver query's Python workers started while its first trigger is busy elsewhere
+        (``streaming.parse.start_workers``); a failure here costs only the head start."""
+        try:
+            start_workers(self.spark, self.settings.streaming.validate_tasks or 2)
+        except Exception as e:  # noqa: BLE001
+            log.warning("the Python workers could not be started ahead of the first batch: %s", e)
 
     def stop(self, between_batches_within_s: float = 45.0) -> None:
         """Stop every query, each between two of its micro-batches: stopping one mid-batch interrupts

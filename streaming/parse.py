@@ -9,6 +9,7 @@ raw bytes and get the reason.
 
 from __future__ import annotations
 
+import json
 from typing import Iterator
 
 import pyarrow as pa
@@ -117,3 +118,21 @@ def validate_arrow(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
             out = pa.RecordBatch.from_arrays([*out.columns, *raw, not_duplicate],
                                              names=[*out.schema.names, *(n for _, n, _ in RAW_COLUMNS), "duplicate"])
         yield out
+
+
+def _warm_up(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` function of ``start_workers``: the contract's example validated once, nothing out."""
+    example = json.dumps(CDR.schema["examples"][0]).encode()
+    for batch in batches:
+        for _ in range(batch.num_rows):
+            validate_records(["warm-up"], [example], [0], [0], [int(parse_time(CDR.schema["examples"][0]["event_time"]) * 1e6)])
+        yield pa.RecordBatch.from_pylist([], schema=pa.schema([("id", pa.int64())]))
+
+
+def start_workers(spark, tasks: int) -> None:
+    """Start ``tasks`` of the executors' Python workers, each with this module imported and the validator run
+    once, and leave them idle for the first micro-batch's validation to reuse (Spark keeps a Python worker for the
+    next Python task). A streaming job calls it beside its queries' start, whose first trigger spends seconds in
+    one thread (the Kafka source's first offsets, planning, compiling the plan's code) while the other cores have
+    nothing to do; otherwise the first batch's tasks would start the workers then, on cores the JIT is using."""
+    spark.range(0, tasks, 1, tasks).mapInArrow(_warm_up, "id long").collect()
