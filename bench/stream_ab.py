@@ -7,6 +7,7 @@ one rate, A then B, ``pairs`` times, so that each pair shares the machine's stat
     .venv/bin/python bench/run.py stream_ab_bronze_writer    # Bronze written by the silver batches vs its own query
     .venv/bin/python bench/run.py stream_ab_bronze_process   # Bronze's query in its own process at nice 19 vs in the job's JVM
     .venv/bin/python bench/run.py stream_ab_jit              # the JVMs' JIT as shipped vs its first tier (C1) only
+    .venv/bin/python bench/run.py stream_ab_dedup            # de-duplication by buckets vs by a timer per id
 
 Each run is ``bench_stream_sustained`` at ``RATE`` (or the change's own in ``RATES``; a 30 s warm-up, then 60 s measured): feature freshness
 p50/p99 and Silver's batch duration p50, per variant the median over the pairs, every run in the detail.
@@ -36,6 +37,8 @@ CHANGES: dict[str, tuple[tuple[str, list], tuple[str, list]]] = {
                       ("query", [("streaming", "bronze_writer", "query")])),
     "bronze_process": (("own_process", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_nice", 19)]),
                        ("same_jvm", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_nice", None)])),
+    "dedup": (("buckets", [("streaming", "dedup", "buckets")]),
+              ("processing_timers", [("streaming", "dedup", "processing_timers")])),
     "jit": (("c2", [("spark", "java_options", JIT_VARIANTS["full"])]),
             ("c1_only", [("spark", "java_options", JIT_VARIANTS["c1"])])),
     "scheduler": (("background_pool", [("streaming", "bronze_writer", "query"), ("streaming", "bronze_trigger_s", 5.0),
