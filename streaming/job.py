@@ -243,15 +243,11 @@ def drop_duplicates_within_window(rows, key: str, time: str | None, window_s: fl
     from pyspark.sql import DataFrame
 
     session = rows.sparkSession
-    if kind == "buckets":
+    if dedup_time_column(kind) is None:  # by the batches' own time
+        operator = (session._jvm.churn.spark.DropDuplicatesByBucket if kind == "buckets"
+                    else session._jvm.churn.spark.DropDuplicatesWithinWindow)
         dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
-        deduped = session._jvm.churn.spark.DropDuplicatesByBucket.applyInProcessingTime(
-            rows._jdf, key, round(window_s * 1000), flag, dropped)
-        return DataFrame(deduped, session), dropped
-    if kind == "processing_timers":
-        dropped = session.sparkContext._jsc.sc().longAccumulator("duplicates dropped")
-        deduped = session._jvm.churn.spark.DropDuplicatesWithinWindow.applyInProcessingTime(
-            rows._jdf, key, round(window_s * 1000), flag, dropped)
+        deduped = operator.applyInProcessingTime(rows._jdf, key, round(window_s * 1000), flag, dropped)
         return DataFrame(deduped, session), dropped
     watermarked = rows.withWatermark(time, f"{round(window_s * 1000)} milliseconds")
     if kind == "spark":
@@ -884,7 +880,7 @@ class StreamingJob:
         """The silver query's Python workers started while its first trigger is busy elsewhere
         (``streaming.parse.start_workers``); a failure here costs only the head start."""
         try:
-            start_workers(self.spark, self.settings.streaming.validate_tasks or 2)
+            start_workers(self.spark, self.settings.streaming.validate_tasks or self.spark.sparkContext.defaultParallelism)
         except Exception as e:  # noqa: BLE001
             log.warning("the Python workers could not be started ahead of the first batch: %s", e)
 

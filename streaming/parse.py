@@ -122,10 +122,11 @@ def validate_arrow(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
 
 def _warm_up(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """``mapInArrow`` function of ``start_workers``: the contract's example validated once, nothing out."""
-    example = json.dumps(CDR.schema["examples"][0]).encode()
+    example = CDR.schema["examples"][0]
+    value, received_us = json.dumps(example).encode(), round(parse_time(example["event_time"]) * 1e6)
     for batch in batches:
         for _ in range(batch.num_rows):
-            validate_records(["warm-up"], [example], [0], [0], [int(parse_time(CDR.schema["examples"][0]["event_time"]) * 1e6)])
+            validate_records(["warm-up"], [value], [0], [0], [received_us])
         yield pa.RecordBatch.from_pylist([], schema=pa.schema([("id", pa.int64())]))
 
 

@@ -7,7 +7,6 @@ import org.apache.spark.sql.Column;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Encoders;
 import org.apache.spark.sql.Row;
-import org.apache.spark.sql.RowFactory;
 import org.apache.spark.sql.functions;
 import org.apache.spark.sql.streaming.ExpiredTimerInfo;
 import org.apache.spark.sql.streaming.MapState;
@@ -94,7 +93,7 @@ public final class DropDuplicatesByBucket extends StatefulProcessor<Integer, Row
             if (expires != null && expires > now) {
                 duplicates++;
                 if (flagColumn >= 0) {
-                    out.add(flagged(row));
+                    out.add(DropDuplicatesWithinWindow.flagged(row, flagColumn));
                 }
                 continue;
             }
@@ -129,13 +128,5 @@ public final class DropDuplicatesByBucket extends StatefulProcessor<Integer, Row
             getHandle().registerTimer(now + windowMs / 2);
         }
         return scala.collection.Iterator$.MODULE$.empty();
-    }
-
-    private Row flagged(Row row) {
-        Object[] values = new Object[row.length()];
-        for (int i = 0; i < values.length; i++) {
-            values[i] = i == flagColumn ? Boolean.TRUE : row.get(i);
-        }
-        return RowFactory.create(values);
     }
 }

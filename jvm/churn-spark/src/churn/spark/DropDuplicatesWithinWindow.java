@@ -115,12 +115,17 @@ public final class DropDuplicatesWithinWindow extends StatefulProcessor<String, 
         }
         return rows.map(row -> {
             dropped.add(1);
-            Object[] values = new Object[row.length()];
-            for (int i = 0; i < values.length; i++) {
-                values[i] = i == flagColumn ? Boolean.TRUE : row.get(i);
-            }
-            return RowFactory.create(values);
+            return flagged(row, flagColumn);
         });
+    }
+
+    /** {@code row} with its boolean column {@code flagColumn} set to true: a duplicate kept for Bronze. */
+    static Row flagged(Row row, int flagColumn) {
+        Object[] values = new Object[row.length()];
+        for (int i = 0; i < values.length; i++) {
+            values[i] = i == flagColumn ? Boolean.TRUE : row.get(i);
+        }
+        return RowFactory.create(values);
     }
 
     @Override
