@@ -146,6 +146,7 @@ def stream_catch_up(s: Settings) -> tuple[float, list[dict]]:
     job.start()
     for q in job.queries:
         q.awaitTermination()
+    job.wait_for_batches()  # the last batch's work on the driver
     elapsed = time.perf_counter() - started
     progress = list(next(q for q in job.queries if q.name == "silver").recentProgress)
     job.spark.stop()

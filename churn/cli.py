@@ -448,10 +448,13 @@ def stream(
         err.print(f"streaming from {s.topics.cdr.name} on {s.kafka.bootstrap_servers} into {storage.lake_url(s)}")
         # one query failing (the lake unreachable past its retries) ends the job with an error, for its
         # supervisor to restart it: the other queries running on would leave the failed one's table behind
-        while not stopping.is_set() and any(q.isActive for q in job.queries) and not failed_queries():
+        while (not stopping.is_set() and any(q.isActive for q in job.queries) and not failed_queries()
+               and job.failure() is None):
             stopping.wait(0.5)
         failed = failed_queries()
         job.stop()
+        if job.failure() is not None:
+            _fail(f"a silver batch did not end: {job.failure()}")
         for q in failed:
             _fail(f"query {q.name} failed: {q.exception()}")
         err.print("stopped")

@@ -56,6 +56,7 @@ from churn.spark import BACKGROUND_POOL
 from streaming import bronze_process, metrics
 from streaming.deferred_query import DeferredQuery
 from streaming.feature_state import HISTORY_SCHEMA, FeatureState
+from streaming.pending_batches import PendingBatches, pending_url
 from streaming.parse import CONTRACT_COLUMNS, KAFKA_INPUTS, RAW_INPUTS, spark_schema, start_workers, validate_arrow
 
 LATE_EVENT = "late_event:event_time"
@@ -122,6 +123,16 @@ def _newest_by_partition(table) -> dict[int, float]:
     micros = newest.column("event_time_max").cast(pa.int64()).to_pylist()  # Spark's timestamps: microseconds
     return {int(p): t / 1e6 for p, t in zip(newest.column("kafka_partition").to_pylist(), micros)
             if t is not None}
+
+
+def _on_time(batch: pa.Table) -> pa.Table:
+    """A batch's rows bound for Silver: valid, on time and (where Bronze is written from it) not duplicates."""
+    import pyarrow.compute as pc
+
+    keep = pc.is_null(batch.column("reason"))
+    if "duplicate" in batch.schema.names:
+        keep = pc.and_(keep, pc.invert(batch.column("duplicate")))
+    return batch.filter(keep)
 
 
 def _app_id(settings: Settings, checkpoints: str, query: str) -> str:
@@ -261,8 +272,10 @@ def drop_duplicates_within_window(rows, key: str, time: str | None, window_s: fl
 
 
 def committed_offsets(settings: Settings, checkpoint: str, topic: str) -> dict[int, int]:
-    """Kafka offsets up to which a query's batches are committed (read from its checkpoint)."""
-    commits = _batch_ids(settings, storage.join(checkpoint, "commits"))
+    """Kafka offsets up to which a query's batches are committed (read from its checkpoint) and ended: a silver
+    batch whose work on the driver may still run (``overlap_batches``) is not counted yet."""
+    pending = set(PendingBatches(settings, pending_url(checkpoint)).ids())
+    commits = [b for b in _batch_ids(settings, storage.join(checkpoint, "commits")) if b not in pending]
     if not commits:
         return {}
     return batch_offsets(settings, checkpoint, max(commits), topic)
@@ -438,6 +451,10 @@ class StreamingJob:
         self._online_writer = None  # churn.online_writer.FeastRedisWriter, opened on the first push
         self._feature_state: FeatureState | None = None
         self._writers = ThreadPoolExecutor(6, thread_name_prefix="delta-write")  # a batch's writes at once
+        # a batch's work on the driver beside the next batch's Spark job (``overlap_batches``)
+        self._ender = ThreadPoolExecutor(1, thread_name_prefix="end-batch")
+        self._ending = None  # the last batch's work, a Future
+        self._pending = PendingBatches(settings, pending_url(storage.join(self.checkpoints, "silver")))
         self.last_pushed_ref_time = 0.0
         self.queries = []
         self._duplicates = None  # the silver query's count of duplicates dropped (timers: see start_silver)
@@ -492,6 +509,7 @@ class StreamingJob:
         from pyspark.sql import functions as F
 
         self._load_progress()
+        self.end_pending_batches()
         st = self.settings.streaming
         raw = self._batches_write_bronze
         records = self._kafka(st.max_offsets_per_trigger).select(*KAFKA_INPUTS, *(RAW_INPUTS if raw else ()))
@@ -654,10 +672,9 @@ class StreamingJob:
         return tag
 
     def _silver_batch(self, df, batch_id: int) -> None:
-        """One micro-batch: one Spark job brings its verdicts and rows to the driver; from there the features are
-        pushed to Feast first (freshness) while the Delta writes and dead letters run beside them."""
-        import pyarrow.compute as pc
-
+        """One micro-batch: one Spark job brings its verdicts and rows to the driver, which ends the batch
+        (``_end_batch``): here, or with ``overlap_batches`` on a thread of its own while Spark runs the next
+        batch's job, the batch's rows kept (``streaming.pending_batches``) until it has ended."""
         clock = _PhaseClock()
         # The batch's only Spark job (Kafka read, validation, de-duplication) brings the rows to the driver as
         # Arrow, as the query made them; what depends on the batch (its id, its time, its watermarks) is added
@@ -665,7 +682,6 @@ class StreamingJob:
         # from batch to batch. Everything after runs here too: the counts, the features (numpy), and the writes through
         # delta-rs and a Kafka producer (as Spark jobs of their own, the Silver write, the quarantine write and the
         # dead letters cost 0.3-1.0 s each per batch on two cores, whatever its size).
-        raw = self._batches_write_bronze
         wm = self.watermark_before(batch_id)
         rows = df.toArrow()
         if "ingest_time" not in rows.schema.names:
@@ -673,10 +689,56 @@ class StreamingJob:
             rows = rows.append_column("ingest_time", pa.repeat(pa.scalar(ingest, INGEST_TIME), rows.num_rows))
         local = _with_verdicts(rows, wm, batch_id)
         self._count_duplicates()
+        clock.mark("spark job")
+        if not self.settings.streaming.overlap_batches:
+            self._end_batch(local, batch_id, clock)
+            return
+        self._await_ended()  # the last batch's work; its failure fails this batch too (both run again on restart)
+        # the next batch's watermarks depend on this one's newest event times: known before it starts
+        with self._lock:
+            self._max_event_time[batch_id] = _newest_by_partition(_on_time(local))
+        if local.num_rows:
+            self._pending.write(batch_id, local)
+        clock.mark("rows kept")
+        self._ending = self._ender.submit(self._end_pending, local, batch_id, clock)
+
+    def _end_pending(self, local: pa.Table, batch_id: int, clock: "_PhaseClock") -> None:
+        self._end_batch(local, batch_id, clock)
+        self._pending.remove(batch_id)
+
+    def _await_ended(self) -> None:
+        """Wait for the last batch's work on the driver to end; raise its failure."""
+        if self._ending is not None:
+            self._ending.result()  # a failure stays: every later wait raises it too
+            self._ending = None
+
+    def end_pending_batches(self) -> None:
+        """End the batches Spark committed whose work a stopped process may not have ended (``overlap_batches``),
+        oldest first, before the query resumes; forget those it did not commit (Spark runs them again)."""
+        self._pending.remove_leftovers()
+        committed = set(_batch_ids(self.settings, storage.join(self.checkpoints, "silver", "commits")))
+        for batch_id in self._pending.ids():
+            if batch_id in committed:
+                log.info("batch %d: committed, its work on the driver not known to have ended: ending it", batch_id)
+                self._end_pending(self._pending.read(batch_id), batch_id, _PhaseClock())
+            else:
+                self._pending.remove(batch_id)
+
+    def wait_for_batches(self) -> None:
+        """Wait until every batch the silver query has run has also ended on the driver (``overlap_batches``);
+        raise the failure of one that did not."""
+        self._await_ended()
+
+    def _end_batch(self, local: pa.Table, batch_id: int, clock: "_PhaseClock") -> None:
+        """The driver's work of a batch (``local``: its rows with their verdicts): Bronze, Silver, quarantine,
+        accounting, dead letters, and the features pushed to Feast first (freshness) while the Delta writes
+        and dead letters run beside them."""
+        import pyarrow.compute as pc
+
         if local.num_rows == 0:  # nothing arrived (e.g. a batch that only advances the dedup watermark)
             return
         bronze_write = []
-        if raw:
+        if self._batches_write_bronze:
             bronze = _bronze_rows(local)
             bronze_write.append(lambda: self._append(bronze, self.lake.bronze, "bronze", batch_id, "ingest_date"))
             local = local.filter(pc.invert(local.column("duplicate")))
@@ -690,8 +752,9 @@ class StreamingJob:
         good = on_time.num_rows
         bad = Counter(rejected.column("reason").to_pylist())
         max_by_partition = _newest_by_partition(on_time)
-        clock.mark("validate+dedup")
+        clock.mark("verdicts")
         max_t = max(max_by_partition.values(), default=None)
+        wm = self.watermark_before(batch_id)
         recorded_at = datetime.now(timezone.utc)
         accounting = pa.Table.from_pylist([{
             "batch_id": batch_id, "rows": total, "silver_rows": good, "quarantined_rows": total - good,
@@ -902,6 +965,18 @@ class StreamingJob:
                     break
                 time.sleep(0.05)
             q.stop()
+        try:
+            self.wait_for_batches()
+        except Exception:  # noqa: BLE001 - it is the job's failure (``failure``); the batch runs again on restart
+            log.exception("the silver query's last batch did not end")
+
+    def failure(self) -> BaseException | None:
+        """Why the last batch's work on the driver failed (``overlap_batches``), if it did: the silver query fails
+        with it at its next batch; until then it looks healthy."""
+        ending = self._ending
+        if ending is None or not ending.done():
+            return None
+        return ending.exception()
 
     def await_any(self, timeout_s: float | None = None) -> None:
         self.spark.streams.awaitAnyTermination(timeout_s)

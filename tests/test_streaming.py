@@ -536,3 +536,63 @@ def test_dead_letters_the_broker_never_takes_fail_the_batch_instead_of_being_los
         job._send_dead_letters("cdr.dlq", "cdr", [("c1", b"{", "malformed_json", "not JSON", 0, 7),
                                                   (None, b"", "malformed_json", None, 1, 9)])
     assert time.monotonic() - started < 15
+
+
+def test_a_batch_spark_committed_whose_work_on_the_driver_failed_is_ended_on_restart(stream_env, tmp_path):
+    """With ``overlap_batches`` Spark commits a silver batch before the driver has ended it (its Delta writes,
+    features and push): the batch's rows are kept beside the checkpoint until then. Its push failing leaves
+    it committed in Spark, unended and kept, not counted as committed by ``committed_offsets``, and the
+    query fails at its next batch. The restarted job ends it before resuming: Bronze holds each record
+    once, Silver each valid event once, and Feast serves the batch computation over Silver."""
+    from pyspark.errors import StreamingQueryException
+
+    from churn import storage
+    from churn.spark import spark_session
+    from churn.transport import end_offsets
+    from streaming.job import StreamingJob, batch_offsets, committed_offsets
+    from streaming.pending_batches import PendingBatches, pending_url
+
+    env, s = stream_env
+    s = s.model_copy(update={"streaming": s.streaming.model_copy(update={"max_offsets_per_trigger": 600})})
+    assert s.streaming.overlap_batches
+    lake, silver = tmp_path / "lake", storage.join(storage.checkpoints_url(s), "silver")
+    end = recent_evening() - 2 * DAY
+    report = ProduceReport(run_id="test")
+    sim = Simulator(seed=31, start_s=end - DAY, end_s=end, customers=150, bad_ratio=0.03, duplicate_ratio=0.03)
+    run_backfill(s, sim, sender=StepProducer(s, report))
+    assert report.cdr_messages > 4 * 600  # four batches at least
+
+    spark = spark_session(s, "test-pending-batches")
+    try:
+        job = StreamingJob(s, spark=spark, available_now=True)
+        job.prepare()
+        pushes, push = [], job._push_features
+
+        def push_failing_the_second_time(*args):
+            pushes.append(1)
+            if len(pushes) == 2:
+                raise ConnectionError("Redis gone")
+            push(*args)
+
+        job._push_features = push_failing_the_second_time
+        with pytest.raises(StreamingQueryException, match="Redis gone"):
+            job.start_silver().awaitTermination()
+        assert isinstance(job.failure(), ConnectionError)
+        commits = sorted(int(n) for n in os.listdir(Path(silver) / "commits") if n.isdigit())
+        assert commits == [0, 1]  # batch 1 committed in Spark, batch 2 failed on batch 1's failure
+        assert PendingBatches(s, pending_url(silver)).ids() == [1]
+        assert committed_offsets(s, silver, s.topics.cdr.name) == batch_offsets(s, silver, 0, s.topics.cdr.name)
+        assert sorted(table(lake / "batches", ["batch_id"]).column("batch_id").to_pylist()) == [0, 1]
+
+        restarted = StreamingJob(s, spark=spark, available_now=True)
+        restarted.prepare()
+        restarted.start_silver().awaitTermination()
+        restarted.wait_for_batches()
+    finally:
+        spark.stop()
+    assert PendingBatches(s, pending_url(silver)).ids() == []
+    assert_each_record_once(lake, report)
+    batch_ids = table(lake / "batches", ["batch_id"]).column("batch_id").to_pylist()
+    assert len(batch_ids) == len(set(batch_ids)) >= 4
+    assert committed_offsets(s, silver, s.topics.cdr.name) == end_offsets(s, s.topics.cdr.name)
+    assert_online_features_equal_batch(s, str(lake), at_least=140)
