@@ -454,7 +454,7 @@ def stream(
         failed = failed_queries()
         job.stop()
         if job.failure() is not None:
-            _fail(f"a silver batch did not end: {job.failure()}")
+            _fail(f"query silver failed: a batch's work on the driver did not end: {job.failure()}")
         for q in failed:
             _fail(f"query {q.name} failed: {q.exception()}")
         err.print("stopped")
