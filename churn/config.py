@@ -366,10 +366,11 @@ class StreamingSettings(BaseModel):
     #: How features reach Feast's online store: ``redis`` writes Feast's Redis hashes directly in Feast's
     #: format, with Feast's newer-only rule (``churn.online_writer``); ``feast`` calls ``FeatureStore.push``.
     online_writer: Literal["redis", "feast"] = "redis"
-    #: The silver query's next batch starts while the driver ends the last one: its Delta writes, its features
-    #: and their push to Feast run beside the next batch's Spark job, which otherwise waits for them. The batch's
-    #: rows are kept beside the checkpoint until its work has ended, and a restart ends it first
-    #: (``streaming.pending_batches``), so this stays exactly once.
+    #: While the silver query is behind (a batch read ``max_offsets_per_trigger`` records), its next batch starts
+    #: while the driver ends the last one: the Delta writes, the features and their push to Feast run beside
+    #: the next batch's Spark job, which otherwise waits for them. The batch's rows are kept beside the
+    #: checkpoint until its work has ended, and a restart ends it first (``streaming.pending_batches``), so this
+    #: stays exactly once. Caught up, a batch always ends before the next starts: its push has the cores.
     overlap_batches: bool = True
     #: Tasks that read and validate a micro-batch's records: the Kafka source's partitions (one task each)
     #: are coalesced to this many, about the number of cores (0: one task per Kafka partition). With 12

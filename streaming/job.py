@@ -673,8 +673,10 @@ class StreamingJob:
 
     def _silver_batch(self, df, batch_id: int) -> None:
         """One micro-batch: one Spark job brings its verdicts and rows to the driver, which ends the batch
-        (``_end_batch``): here, or with ``overlap_batches`` on a thread of its own while Spark runs the next
-        batch's job, the batch's rows kept (``streaming.pending_batches``) until it has ended."""
+        (``_end_batch``): here, or, with ``overlap_batches`` and the query behind, on a thread of its own while
+        Spark runs the next batch's job, the batch's rows kept (``streaming.pending_batches``) until it has
+        ended. Caught up, the batch ends here: its push then has the cores to itself, which keeps features
+        fresh, and the next batch has no records waiting to start on."""
         clock = _PhaseClock()
         # The batch's only Spark job (Kafka read, validation, de-duplication) brings the rows to the driver as
         # Arrow, as the query made them; what depends on the batch (its id, its time, its watermarks) is added
@@ -690,10 +692,10 @@ class StreamingJob:
         local = _with_verdicts(rows, wm, batch_id)
         self._count_duplicates()
         clock.mark("spark job")
-        if not self.settings.streaming.overlap_batches:
+        self._await_ended()  # the last batch's work; its failure fails this batch too (both run again on restart)
+        if not (self.settings.streaming.overlap_batches and self._behind(local)):
             self._end_batch(local, batch_id, clock)
             return
-        self._await_ended()  # the last batch's work; its failure fails this batch too (both run again on restart)
         # the next batch's watermarks depend on this one's newest event times: known before it starts
         with self._lock:
             self._max_event_time[batch_id] = _newest_by_partition(_on_time(local))
@@ -701,6 +703,14 @@ class StreamingJob:
             self._pending.write(batch_id, local)
         clock.mark("rows kept")
         self._ending = self._ender.submit(self._end_pending, local, batch_id, clock)
+
+    def _behind(self, local: pa.Table) -> bool:
+        """Whether the batch read as many records as a batch may (``max_offsets_per_trigger``, less under one per
+        partition, as Spark shares the limit out by rounding down): more are waiting, and the next batch's Spark
+        job can start at once. Its rows (``local``) are every record it read, or, where Bronze is a query of its
+        own, all but the duplicates (a batch with many is taken as caught up: ended before the next starts)."""
+        s = self.settings
+        return local.num_rows > s.streaming.max_offsets_per_trigger - max(1, s.topics.cdr.partitions)
 
     def _end_pending(self, local: pa.Table, batch_id: int, clock: "_PhaseClock") -> None:
         self._end_batch(local, batch_id, clock)
