@@ -596,3 +596,18 @@ def test_a_batch_spark_committed_whose_work_on_the_driver_failed_is_ended_on_res
     assert len(batch_ids) == len(set(batch_ids)) >= 4
     assert committed_offsets(s, silver, s.topics.cdr.name) == end_offsets(s, s.topics.cdr.name)
     assert_online_features_equal_batch(s, str(lake), at_least=140)
+
+
+def test_only_a_batch_that_read_its_fill_is_ended_beside_the_next():
+    """``_behind``: a batch that read ``max_offsets_per_trigger`` records (Spark shares the limit out among the
+    partitions rounding down, so up to one fewer per partition) has more waiting and is overlapped; a smaller
+    one, the query caught up, ends before the next batch starts."""
+    import pyarrow as pa
+
+    from streaming.job import StreamingJob
+
+    job = StreamingJob.__new__(StreamingJob)  # the rule needs only the settings
+    job.settings = Settings(streaming={"max_offsets_per_trigger": 1000}, topics={"cdr": {"partitions": 12}})
+    rows = lambda n: pa.table({"kafka_offset": list(range(n))})  # noqa: E731
+    assert job._behind(rows(1000)) and job._behind(rows(989))
+    assert not job._behind(rows(988)) and not job._behind(rows(0))
