@@ -278,6 +278,32 @@ def assert_online_features_equal_batch(s, lake, at_least: int) -> None:
             assert got[name] == pytest.approx(expected[name], rel=1e-9, abs=1e-9), (customer, name)
 
 
+def test_pending_batches_are_kept_whole_on_s3_too(s3_and_spark_cluster):
+    """The rows of a batch whose driver work may still run (``streaming.pending_batches``), beside a checkpoint
+    in the S3 bucket: written, listed, read back equal, and removed, on the stack's S3 server."""
+    import pyarrow as pa
+
+    from churn import storage
+    from streaming.pending_batches import PendingBatches, pending_url
+
+    s = settings_from({**s3_and_spark_cluster, "CHURN_S3__PREFIX": f"t{uuid.uuid4().hex[:6]}"})
+    url = pending_url(storage.join(storage.checkpoints_url(s), "silver"))
+    assert storage.is_s3(url)
+    pending = PendingBatches(s, url)
+    assert pending.ids() == []
+    rows = pa.table({"kafka_offset": pa.array(range(5000), pa.int64()), "value": [b"x" * 200] * 5000,
+                     "reason": pa.array([None] * 4999 + ["malformed_json"], pa.string())})
+    pending.write(12, rows)
+    pending.write(3, rows.slice(0, 10))
+    assert pending.ids() == [3, 12]
+    assert pending.read(12).equals(rows) and pending.read(3).num_rows == 10
+    pending.remove(3)
+    pending.remove_leftovers()
+    assert pending.ids() == [12]
+    pending.remove(12)
+    assert pending.ids() == []
+
+
 def test_out_of_order_within_the_watermark_is_kept_and_later_is_quarantined_as_late(stream_env, tmp_path):
     env, s = stream_env
     lake = tmp_path / "lake"
