@@ -72,8 +72,8 @@ def int64_list_values(lists) -> list[bytes]:
     """
     counts = np.fromiter((len(values) for values in lists), np.int64, len(lists))
     flat = np.concatenate([np.asarray(values, np.int64) for values in lists]) if counts.sum() else np.empty(0, np.int64)
-    # each list's varints end where its last value's do
     data, sizes = _varints(flat)
+    # each list's varints end where its last value's do
     byte_ends = np.concatenate([[0], np.cumsum(sizes)])[np.concatenate([[0], np.cumsum(counts)])].tolist()
     raw = data.tobytes()
     return [_length_delimited(0x72, _length_delimited(0x0A, raw[a:b]) if b > a else b"")

@@ -692,17 +692,23 @@ class StreamingJob:
         local = _with_verdicts(rows, wm, batch_id)
         self._count_duplicates()
         clock.mark("spark job")
-        self._await_ended()  # the last batch's work; its failure fails this batch too (both run again on restart)
+        self.wait_for_batches()  # the last batch's work; its failure fails this batch too (both run again on restart)
+        newest = self._record_newest(batch_id, local)
         if not (self.settings.streaming.overlap_batches and self._behind(local)):
-            self._end_batch(local, batch_id, clock)
+            self._end_batch(local, batch_id, newest, clock)
             return
-        # the next batch's watermarks depend on this one's newest event times: known before it starts
-        with self._lock:
-            self._max_event_time[batch_id] = _newest_by_partition(_on_time(local))
         if local.num_rows:
             self._pending.write(batch_id, local)
         clock.mark("rows kept")
-        self._ending = self._ender.submit(self._end_pending, local, batch_id, clock)
+        self._ending = self._ender.submit(self._end_pending, local, batch_id, newest, clock)
+
+    def _record_newest(self, batch_id: int, local: pa.Table) -> dict[int, float]:
+        """The newest event time per Kafka partition of the batch's Silver rows, recorded before the next batch
+        starts: its watermarks depend on it (``watermark_before``)."""
+        newest = _newest_by_partition(_on_time(local))
+        with self._lock:
+            self._max_event_time[batch_id] = newest
+        return newest
 
     def _behind(self, local: pa.Table) -> bool:
         """Whether the batch read as many records as a batch may (``max_offsets_per_trigger``, less under one per
@@ -712,15 +718,9 @@ class StreamingJob:
         s = self.settings
         return local.num_rows > s.streaming.max_offsets_per_trigger - max(1, s.topics.cdr.partitions)
 
-    def _end_pending(self, local: pa.Table, batch_id: int, clock: "_PhaseClock") -> None:
-        self._end_batch(local, batch_id, clock)
+    def _end_pending(self, local: pa.Table, batch_id: int, newest: dict[int, float], clock: "_PhaseClock") -> None:
+        self._end_batch(local, batch_id, newest, clock)
         self._pending.remove(batch_id)
-
-    def _await_ended(self) -> None:
-        """Wait for the last batch's work on the driver to end; raise its failure."""
-        if self._ending is not None:
-            self._ending.result()  # a failure stays: every later wait raises it too
-            self._ending = None
 
     def end_pending_batches(self) -> None:
         """End the batches Spark committed whose work a stopped process may not have ended (``overlap_batches``),
@@ -730,17 +730,22 @@ class StreamingJob:
         for batch_id in self._pending.ids():
             if batch_id in committed:
                 log.info("batch %d: committed, its work on the driver not known to have ended: ending it", batch_id)
-                self._end_pending(self._pending.read(batch_id), batch_id, _PhaseClock())
+                local = self._pending.read(batch_id)
+                self._end_pending(local, batch_id, self._record_newest(batch_id, local), _PhaseClock())
             else:
                 self._pending.remove(batch_id)
 
     def wait_for_batches(self) -> None:
         """Wait until every batch the silver query has run has also ended on the driver (``overlap_batches``);
         raise the failure of one that did not."""
-        self._await_ended()
+        if self._ending is not None:
+            self._ending.result()  # a failure stays: every later wait raises it too
+            self._ending = None
 
-    def _end_batch(self, local: pa.Table, batch_id: int, clock: "_PhaseClock") -> None:
-        """The driver's work of a batch (``local``: its rows with their verdicts): Bronze, Silver, quarantine,
+    def _end_batch(self, local: pa.Table, batch_id: int, max_by_partition: dict[int, float],
+                   clock: "_PhaseClock") -> None:
+        """The driver's work of a batch (``local``: its rows with their verdicts; ``max_by_partition``: the newest
+        event time per partition of its Silver rows, ``_record_newest``): Bronze, Silver, quarantine,
         accounting, dead letters, and the features pushed to Feast first (freshness) while the Delta writes
         and dead letters run beside them."""
         import pyarrow.compute as pc
@@ -761,7 +766,6 @@ class StreamingJob:
         rejected = local.filter(pc.invert(is_good))
         good = on_time.num_rows
         bad = Counter(rejected.column("reason").to_pylist())
-        max_by_partition = _newest_by_partition(on_time)
         clock.mark("verdicts")
         max_t = max(max_by_partition.values(), default=None)
         wm = self.watermark_before(batch_id)
@@ -797,8 +801,6 @@ class StreamingJob:
         for future in pending:
             future.result()  # raises the first failure: the batch fails and is replayed on restart
         clock.mark("delta writes+dlq (after the push)")
-        with self._lock:
-            self._max_event_time[batch_id] = max_by_partition
         metrics.record_batch(good, dict(bad))
         log.info("batch %d: %d rows, %d to silver, %d quarantined in %s", batch_id, total, good,
                  total - good, clock)

@@ -57,6 +57,8 @@ class PendingBatches:
             with filesystem.open_output_stream(path) as out, pa.ipc.new_file(out, rows.schema) as writer:
                 writer.write_table(rows)
             return
+        # aside and renamed, without ``churn.model.registry.atomic_write``'s fsync: this is on every behind batch's
+        # path, and what it guards against is the process dying, as with Spark's own checkpoint files
         Path(self.url).mkdir(parents=True, exist_ok=True)
         aside = f"{url}.{os.getpid()}.tmp"
         with pa.OSFile(aside, "wb") as out, pa.ipc.new_file(out, rows.schema) as writer:
