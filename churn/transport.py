@@ -119,8 +119,10 @@ def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0, role: s
 
 
 def read_committed(settings: Settings, topic: str, idle_s: float = 3.0, role: str = "admin") -> list:
-    """Every committed record of ``topic`` from the start (``read_committed``: records of aborted or open
-    transactions left out), read until nothing new came for ``idle_s``."""
+    """Every committed record of ``topic`` from the start up to its last stable offsets when called
+    (``read_committed``: records of aborted or open transactions left out). Reading stops once every
+    partition's position has reached that offset (past the transaction markers), or, should it not, once
+    nothing new came for ``idle_s``."""
     import time
     import uuid
 
@@ -130,13 +132,15 @@ def read_committed(settings: Settings, topic: str, idle_s: float = 3.0, role: st
                  **{"isolation.level": "read_committed"})
     ends = end_offsets(settings, topic, role=role)
     c.assign([TopicPartition(topic, p, 0) for p in ends])
+    waiting = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
     out, idle = [], time.time()
     try:
-        while time.time() - idle < idle_s:
-            msgs = c.consume(5000, timeout=0.5)
+        while waiting and time.time() - idle < idle_s:
+            msgs = c.consume(5000, timeout=0.1)
             out.extend(m for m in msgs if m.error() is None)
             if msgs:
                 idle = time.time()
+            waiting = [tp for tp in c.position(waiting) if tp.offset < ends[tp.partition]]
     finally:
         c.close()
     return out

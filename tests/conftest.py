@@ -179,6 +179,22 @@ def private_pipeline_env(live_env: dict, registry: Path, tmp_path: Path, **extra
            "CHURN_FEAST__PROJECT": f"p{tag}", **extra}
     s = settings_from(env)
     ensure_topics(s)
-    applied = run_cli(["features", "apply"], env, timeout=180)
-    assert applied.returncode == 0, applied.stderr
+    apply_features(s)
     return env, s
+
+
+def apply_features(s: Settings) -> None:
+    """What ``churn features apply`` does for ``s``, in this process: a CLI process spends seconds importing
+    before it starts. ``feature_store.apply`` points the repo's module-level file sources at ``s``'s lake;
+    they are pointed back afterwards, so that no later test reads through another test's lake."""
+    from churn import feature_store
+    from feature_repo.activity import activity_history
+    from feature_repo.profile import profile_source
+
+    sources = (profile_source, activity_history)
+    before = [(src.file_options.uri, src.file_options.s3_endpoint_override) for src in sources]
+    try:
+        feature_store.apply(s)
+    finally:
+        for src, (uri, endpoint) in zip(sources, before):
+            src.file_options.uri, src.file_options.s3_endpoint_override = uri, endpoint

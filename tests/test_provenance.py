@@ -6,6 +6,9 @@ No stack: the "labels" models here learn from simulated rows passed to ``train_a
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import orjson
 import pytest
@@ -29,11 +32,23 @@ def profile_only():
     return X, ts.y, ts.at_s
 
 
+def _registry_settings(registry_dir: Path) -> Settings:
+    return Settings(scoring={"registry_dir": registry_dir}, training={"promotion_margin": 0.005})
+
+
+@pytest.fixture(scope="module")
+def synthetic_registry(tmp_path_factory) -> tuple[Path, str]:
+    """One small bootstrap champion (synthetic) for the module: its registry folder and version."""
+    root = tmp_path_factory.mktemp("synthetic") / "models"
+    return root, train_bootstrap(_registry_settings(root), customers=1000, days=45)
+
+
 @pytest.fixture
-def synthetic_champion(tmp_path) -> tuple[Settings, ModelRegistry, str]:
-    """A registry whose champion is a small bootstrap (synthetic)."""
-    s = Settings(scoring={"registry_dir": tmp_path / "models"}, training={"promotion_margin": 0.005})
-    return s, ModelRegistry(tmp_path / "models"), train_bootstrap(s, customers=1000, days=45)
+def synthetic_champion(synthetic_registry, tmp_path) -> tuple[Settings, ModelRegistry, str]:
+    """A registry of the test's own whose champion is the module's small bootstrap (synthetic)."""
+    root, version = synthetic_registry
+    shutil.copytree(root, tmp_path / "models")
+    return _registry_settings(tmp_path / "models"), ModelRegistry(tmp_path / "models"), version
 
 
 def test_the_bootstrap_champion_is_synthetic(synthetic_champion):

@@ -129,7 +129,6 @@ def test_your_own_kafka_redis_and_spark_block_runs_and_a_kcat_cdr_is_streamed_an
             time.sleep(0.5)
         kcat = _block("sh", "printf '7590-VHVEG|").replace("127.0.0.1:19092", s.kafka.bootstrap_servers) \
             .replace(" -t cdr ", f" -t {s.topics.cdr.name} ")
-        time.sleep(5)  # the worker joins its group (it reads from the earliest offset either way)
         done = subprocess.run(["bash", "-c", kcat], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         (sent,) = [m for m in read_committed(s, s.topics.cdr.name)]

@@ -69,7 +69,7 @@ def wait_scored(s, n: int, timeout_s: float) -> list[dict]:
         scores = scores_of(s)
         if len(scores) >= n or time.time() > deadline:
             return scores
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 def assert_exactly_once(scores: list[dict], valid_event_ids: set[str]) -> None:

@@ -165,3 +165,43 @@ def test_outputs_scored_while_a_commit_is_in_flight_go_into_the_next_transaction
     assert txn.commit() == 1
     assert txn.producer.committed[1] == {"records": [b"score-0-101"], "offsets": {0: 102}}
     assert txn.commit() == 0 and not txn.producer.open
+
+
+def test_read_committed_reads_what_is_committed_when_called_and_stops_at_its_end(live_stack):
+    """``churn.transport.read_committed`` leaves aborted records and those of a transaction still open out, and
+    stops once every partition's position is at its last stable offset (past the transaction markers), not
+    ``idle_s`` after the last record."""
+    from churn.transport import read_committed
+
+    s = live_stack
+    topic = f"read-{uuid.uuid4().hex[:6]}"
+    client = admin(s)  # kept: the futures fail if the client is collected first
+    for fut in client.create_topics([NewTopic(topic, 3, 1)]).values():
+        fut.result(30)
+    producer = Producer({"bootstrap.servers": s.kafka.bootstrap_servers,
+                         "transactional.id": f"read-test-{uuid.uuid4().hex[:6]}"})
+    producer.init_transactions(30)
+    for value, commit in ((b"kept-1", True), (b"aborted", False), (b"kept-2", True)):
+        producer.begin_transaction()
+        producer.produce(topic, value, partition=0)
+        producer.produce(topic, value, partition=1)  # partition 2 stays empty
+        if commit:
+            producer.commit_transaction(10)
+        else:
+            producer.abort_transaction(10)
+    committed = [b"kept-1", b"kept-1", b"kept-2", b"kept-2"]
+
+    def read() -> list[bytes]:
+        started = time.monotonic()
+        values = sorted(m.value() for m in read_committed(s, topic, idle_s=30.0))
+        took = time.monotonic() - started
+        assert took < 15.0, f"read until idle ({took:.1f} s), not to the end"
+        return values
+
+    assert read() == committed
+    producer.begin_transaction()
+    producer.produce(topic, b"open", partition=0)
+    producer.flush(10)
+    assert read() == committed  # the open transaction's record is not committed yet
+    producer.commit_transaction(10)
+    assert read() == sorted(committed + [b"open"])
