@@ -411,6 +411,10 @@ class ScoringSettings(BaseModel):
     commit_interval_s: float = 0.025
     #: Consumer-group session timeout: how soon a dead worker's partitions move.
     session_timeout_s: float = 10.0
+    #: How long the broker lets one of the worker's transactions stay open before it aborts it (Kafka's
+    #: ``transaction.timeout.ms``): a worker cut off from the broker for longer has its open transaction
+    #: aborted, fails its next commit, and is restarted to score those CDRs again.
+    transaction_timeout_s: float = Field(60.0, ge=1.0, le=900.0)
     #: Lower bounds of the bands medium, high, critical (low below the first).
     band_thresholds: tuple[float, float, float] = (0.3, 0.5, 0.7)
     #: A customer leaves a band only when the risk falls this far below its lower bound.

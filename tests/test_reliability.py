@@ -29,7 +29,7 @@ from churn.stack.services import SUPERVISE, kafka_service
 @pytest.fixture
 def reliability_env(live_stack, live_env, bootstrap_registry, tmp_path):
     return private_pipeline_env(live_env, bootstrap_registry, tmp_path,
-                                CHURN_SCORING__SESSION_TIMEOUT_S="6",
+                                CHURN_SCORING__SESSION_TIMEOUT_S="6", CHURN_SCORING__TRANSACTION_TIMEOUT_S="15",
                                 CHURN_SCORING__METRICS_PORT=str(free_ports(1)[0]),
                                 CHURN_STREAMING__METRICS_PORT=str(free_ports(1)[0]), CHURN_STREAMING__TRIGGER_S="1")
 
@@ -47,9 +47,9 @@ def healthz(port: int) -> int | None:
 
 def test_the_scorer_resumes_by_itself_after_the_broker_is_killed_and_restarted(reliability_env, live_stack,
                                                                                tmp_path):
-    """The single broker down for 65 s: longer than the scorer's session (6 s) and transaction (60 s) timeouts."""
+    """The single broker down for 20 s: longer than the scorer's session (6 s) and transaction (15 s) timeouts."""
     env, s = reliability_env
-    broker_outage(env, s, kafka_service(live_stack), 65, tmp_path)
+    broker_outage(env, s, kafka_service(live_stack), 20, tmp_path)
 
 
 @pytest.fixture(scope="module")

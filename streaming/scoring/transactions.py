@@ -135,7 +135,7 @@ class WorkerTransactions:
             "linger.ms": 2,
             "compression.type": "lz4",
             "partitioner": "murmur2_random",
-            "transaction.timeout.ms": 60_000,
+            "transaction.timeout.ms": int(settings.scoring.transaction_timeout_s * 1000),
         })
         self.producer.init_transactions(30)  # aborts what an earlier life of this slot left open
         log.info("transactional id %s", self.transactional_id)
