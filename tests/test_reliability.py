@@ -74,7 +74,9 @@ def three_brokers(tmp_path_factory):
     import gc
 
     gc.collect()
-    stack.down(s)
+    stopped = stack.down(s)
+    # the nodes are stopped together: one after another, the last would wait for a quorum gone, and be killed
+    assert [how.split(" (")[0] for name, how in stopped if name.startswith("kafka")] == ["stopped"] * 3, stopped
 
 
 def test_one_broker_of_three_killed_and_restarted_loses_and_repeats_nothing(three_brokers, bootstrap_registry,

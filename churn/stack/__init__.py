@@ -69,10 +69,18 @@ def _every_node(settings: Settings) -> Settings:
 
 
 def down(settings: Settings) -> list[tuple[str, str]]:
-    """Stop exactly the processes ``up`` (and ``start_stream``) started, by PID, last started first."""
+    """Stop exactly the processes ``up`` (and ``start_stream``) started, by PID, last started first; the Kafka
+    nodes last, all at once: stopped one after another, the last of a cluster would wait for a controller
+    quorum the others had taken with them, until it is killed."""
+    from concurrent.futures import ThreadPoolExecutor
+
     settings = _every_node(settings)
-    everything = services(settings) + jobs(settings)
-    return [(service.name, service.stop()) for service in reversed(everything)]
+    nodes = kafka_services(settings)
+    rest = services(settings)[len(nodes):] + jobs(settings)
+    done = [(service.name, service.stop()) for service in reversed(rest)]
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        stopped = list(pool.map(lambda node: node.stop(), nodes))
+    return done + [(node.name, how) for node, how in reversed(list(zip(nodes, stopped)))]
 
 
 def _address(service: Service) -> str:
