@@ -5,6 +5,8 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
+# the suite runs in two pytest-xdist workers, each module whole on one of them (module fixtures start once)
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup airflow demo test bench docs stack-up stack-down clean
 
@@ -18,7 +20,7 @@ demo: setup
 	$(VENV)/churn demo
 
 test: airflow
-	$(VENV)/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/python bench/run.py

@@ -4,7 +4,8 @@
 #   2. Python: .venv with exactly requirements.lock, plus this project (editable)
 #   3. JVM jars: each jvm/*/pom.xml fetched by Maven into .cache/jars/<name>, and the project's own
 #      JVM code (jvm/churn-spark) compiled into .cache/jars/churn by scripts/build_jvm.sh
-#   4. with --airflow only (make airflow, make test): .venv-airflow with exactly requirements-airflow.txt,
+#   4. with --airflow only (make airflow, make test): .venv-airflow with exactly requirements-airflow.txt
+#      (installed in the background while 2 and 3 run),
 #      Apache Airflow for the nightly DAG in an environment of its own (its pins conflict with ours)
 # Each part records a stamp (a hash of its inputs) and is skipped when nothing changed,
 # so a second run takes seconds and changes nothing.
@@ -47,6 +48,30 @@ if ((${#need[@]})); then
   for svc in redis-server prometheus prometheus-pushgateway prometheus-blackbox-exporter; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
 else
   say "system packages present"
+fi
+
+# 4 (started here, waited for below). Apache Airflow, only when asked: .venv-airflow with its own pins,
+# installed in the background while steps 2 and 3 run (both mostly wait on downloads)
+airflow_pid=""
+if [ "$AIRFLOW" = 1 ]; then
+  stamp=.venv-airflow/.setup-stamp
+  want=$(hash_of requirements-airflow.txt)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv-airflow/bin/airflow ]; then
+    say "airflow environment up to date"
+  else
+    say "airflow environment: installing requirements-airflow.txt into .venv-airflow (in the background)"
+    mkdir -p .cache
+    (
+      set -e
+      [ -x .venv-airflow/bin/python ] || "$PY" -m venv .venv-airflow
+      .venv-airflow/bin/python -m pip install -q --upgrade "pip==25.3"
+      .venv-airflow/bin/python -m pip install -q -r requirements-airflow.txt
+      .venv-airflow/bin/python -m pip check
+      echo "$want" > "$stamp"
+    ) > .cache/setup-airflow.log 2>&1 &
+    airflow_pid=$!
+    trap '[ -z "$airflow_pid" ] || kill "$airflow_pid" 2>/dev/null || true' EXIT  # not left running if a step fails
+  fi
 fi
 
 # 2. Python --------------------------------------------------------------------------------
@@ -102,19 +127,15 @@ else
   bash scripts/build_jvm.sh .venv/bin/python "$dest"
   echo "$want" > "$dest/.stamp"
 fi
-# 4. Apache Airflow, only when asked ---------------------------------------------------------
-if [ "$AIRFLOW" = 1 ]; then
-  stamp=.venv-airflow/.setup-stamp
-  want=$(hash_of requirements-airflow.txt)
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv-airflow/bin/airflow ]; then
-    say "airflow environment up to date"
+# 4. Apache Airflow, only when asked: installed meanwhile (started before step 2, waited for here) --------
+if [ -n "$airflow_pid" ]; then
+  if wait "$airflow_pid"; then
+    airflow_pid=""
+    say "airflow environment installed"
   else
-    say "airflow environment: installing requirements-airflow.txt into .venv-airflow"
-    [ -x .venv-airflow/bin/python ] || "$PY" -m venv .venv-airflow
-    .venv-airflow/bin/python -m pip install -q --upgrade "pip==25.3"
-    .venv-airflow/bin/python -m pip install -q -r requirements-airflow.txt
-    .venv-airflow/bin/python -m pip check
-    echo "$want" > "$stamp"
+    cat .cache/setup-airflow.log >&2
+    say "airflow environment: installing requirements-airflow.txt failed (above)"
+    exit 1
   fi
 fi
 

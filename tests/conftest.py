@@ -17,6 +17,13 @@ from churn.transport import ensure_topics
 
 CHURN_BIN = str(Path(sys.executable).parent / "churn")
 
+# A pytest-xdist worker runs under execnet, whose ``__main__`` has neither a spec nor a file. PySpark takes
+# such a process for its own doctest run and exits on importing ``pyspark.sql.connect`` (Great Expectations
+# imports it); a file name keeps the workers' imports as they are in one pytest process.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
+
 
 def stack_env(run_dir: Path) -> dict[str, str]:
     """Environment for a private stack: its own run directory and free ports."""

@@ -48,13 +48,33 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
+    first, last = _port_slice(20000, min(low, 65536) - 1)
     ports: list[int] = []
     while len(ports) < n:
-        p = random.randint(20000, min(low, 65536) - 1 - 200)
+        p = random.randint(first, last - 200)
         if p not in _handed_out and port_is_free(host, p):
             _handed_out.add(p)
             ports.append(p)
     return ports
+
+
+def _port_slice(first: int, last: int, env=os.environ) -> tuple[int, int]:
+    """The part of [first, last] this process draws ports from. The workers of a parallel test run
+    (pytest-xdist sets ``PYTEST_XDIST_WORKER`` = ``gw<i>`` and ``PYTEST_XDIST_WORKER_COUNT``, and the
+    processes a test starts inherit them) each draw from a slice of their own: a port one worker has
+    handed out but whose service has not bound it yet is never handed out by another.
+
+    >>> _port_slice(20000, 32567, env={})
+    (20000, 32567)
+    >>> _port_slice(20000, 32567, env={"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_WORKER_COUNT": "2"})
+    (26284, 32567)
+    """
+    worker, count = env.get("PYTEST_XDIST_WORKER", ""), env.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return first, last
+    index, count = int(worker[2:]) % int(count), int(count)
+    size = (last - first + 1) // count
+    return first + index * size, (first + (index + 1) * size - 1) if index < count - 1 else last
 
 
 def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
