@@ -76,7 +76,8 @@ def down(settings: Settings) -> list[tuple[str, str]]:
 
     settings = _every_node(settings)
     nodes = kafka_services(settings)
-    rest = services(settings)[len(nodes):] + jobs(settings)
+    node_names = {node.name for node in nodes}
+    rest = [service for service in services(settings) + jobs(settings) if service.name not in node_names]
     done = [(service.name, service.stop()) for service in reversed(rest)]
     with ThreadPoolExecutor(len(nodes)) as pool:
         stopped = list(pool.map(lambda node: node.stop(), nodes))

@@ -72,7 +72,8 @@ def _port_slice(first: int, last: int, env=os.environ) -> tuple[int, int]:
     worker, count = env.get("PYTEST_XDIST_WORKER", ""), env.get("PYTEST_XDIST_WORKER_COUNT", "")
     if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
         return first, last
-    index, count = int(worker[2:]) % int(count), int(count)
+    count = int(count)
+    index = int(worker[2:]) % count
     size = (last - first + 1) // count
     return first + index * size, (first + (index + 1) * size - 1) if index < count - 1 else last
 
